@@ -1,3 +1,26 @@
-"""hf_explvec: explainability vectors for CLIP image classifiers."""
+"""hf_explvec: explainability vectors for CLIP image classifiers (task arithmetic, arXiv 2507.04380).
+
+Importing the package registers [`SelfExplainingCLIPVisionConfig`] and [`SelfExplainingCLIPVision`] with
+transformers' `AutoConfig`, `AutoModel` and `AutoModelForImageClassification`.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+from .configuration import SelfExplainingCLIPVisionConfig
+from .heads import DEFAULT_TEMPLATES, build_class_embeddings
+from .modeling import SelfExplainingCLIPVision, SelfExplainingOutput, attribution_map
 
 __version__ = "0.1.0.dev0"
+
+AutoConfig.register(SelfExplainingCLIPVisionConfig.model_type, SelfExplainingCLIPVisionConfig, exist_ok=True)
+AutoModel.register(SelfExplainingCLIPVisionConfig, SelfExplainingCLIPVision, exist_ok=True)
+AutoModelForImageClassification.register(SelfExplainingCLIPVisionConfig, SelfExplainingCLIPVision, exist_ok=True)
+
+__all__ = [
+    "DEFAULT_TEMPLATES",
+    "SelfExplainingCLIPVision",
+    "SelfExplainingCLIPVisionConfig",
+    "SelfExplainingOutput",
+    "attribution_map",
+    "build_class_embeddings",
+]

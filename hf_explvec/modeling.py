@@ -1,0 +1,327 @@
+"""SelfExplainingCLIPVision: a CLIP ViT classifier that outputs class logits and patch attributions in one pass.
+
+The feature extractor is CLIP's vision tower and visual projection, with the module and parameter names of
+transformers' `CLIPVisionModelWithProjection` (`vision_model.*`, `visual_projection.weight`), so CLIP weights load
+straight in and task vectors line up with any CLIP model. The head is fixed: a buffer of L2-normalised CLIP text
+embeddings of the class prompts and CLIP's logit scale.
+
+Normalisation of patch tokens (the choice, and why)
+---------------------------------------------------
+Let `z_0` be the [CLS] token and `z_i` (i = 1..M) the patch tokens after CLIP's `post_layernorm` and
+`visual_projection`, `t_c` the unit text embedding of class c and `s = exp(logit_scale)`:
+
+    logits[c]                = s * <z_0, t_c> / ||z_0||                (exactly CLIP's zero-shot logit)
+    patch_attributions[c, i] = s * <z_i, t_c> / (||z_0|| * M)
+
+* Patch tokens go through the same `post_layernorm` and projection as [CLS]: CLIP trained the projection on
+  post-layernorm tokens, so this is the space where text embeddings are meaningful.
+* They are divided by the norm of the image's [CLS] embedding, not by their own norm. Per-patch normalisation would
+  give every patch a cosine in [-1, 1] however little it carries, and a near-null token would get the same weight
+  as a decisive one. Sharing the [CLS] norm keeps attributions linear in each patch embedding and invariant to the
+  overall scale of the embeddings, exactly like the logits.
+* The 1/M factor puts the attributions in the units of Shapley values of the logit: their sum is the logit that
+  the mean patch embedding would get, and Kernel SHAP values of the logit sum to `f(all) - f(none)`, which is of the
+  order of a logit. Without it, a well-fitted model would need patch embeddings M times smaller than [CLS].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPModel, CLIPVisionModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration import SelfExplainingCLIPVisionConfig, validate_class_names
+from .heads import DEFAULT_TEMPLATES, build_class_embeddings
+
+
+@dataclass
+class SelfExplainingOutput(ModelOutput):
+    r"""
+    Output of [`SelfExplainingCLIPVision`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+            `alpha * ce_loss + (1 - alpha) * attribution_loss` (the second term only when `alpha < 1`).
+        logits (`torch.FloatTensor` of shape `(batch_size, num_classes)`):
+            Class logits from the [CLS] embedding through the head (CLIP zero-shot logits).
+        patch_attributions (`torch.FloatTensor` of shape `(batch_size, num_classes, num_patches)`):
+            Attribution of each patch to each class logit; patches in row-major order of the
+            `(grid_size, grid_size)` grid.
+        image_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
+            L2-normalised [CLS] embedding, as CLIP's `image_embeds`.
+        ce_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+            Cross-entropy of `logits` against `labels`.
+        attribution_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` and `shap_values`
+        are given):
+            Mean squared error between the label class's patch attributions and `shap_values`.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+            Hidden states of the vision tower, each of shape `(batch_size, 1 + num_patches, hidden_size)`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
+            Attention weights, each of shape `(batch_size, num_heads, 1 + num_patches, 1 + num_patches)`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    patch_attributions: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    ce_loss: torch.FloatTensor | None = None
+    attribution_loss: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class SelfExplainingCLIPVision(PreTrainedModel):
+    r"""
+    A CLIP ViT image classifier that explains itself: one forward pass gives class logits from the [CLS] token and
+    patch attributions from the patch tokens, both through the same fixed head of CLIP text embeddings.
+
+    Build one from a CLIP model with [`~SelfExplainingCLIPVision.from_clip`], or from a config (random feature
+    extractor, random unit head). Save and load it with `save_pretrained` / `from_pretrained` (safetensors); after
+    `import hf_explvec`, `AutoModel` and `AutoModelForImageClassification` load it too.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from hf_explvec import SelfExplainingCLIPVision
+    >>> from hf_explvec.testing import tiny_clip_model, tiny_clip_tokenizer
+
+    >>> model = SelfExplainingCLIPVision.from_clip(tiny_clip_model(), ["cat", "dog"], tokenizer=tiny_clip_tokenizer())
+    >>> outputs = model(torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 1]), shap_values=torch.randn(2, 16))
+    >>> outputs.logits.shape, outputs.patch_attributions.shape
+    (torch.Size([2, 2]), torch.Size([2, 2, 16]))
+    ```
+    """
+
+    config_class = SelfExplainingCLIPVisionConfig
+    base_model_prefix = "self_explaining_clip_vision"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["CLIPEncoderLayer", "CLIPVisionEmbeddings"]
+
+    def __init__(self, config: SelfExplainingCLIPVisionConfig):
+        super().__init__(config)
+        self.vision_model = CLIPVisionModel._from_config(config.vision_config)
+        self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
+        # The head: buffers, so no optimizer ever sees them and no task vector ever contains them.
+        self.register_buffer("class_embeddings", torch.empty(config.num_labels, config.projection_dim))
+        self.register_buffer("logit_scale", torch.empty(()))
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        if module is self:
+            factor = self.config.vision_config.initializer_factor
+            init.normal_(self.visual_projection.weight, std=self.config.vision_config.hidden_size**-0.5 * factor)
+            init.copy_(self.class_embeddings, F.normalize(torch.randn_like(self.class_embeddings), dim=-1))
+            init.constant_(self.logit_scale, self.config.logit_scale_init_value)
+
+    @property
+    def num_patches(self) -> int:
+        return self.config.num_patches
+
+    def _check_inputs(self, pixel_values: torch.Tensor, labels, shap_values) -> None:
+        vision = self.config.vision_config
+        expected = (vision.num_channels, vision.image_size, vision.image_size)
+        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(
+                f"pixel_values must have shape (batch_size, {expected[0]}, {expected[1]}, {expected[2]}) "
+                f"(channels, height, width of this model), got {tuple(pixel_values.shape)}."
+            )
+        batch_size = pixel_values.shape[0]
+        if labels is not None and tuple(labels.shape) != (batch_size,):
+            raise ValueError(f"labels must have shape ({batch_size},), got {tuple(labels.shape)}.")
+        if shap_values is not None and tuple(shap_values.shape) != (batch_size, self.num_patches):
+            raise ValueError(
+                f"shap_values must have shape (batch_size, num_patches) = ({batch_size}, {self.num_patches}), "
+                f"got {tuple(shap_values.shape)}."
+            )
+        if labels is None and shap_values is not None:
+            raise ValueError("shap_values were given without labels: the attribution loss is taken at the label class.")
+        if labels is not None and shap_values is None and self.config.alpha < 1.0:
+            raise ValueError(
+                f"config.alpha is {self.config.alpha} < 1, so the loss needs shap_values of shape "
+                f"({batch_size}, {self.num_patches}) along with labels."
+            )
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.LongTensor | None = None,
+        shap_values: torch.Tensor | None = None,
+        **kwargs,
+    ) -> SelfExplainingOutput:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`):
+                Images as prepared by `CLIPImageProcessor` (resized and center-cropped to the model's size).
+            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                Class indices; when given, the loss is computed.
+            shap_values (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
+                Kernel SHAP values of the label class's logit for each patch (row-major), the target of the
+                attribution loss. Required with `labels` when `config.alpha < 1`.
+            kwargs:
+                Passed to the vision tower, e.g. `output_hidden_states=True`, `output_attentions=True`.
+
+        Returns:
+            [`SelfExplainingOutput`].
+        """
+        kwargs.pop("return_dict", None)
+        self._check_inputs(pixel_values, labels, shap_values)
+        vision_outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
+        tokens = self.visual_projection(self.vision_model.post_layernorm(vision_outputs.last_hidden_state))
+        cls_embeds, patch_embeds = tokens[:, 0], tokens[:, 1:]
+        cls_norm = cls_embeds.norm(p=2, dim=-1, keepdim=True)
+        head = self.class_embeddings.to(tokens.dtype)
+        scale = self.logit_scale.exp().to(tokens.dtype)
+        image_embeds = cls_embeds / cls_norm
+        logits = torch.matmul(image_embeds, head.t()) * scale
+        # (B, M, P) @ (P, C) -> (B, M, C) -> (B, C, M)
+        patch_attributions = torch.matmul(patch_embeds, head.t()).transpose(1, 2)
+        patch_attributions = patch_attributions * (scale / self.num_patches) / cls_norm.unsqueeze(-1)
+
+        loss = ce_loss = attribution_loss = None
+        if labels is not None:
+            labels = labels.to(logits.device)
+            ce_loss = F.cross_entropy(logits.float(), labels)
+            loss = ce_loss if self.config.alpha == 1.0 else self.config.alpha * ce_loss
+            if shap_values is not None:
+                index = labels.view(-1, 1, 1).expand(-1, 1, self.num_patches)
+                explained = patch_attributions.gather(1, index).squeeze(1)
+                attribution_loss = F.mse_loss(explained.float(), shap_values.to(explained.device, torch.float32))
+                if self.config.alpha < 1.0:
+                    loss = loss + (1.0 - self.config.alpha) * attribution_loss
+
+        return SelfExplainingOutput(
+            loss=loss,
+            logits=logits,
+            patch_attributions=patch_attributions,
+            image_embeds=image_embeds,
+            ce_loss=ce_loss,
+            attribution_loss=attribution_loss,
+            hidden_states=vision_outputs.hidden_states,
+            attentions=vision_outputs.attentions,
+        )
+
+    @classmethod
+    def from_clip(
+        cls,
+        clip: CLIPModel | str,
+        class_names: list[str],
+        templates: tuple[str, ...] | list[str] = DEFAULT_TEMPLATES,
+        tokenizer=None,
+        class_embeddings: torch.Tensor | None = None,
+        alpha: float = 1.0,
+        **from_pretrained_kwargs,
+    ) -> SelfExplainingCLIPVision:
+        r"""
+        Build a self-explaining classifier from a CLIP model: copy its vision tower and visual projection, and make
+        the head from its text tower (or from precomputed `class_embeddings`).
+
+        Built this way, the model's `logits` are exactly the CLIP model's zero-shot `logits_per_image` for the
+        prompts (with one template; with several, the prompt-ensembled zero-shot logits).
+
+        Args:
+            clip ([`~transformers.CLIPModel`] or `str`):
+                A CLIP model, or a name or path for `CLIPModel.from_pretrained`.
+            class_names (`list[str]`):
+                Distinct class names, in label order.
+            templates (`Sequence[str]`, *optional*, defaults to `("a photo of a {}.",)`):
+                Prompt templates, each with one `{}`; embeddings are averaged over them.
+            tokenizer (*optional*):
+                The CLIP tokenizer. Loaded from `clip` when it is a name or path; required otherwise, unless
+                `class_embeddings` is given.
+            class_embeddings (`torch.FloatTensor` of shape `(num_classes, projection_dim)`, *optional*):
+                Precomputed text embeddings; L2-normalised here. The text tower is not used.
+            alpha (`float`, *optional*, defaults to 1.0):
+                `config.alpha`, the cross-entropy weight of the loss.
+            from_pretrained_kwargs:
+                Passed to `CLIPModel.from_pretrained` and `AutoTokenizer.from_pretrained` (e.g. `revision`).
+
+        Returns:
+            [`SelfExplainingCLIPVision`] in eval mode, in the CLIP model's dtype and on its device.
+        """
+        validate_class_names(class_names)
+        if isinstance(clip, (str, bytes)) or hasattr(clip, "__fspath__"):
+            name_or_path = str(clip)
+            clip = CLIPModel.from_pretrained(name_or_path, **from_pretrained_kwargs)
+            if tokenizer is None and class_embeddings is None:
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(name_or_path, **from_pretrained_kwargs)
+        if not isinstance(clip, CLIPModel):
+            raise TypeError(f"clip must be a CLIPModel or a name or path of one, got {type(clip).__name__}.")
+        expected_shape = (len(class_names), clip.config.projection_dim)
+        if class_embeddings is None:
+            if tokenizer is None:
+                raise ValueError("from_clip needs a tokenizer (or precomputed class_embeddings) for a CLIPModel object.")
+            class_embeddings = build_class_embeddings(clip, tokenizer, class_names, templates)
+        elif not isinstance(class_embeddings, torch.Tensor) or tuple(class_embeddings.shape) != expected_shape:
+            got = tuple(class_embeddings.shape) if isinstance(class_embeddings, torch.Tensor) else type(class_embeddings)
+            raise ValueError(
+                f"class_embeddings must be a tensor of shape (num_classes, projection_dim) = {expected_shape}, got {got}."
+            )
+        if not torch.isfinite(class_embeddings).all() or (class_embeddings.norm(dim=-1) == 0).any():
+            raise ValueError("class_embeddings must be finite with no all-zero row.")
+
+        config = SelfExplainingCLIPVisionConfig(
+            vision_config=clip.config.vision_config.to_dict(),
+            projection_dim=clip.config.projection_dim,
+            class_names=list(class_names),
+            alpha=alpha,
+            logit_scale_init_value=float(clip.logit_scale.detach()),
+            clip_name_or_path=clip.config._name_or_path or None,
+        )
+        config._attn_implementation = clip.config._attn_implementation
+        parameter = clip.visual_projection.weight
+        model = cls(config).to(device=parameter.device, dtype=parameter.dtype)
+        model.vision_model.load_state_dict(clip.vision_model.state_dict())
+        model.visual_projection.load_state_dict(clip.visual_projection.state_dict())
+        with torch.no_grad():
+            model.class_embeddings.copy_(F.normalize(class_embeddings.float(), dim=-1))
+            model.logit_scale.copy_(clip.logit_scale.detach())
+        return model.eval()
+
+
+def attribution_map(outputs: SelfExplainingOutput, target: int | torch.Tensor | None = None) -> torch.Tensor:
+    r"""
+    The patch attributions of one class per image, as a `(grid_size, grid_size)` map.
+
+    Args:
+        outputs ([`SelfExplainingOutput`]):
+            The output of a [`SelfExplainingCLIPVision`] forward pass.
+        target (`int` or `torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            The class to explain for each image; the predicted class (argmax of `logits`) when not given.
+
+    Returns:
+        `torch.FloatTensor` of shape `(batch_size, grid_size, grid_size)`.
+    """
+    attributions = outputs.patch_attributions
+    batch_size, num_classes, num_patches = attributions.shape
+    grid = int(round(num_patches**0.5))
+    if grid * grid != num_patches:
+        raise ValueError(f"patch_attributions cover {num_patches} patches, which is not a square grid.")
+    if target is None:
+        target = outputs.logits.argmax(dim=-1)
+    target = torch.as_tensor(target, device=attributions.device).long()
+    if target.dim() == 0:
+        target = target.expand(batch_size)
+    if tuple(target.shape) != (batch_size,):
+        raise ValueError(f"target must be an int or have shape ({batch_size},), got {tuple(target.shape)}.")
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
+        raise ValueError(f"target must be in [0, {num_classes}), got {target.tolist()}.")
+    index = target.view(-1, 1, 1).expand(-1, 1, num_patches)
+    return attributions.gather(1, index).view(batch_size, grid, grid)
+
+
+__all__ = ["SelfExplainingCLIPVision", "SelfExplainingOutput", "attribution_map"]
