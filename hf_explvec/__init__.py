@@ -8,7 +8,9 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 from .configuration import SelfExplainingCLIPVisionConfig
 from .heads import DEFAULT_TEMPLATES, build_class_embeddings
+from .arithmetic import IncompatibleKeysError
 from .modeling import SelfExplainingCLIPVision, SelfExplainingOutput, attribution_map
+from .task_vector import TaskVector, TaskVectorConfig
 
 __version__ = "0.1.0.dev0"
 
@@ -18,9 +20,12 @@ AutoModelForImageClassification.register(SelfExplainingCLIPVisionConfig, SelfExp
 
 __all__ = [
     "DEFAULT_TEMPLATES",
+    "IncompatibleKeysError",
     "SelfExplainingCLIPVision",
     "SelfExplainingCLIPVisionConfig",
     "SelfExplainingOutput",
+    "TaskVector",
+    "TaskVectorConfig",
     "attribution_map",
     "build_class_embeddings",
 ]

@@ -1,0 +1,452 @@
+"""TaskVector: the difference of two CLIP vision feature extractors, its algebra, and applying it to a model.
+
+Any state dict or module with a CLIP vision tower works; this module does not import the model code.
+"""
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import numbers
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from huggingface_hub import ModelHubMixin, save_torch_state_dict, snapshot_download
+from safetensors.torch import load_file
+from torch import nn
+
+from . import arithmetic as A
+
+logger = logging.getLogger(__name__)
+
+VECTOR_TYPE = "clip_vision"
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_PATTERN = "task_vector{suffix}.safetensors"
+WEIGHTS_NAME = "task_vector.safetensors"
+WEIGHTS_INDEX_NAME = "task_vector.safetensors.index.json"
+
+
+@dataclass
+class TaskVectorConfig:
+    r"""
+    Provenance of a [`TaskVector`], saved as `config.json` beside its weights.
+
+    Args:
+        base_model (`str`, *optional*): Name or path of the model the vector was taken from (θ).
+        base_model_revision (`str`, *optional*): Revision (commit sha, tag or branch) of `base_model`.
+        finetuned_model (`str`, *optional*): Name or path of the model the vector leads to (θ*).
+        source_dataset (`str`, *optional*): Data set the fine-tuning ran on.
+        alpha (`float`, *optional*): Cross-entropy weight of the self-explaining run (0.8 in the paper).
+        recommended_lam (`float`, *optional*): The λ to use in `apply_to` (chosen on validation data).
+    """
+
+    base_model: str | None = None
+    base_model_revision: str | None = None
+    finetuned_model: str | None = None
+    source_dataset: str | None = None
+    alpha: float | None = None
+    recommended_lam: float | None = None
+
+
+def _merge_provenance(a: TaskVectorConfig, b: TaskVectorConfig) -> TaskVectorConfig:
+    """The provenance fields on which two vectors agree; the others become unknown."""
+    return TaskVectorConfig(
+        **{f.name: getattr(a, f.name) if getattr(a, f.name) == getattr(b, f.name) else None for f in dataclasses.fields(a)}
+    )
+
+
+def _check_scalar(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a real number, got {type(value).__name__}.")
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be finite, got {value}.")
+    return float(value)
+
+
+def _named_tensors(obj) -> dict[str, torch.Tensor]:
+    if isinstance(obj, nn.Module):
+        return obj.state_dict(keep_vars=True)
+    if isinstance(obj, dict) or hasattr(obj, "keys"):
+        return dict(obj)
+    raise TypeError(f"expected an nn.Module or a state dict, got {type(obj).__name__}.")
+
+
+class TaskVector(
+    ModelHubMixin,
+    library_name="hf_explvec",
+    tags=["explainability", "task-arithmetic", "task-vector", "clip"],
+    paper_url="https://arxiv.org/abs/2507.04380",
+):
+    r"""
+    A task vector τ = θ* − θ over the CLIP vision tower and visual projection.
+
+    The explainability vector of the paper is the difference between a self-explaining model (trained with
+    α·CE + (1−α)·MSE to Kernel SHAP values) and its prediction-only twin. Adding `lam * τ` to a prediction-only
+    model of another domain gives it patch explanations.
+
+    Keys are canonical (`vision_model.*`, `visual_projection.weight`; see [`hf_explvec.arithmetic`]), so a vector
+    taken from any CLIP model class applies to any other. The head buffer, the logit scale, `position_ids` and
+    integer buffers are never part of a vector.
+
+    Operators: `a + b`, `a - b`, `-a`, `2 * a`, `a * 2`, `a / 2`, `sum([a, b, c])`. Vectors combined with `+`/`-`
+    must have the same keys and shapes, or [`~arithmetic.IncompatibleKeysError`] lists the differences. A vector
+    never holds NaN or infinity: construction raises `ValueError` naming the tensors.
+
+    Args:
+        vector (`dict[str, torch.Tensor]`):
+            Canonical name -> delta tensor (floating point). Tensors are used as given, not copied.
+        config ([`TaskVectorConfig`], *optional*):
+            Provenance.
+    """
+
+    def __init__(self, vector: dict, config: TaskVectorConfig | None = None):
+        if not hasattr(vector, "items") or not vector:
+            raise ValueError("a task vector needs a non-empty mapping of parameter name -> tensor.")
+        bad = sorted(k for k, v in vector.items() if not torch.is_tensor(v) or not v.is_floating_point())
+        if bad:
+            raise TypeError(f"task vector entries must be floating-point tensors; not so: {A._preview(bad)}.")
+        nonfinite = A.nonfinite_keys(vector)
+        if nonfinite:
+            raise ValueError(f"task vector holds NaN or Inf in {len(nonfinite)} tensors: {A._preview(nonfinite)}.")
+        self._vector = dict(vector)
+        self.config = config if config is not None else TaskVectorConfig()
+        self.commit_hash: str | None = None
+
+    # ----------------------------------------------------------------------------------------------- creation
+    @classmethod
+    def from_models(cls, base, finetuned, config: TaskVectorConfig | None = None, **provenance) -> "TaskVector":
+        r"""
+        τ = finetuned − base over the CLIP vision tower and visual projection, in float32.
+
+        Args:
+            base (`nn.Module` or `dict[str, torch.Tensor]`): The starting model θ (any CLIP model class).
+            finetuned (`nn.Module` or `dict[str, torch.Tensor]`): The model θ* after fine-tuning.
+            config ([`TaskVectorConfig`], *optional*): Provenance; fields not given are filled from the models'
+                configs when they have them (`_name_or_path`, `alpha`).
+            provenance: Fields of [`TaskVectorConfig`] given as keywords.
+
+        Raises:
+            [`~arithmetic.IncompatibleKeysError`]: if the two vision towers differ in keys or shapes (listed).
+        """
+        base_state = A.vision_state(_named_tensors(base))
+        finetuned_state = A.vision_state(_named_tensors(finetuned))
+        if (A.PROJECTION_KEY in base_state) != (A.PROJECTION_KEY in finetuned_state):
+            logger.info("only one of the two models has a visual projection; the vector leaves it out.")
+            base_state.pop(A.PROJECTION_KEY, None)
+            finetuned_state.pop(A.PROJECTION_KEY, None)
+        vector = A.subtract(finetuned_state, base_state)
+        config = dataclasses.replace(config or TaskVectorConfig(), **provenance)
+        base_config, finetuned_config = getattr(base, "config", None), getattr(finetuned, "config", None)
+        if config.base_model is None and getattr(base_config, "_name_or_path", None):
+            config.base_model = base_config._name_or_path
+        if config.finetuned_model is None and getattr(finetuned_config, "_name_or_path", None):
+            config.finetuned_model = finetuned_config._name_or_path
+        if config.alpha is None and isinstance(getattr(finetuned_config, "alpha", None), float):
+            config.alpha = finetuned_config.alpha
+        return cls(vector, config)
+
+    # ------------------------------------------------------------------------------------------------ algebra
+    def _binary(self, other, op) -> "TaskVector":
+        if not isinstance(other, TaskVector):
+            return NotImplemented
+        return TaskVector(A.combine(self._vector, other._vector, op), _merge_provenance(self.config, other.config))
+
+    def __add__(self, other):
+        return self._binary(other, torch.add)
+
+    def __radd__(self, other):
+        if isinstance(other, numbers.Number) and other == 0:  # sum([...]) starts from 0
+            return self
+        return self._binary(other, torch.add)
+
+    def __sub__(self, other):
+        return self._binary(other, torch.sub)
+
+    def __neg__(self):
+        return self * -1.0
+
+    def __mul__(self, factor):
+        if isinstance(factor, TaskVector) or not isinstance(factor, numbers.Number):
+            return NotImplemented
+        factor = _check_scalar(factor, "the scaling factor")
+        return TaskVector(A.scale(self._vector, factor), dataclasses.replace(self.config, recommended_lam=None))
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, divisor):
+        if isinstance(divisor, TaskVector) or not isinstance(divisor, numbers.Number):
+            return NotImplemented
+        divisor = _check_scalar(divisor, "the divisor")
+        if divisor == 0:
+            raise ZeroDivisionError("cannot divide a task vector by zero.")
+        return self * (1.0 / divisor)
+
+    def norm(self) -> float:
+        """L2 norm of the vector (all tensors as one flat vector), accumulated in float64."""
+        return A.global_norm(self._vector)
+
+    def cosine_similarity(self, other: "TaskVector") -> float:
+        """Cosine of the angle between two vectors with the same keys and shapes."""
+        if not isinstance(other, TaskVector):
+            raise TypeError(f"cosine_similarity takes a TaskVector, got {type(other).__name__}.")
+        denominator = self.norm() * other.norm()
+        if denominator == 0:
+            raise ValueError("the cosine similarity is undefined for a zero task vector.")
+        return max(-1.0, min(1.0, A.dot(self._vector, other._vector) / denominator))
+
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "TaskVector":
+        """A copy in another floating dtype and/or on another device (tensors already there are shared)."""
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}.")
+        moved = TaskVector({k: v.to(device=device, dtype=dtype) for k, v in self._vector.items()}, self.config)
+        moved.commit_hash = self.commit_hash
+        return moved
+
+    # ------------------------------------------------------------------------------------------ introspection
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Canonical name -> delta. A new dict holding the vector's own tensors (not copies)."""
+        return dict(self._vector)
+
+    def keys(self) -> list[str]:
+        return list(self._vector)
+
+    def __len__(self) -> int:
+        return len(self._vector)
+
+    def __contains__(self, key) -> bool:
+        return key in self._vector
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(v.numel() for v in self._vector.values())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        dtypes = {v.dtype for v in self._vector.values()}
+        return dtypes.pop() if len(dtypes) == 1 else torch.float32
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the key/shape layout; equal fingerprints mean the vectors combine and apply alike."""
+        return A.layout_fingerprint(self._vector)
+
+    def __repr__(self) -> str:
+        return f"TaskVector({len(self)} tensors, {self.num_parameters:,} parameters, dtype={self.dtype}, {self.config})"
+
+    # -------------------------------------------------------------------------------------------------- apply
+    def apply_to(self, model: nn.Module, lam: float = 1.0, inplace: bool = True, strict: bool = True) -> nn.Module:
+        r"""
+        Add `lam * τ` to the CLIP vision tower (and projection) of `model`: θ ← θ + lam·τ.
+
+        Works on [`SelfExplainingCLIPVision`], `CLIPVisionModel`, `CLIPVisionModelWithProjection`, `CLIPModel`,
+        `CLIPForImageClassification` and any module holding one CLIP vision tower: parameters are matched by name
+        whatever their prefix. The vector's projection is applied where the model has a visual projection and
+        skipped where it has none. Each update is computed in float32 and written back in the parameter's dtype and
+        on its device, one tensor at a time: besides the model and the vector, at most one parameter-sized tensor is
+        in flight (none for float32 parameters on the vector's device).
+
+        Everything is checked before anything is written: on a bad input the model is left exactly as it was.
+
+        Args:
+            model (`nn.Module`): The model to edit.
+            lam (`float`, *optional*, defaults to 1.0): The scaling λ of the vector (finite).
+            inplace (`bool`, *optional*, defaults to `True`): Edit `model` itself; with `False`, edit a deep copy
+                and leave `model` untouched.
+            strict (`bool`, *optional*, defaults to `True`): Require the vector and the model's vision tower to
+                have the same keys with the same shapes. With `False`, keys missing on either side are skipped with
+                a warning; shape mismatches still raise.
+
+        Returns:
+            `nn.Module`: the edited model (`model` itself when `inplace=True`).
+
+        Raises:
+            `TypeError`/`ValueError`: `model` is not a module or has no CLIP vision tower; `lam` is not finite.
+            [`~arithmetic.IncompatibleKeysError`]: keys or shapes do not line up (listed).
+        """
+        lam = _check_scalar(lam, "lam")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"apply_to takes an nn.Module, got {type(model).__name__}.")
+        pairs = self._match(model, strict)
+        if not inplace:
+            model = copy.deepcopy(model)
+            pairs = self._match(model, strict)
+        done = []
+        try:
+            with torch.no_grad():
+                for target, delta in pairs:
+                    _add_scaled(target, delta, lam)
+                    done.append((target, delta))
+        except BaseException:
+            with torch.no_grad():  # best effort: undo what was written (exact up to float rounding)
+                for target, delta in done:
+                    _add_scaled(target, delta, -lam)
+            raise
+        return model
+
+    def _match(self, model: nn.Module, strict: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        named = model.state_dict(keep_vars=True)
+        mapping = A.canonical_vision_names(named)
+        if not mapping:
+            raise ValueError(
+                f"{type(model).__name__} has no CLIP vision tower (no parameter ending in "
+                f"'embeddings.patch_embedding.weight'); this task vector applies to CLIP vision models."
+            )
+        targets = {k: named[name] for k, name in mapping.items() if named[name].is_floating_point()}
+        vector = self._vector
+        if A.PROJECTION_KEY in vector and A.PROJECTION_KEY not in targets:
+            vector = {k: v for k, v in vector.items() if k != A.PROJECTION_KEY}
+        missing, unexpected, mismatched = A.compare_shapes(
+            {k: v.shape for k, v in vector.items()}, {k: v.shape for k, v in targets.items()}
+        )
+        if mismatched or (strict and (missing or unexpected)):
+            raise A.IncompatibleKeysError(
+                f"task vector does not fit {type(model).__name__} (vector keys vs model keys; nothing was changed)",
+                missing=missing,
+                unexpected=unexpected,
+                mismatched=mismatched,
+            )
+        if missing or unexpected:
+            logger.warning(
+                "apply_to(strict=False): %d vector keys not in the model and %d model keys not in the vector "
+                "were skipped: %s",
+                len(missing),
+                len(unexpected),
+                A._preview(missing + unexpected),
+            )
+        return [(targets[k], v) for k, v in vector.items() if k in targets]
+
+    # -------------------------------------------------------------------------------------------- save / load
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """The `ModelHubMixin` hook: write the weights and `config.json` (the mixin adds the card)."""
+        save_torch_state_dict(
+            self._vector,
+            save_directory,
+            filename_pattern=WEIGHTS_PATTERN,
+            max_shard_size=getattr(self, "_max_shard_size", "5GB"),
+            metadata={"format": "pt", "vector_type": VECTOR_TYPE},
+        )
+        config = {
+            "library_name": "hf_explvec",
+            "vector_type": VECTOR_TYPE,
+            "format_version": FORMAT_VERSION,
+            **dataclasses.asdict(self.config),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "num_parameters": self.num_parameters,
+            "num_tensors": len(self),
+            "fingerprint": self.fingerprint,
+        }
+        (Path(save_directory) / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *, max_shard_size: int | str = "5GB", **kwargs):
+        r"""
+        Save the vector to a directory: `task_vector.safetensors` (or shards `task_vector-0000i-of-0000n.safetensors`
+        with `task_vector.safetensors.index.json` when larger than `max_shard_size`), `config.json` with the
+        provenance, dtype, parameter count and layout fingerprint, and a `README.md` card if none is there.
+
+        Args:
+            save_directory (`str` or `os.PathLike`): Where to save.
+            max_shard_size (`int` or `str`, *optional*, defaults to `"5GB"`): Largest shard, e.g. `"500MB"`.
+            kwargs: Passed to `huggingface_hub.ModelHubMixin.save_pretrained`.
+        """
+        self._max_shard_size = max_shard_size
+        try:
+            return super().save_pretrained(save_directory, **kwargs)
+        finally:
+            del self._max_shard_size
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir,
+        force_download: bool,
+        local_files_only: bool,
+        token,
+        **model_kwargs,
+    ) -> "TaskVector":
+        if os.path.isdir(model_id):
+            folder, commit_hash = Path(model_id), None
+        else:
+            folder = Path(
+                snapshot_download(
+                    repo_id=model_id,
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    force_download=force_download,
+                    local_files_only=local_files_only,
+                    token=token,
+                    allow_patterns=[CONFIG_NAME, "task_vector*.safetensors", WEIGHTS_INDEX_NAME, "README.md"],
+                )
+            )
+            commit_hash = folder.name
+        vector = load_vector_folder(folder)
+        vector.commit_hash = commit_hash
+        return vector
+
+
+def _add_scaled(target: torch.Tensor, delta: torch.Tensor, lam: float) -> None:
+    """`target += lam * delta`, computed in float32 and written in `target`'s dtype, in place."""
+    if target.dtype == torch.float32:
+        target.add_(delta.to(target.device, torch.float32), alpha=lam)
+    else:
+        work = target.to(torch.float32)
+        work.add_(delta.to(target.device, torch.float32), alpha=lam)
+        target.copy_(work)
+
+
+def load_vector_folder(folder: str | os.PathLike) -> TaskVector:
+    r"""
+    Load a [`TaskVector`] saved by `save_pretrained` from a local folder: safetensors only, never pickle.
+
+    Raises:
+        `FileNotFoundError`: no `config.json` or no `task_vector*.safetensors` in the folder.
+        `ValueError`: the config describes another kind of vector, or the weights do not match the config's
+            parameter count or layout fingerprint (truncated or foreign files).
+    """
+    folder = Path(folder)
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {folder}: not a saved TaskVector.")
+    raw = json.loads(config_path.read_text())
+    if raw.get("vector_type") != VECTOR_TYPE:
+        raise ValueError(
+            f"{config_path} describes a vector of type {raw.get('vector_type')!r}; expected {VECTOR_TYPE!r} "
+            "(a CLIP vision task vector saved by hf_explvec)."
+        )
+    if (folder / WEIGHTS_INDEX_NAME).is_file():
+        index = json.loads((folder / WEIGHTS_INDEX_NAME).read_text())
+        files = sorted(set(index["weight_map"].values()))
+    elif (folder / WEIGHTS_NAME).is_file():
+        files = [WEIGHTS_NAME]
+    else:
+        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl"})
+        hint = f" (found {pickled}: pickled weights are never loaded)" if pickled else ""
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} in {folder}{hint}.")
+    tensors = {}
+    for name in files:
+        if not name.endswith(".safetensors") or "/" in name or "\\" in name:
+            raise ValueError(f"{folder / WEIGHTS_INDEX_NAME} lists {name!r}; only local .safetensors shards load.")
+        try:
+            tensors.update(load_file(folder / name))
+        except Exception as error:  # safetensors raises its own error types for corrupt headers
+            raise ValueError(f"cannot read {folder / name}: corrupted or truncated safetensors ({error}).") from error
+    fields = {f.name for f in dataclasses.fields(TaskVectorConfig)}
+    vector = TaskVector(tensors, TaskVectorConfig(**{k: v for k, v in raw.items() if k in fields}))
+    if raw.get("fingerprint") not in (None, vector.fingerprint) or raw.get("num_parameters") not in (
+        None,
+        vector.num_parameters,
+    ):
+        raise ValueError(
+            f"the weights in {folder} do not match its {CONFIG_NAME}: expected {raw.get('num_parameters')} "
+            f"parameters with layout {raw.get('fingerprint')}, found {vector.num_parameters} with {vector.fingerprint}."
+        )
+    return vector
+
+
+__all__ = ["TaskVector", "TaskVectorConfig", "load_vector_folder"]
