@@ -11,7 +11,7 @@ Faithfulness to the model (perturbation metrics, in `hf_explvec.evaluation_pertu
 
 All functions take batched tensors (`(B, M)`: `B` images, `M` patches; a numpy array or a rectangular list
 works too), compute in float64 without per-image Python loops, and return a Python float (`reduction="mean"`)
-or a `(B,)` float64 tensor (`reduction="none"`). Bad input raises `TypeError` or `ValueError` naming the
+or a `(B,)` float64 CPU tensor (`reduction="none"`). Bad input raises `TypeError` or `ValueError` naming the
 expected and the actual value.
 
 [`load_metric`] loads the `evaluate` modules shipped in `hf_explvec/metrics/` by path, without network.

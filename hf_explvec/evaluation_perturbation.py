@@ -71,7 +71,7 @@ def _as_tensor(value: Any, name: str) -> torch.Tensor:
 
 
 def _as_float_matrix(value: Any, name: str) -> torch.Tensor:
-    """Validates a finite `(B, M)` real matrix with `B, M >= 1` and returns it as float64 (on its device)."""
+    """Validates a finite `(B, M)` real matrix with `B, M >= 1` and returns it as a float64 CPU tensor."""
     tensor = _as_tensor(value, name)
     if tensor.dtype == torch.bool or tensor.is_complex():
         raise TypeError(f"`{name}` must hold real numbers, got dtype {tensor.dtype}.")
@@ -79,7 +79,7 @@ def _as_float_matrix(value: Any, name: str) -> torch.Tensor:
         raise ValueError(f"`{name}` must have shape (batch_size, num_patches), got {tuple(tensor.shape)}.")
     if tensor.shape[0] == 0 or tensor.shape[1] == 0:
         raise ValueError(f"`{name}` must be non-empty, got shape {tuple(tensor.shape)}.")
-    tensor = tensor.to(torch.float64)
+    tensor = tensor.to(device="cpu", dtype=torch.float64)  # small; float64 is not available on every device
     if not torch.isfinite(tensor).all():
         raise ValueError(f"`{name}` contains NaN or infinite values.")
     return tensor
@@ -272,7 +272,9 @@ def _prepare_inputs(
                 f"`target` must hold class ids in [0, {attributions.shape[1] - 1}] to index `attributions` of shape "
                 f"{tuple(attributions.shape)}, got max {int(target.max())}."
             )
-        attributions = attributions[torch.arange(batch_size), target.to(attributions.device)]
+        attributions = attributions[
+            torch.arange(batch_size, device=attributions.device), target.to(attributions.device)
+        ]
     attributions = _as_float_matrix(attributions, "attributions")
     if tuple(attributions.shape) != (batch_size, num_patches):
         raise ValueError(
