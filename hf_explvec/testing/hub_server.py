@@ -1,0 +1,706 @@
+"""A Hub-compatible HTTP server on loopback, for offline tests of code that pushes to and pulls from the Hub.
+
+[`LocalHub`] keeps model, dataset and space repositories on disk (see `_hub_storage`) and speaks enough of the Hub
+HTTP API for the real, unmodified `huggingface_hub`, `transformers` and `datasets` clients: repo creation and
+deletion, pre-upload, NDJSON commits, the Git LFS batch API (basic transfer), `resolve` downloads with `Range`,
+`HEAD` metadata and the Hub's `X-Error-Code` 404s, repo info, `tree` listings (recursive, paginated), `paths-info`,
+refs, commit history, branches, tags and README metadata validation. Commits are immutable snapshots with 40-hex
+shas. It binds 127.0.0.1 only and every URL it hands out points back to itself.
+
+```py
+>>> from hf_explvec.testing.hub_server import LocalHub, hub_client_env
+>>> with LocalHub() as hub, hub_client_env(hub.endpoint):
+...     from huggingface_hub import HfApi
+...     HfApi().create_repo("org/model")
+```
+
+How [`hub_client_env`] points the clients at the server. The clients read most settings once, at import time, so
+setting environment variables is not enough when they are already imported:
+
+1. Environment variables (for modules imported later and for worker processes that `datasets` spawns):
+   `HF_ENDPOINT`, `HF_HUB_DISABLE_XET=1` (uploads would otherwise go through Xet whenever `hf_xet` is importable),
+   `HF_HUB_DISABLE_TELEMETRY=1`, `HF_UPDATE_DOWNLOAD_COUNTS=0` (else `datasets`/`evaluate` send a HEAD request to
+   S3), `NO_PROXY`/`no_proxy` extended with 127.0.0.1 and localhost, a fake `HF_TOKEN`, and a fresh `HF_HOME`
+   with `HF_HUB_CACHE`, `HF_ASSETS_CACHE`, `HF_XET_CACHE`, `HF_TOKEN_PATH`, `HF_DATASETS_CACHE` and
+   `HF_MODULES_CACHE` under it. `HF_HUB_OFFLINE`, `TRANSFORMERS_OFFLINE`, `HF_DATASETS_OFFLINE`,
+   `HF_EVALUATE_OFFLINE` and `HUGGINGFACE_CO_STAGING` are unset.
+2. The modules that derive constants from the environment at import (`huggingface_hub.constants`: `ENDPOINT`,
+   `HUGGINGFACE_CO_URL_TEMPLATE`, `HF_URL_HOSTS`, `HF_HUB_OFFLINE`, `HF_HUB_DISABLE_XET`, cache paths, ...;
+   `datasets.config`: `HF_ENDPOINT`, `HUB_DATASETS_URL`, `HF_HUB_OFFLINE`, cache paths, ...; `evaluate.config`)
+   are re-executed with `importlib.reload` when already imported, so each constant is derived by the library's
+   own code. Their previous values are put back on exit.
+3. Values copied out of those modules are patched: `huggingface_hub.hf_api.api.endpoint` (the module-level
+   `HfApi` behind `huggingface_hub.model_info` & co), `huggingface_hub.utils._http._HUB_ORIGINS`, the `ENDPOINT`
+   imported by `huggingface_hub.utils._git_credential` and `huggingface_hub.cli.auth`, and the shared `HfApi` that
+   `transformers.utils.hub` caches (reset to `None`). `datasets.config.USE_PARQUET_EXPORT` is set to `False`:
+   the dataset-viewer URL `datasets` derives from the endpoint (`http://datasets-server.127.0.0.1:...`) would
+   leave loopback. A post-import hook applies these patches to modules first imported inside the context.
+4. The shared `httpx` client of `huggingface_hub` is closed (it is rebuilt on next use, with the new `NO_PROXY`)
+   and cached `HfFileSystem` instances are dropped, on entry and on exit.
+"""
+
+import contextlib
+import hashlib
+import importlib
+import importlib.abc
+import json
+import logging
+import os
+import re
+import socket
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+
+from ._hub_storage import LOCAL_USER, HubError, HubStorage, card_data, parse_commit_payload
+
+
+__all__ = ["FAKE_TOKEN", "HubError", "LocalHub", "hub_client_env"]
+
+logger = logging.getLogger(__name__)
+
+FAKE_TOKEN = "hf_localhub_fake_token_for_tests"
+_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
+_PLURAL = {"models": "model", "datasets": "dataset", "spaces": "space"}
+_CHUNK = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _flag(query: dict, name: str) -> bool:
+    return query.get(name, ["false"])[-1].lower() in ("1", "true", "yes")
+
+
+def _take_revision(segments: list[str]) -> tuple[str, list[str]]:
+    """Split raw path segments into a revision (URL-encoded, or `refs/<kind>/<name>` unencoded) and the rest."""
+    if not segments or not segments[0]:
+        raise HubError(400, "Missing revision in URL")
+    if unquote(segments[0]) == "refs" and len(segments) >= 3:
+        return "/".join(unquote(s) for s in segments[:3]), segments[3:]
+    return unquote(segments[0]), segments[1:]
+
+
+def _parse_range(value: str, size: int) -> tuple[int, int] | None:
+    """`(start, end)` (inclusive) of a single `bytes=` range; `None` to serve the whole file; 416 if unsatisfiable."""
+    match = re.fullmatch(r"bytes=(\d*)-(\d*)", value.strip())
+    if match is None or match[1] == match[2] == "":
+        return None
+    if match[1] == "":
+        start, end = max(0, size - int(match[2])), size - 1
+    else:
+        start, end = int(match[1]), min(int(match[2]) if match[2] else size - 1, size - 1)
+    if start >= size or start > end:
+        raise HubError(416, f"Range {value} not satisfiable for {size} bytes")
+    return start, end
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Serves one connection: routes each request to the Hub endpoint it imitates (see [`LocalHub`])."""
+
+    protocol_version = "HTTP/1.1"
+    timeout = 60  # seconds an idle keep-alive connection is kept
+    server: "_Server"
+
+    def _dispatch(self) -> None:
+        url = urlsplit(self.path)
+        self.url_path, self.query = url.path, parse_qs(url.query)
+        self.store, self.endpoint = self.server.hub.storage, self.server.hub.endpoint
+        self._body_done = "Content-Length" not in self.headers and "Transfer-Encoding" not in self.headers
+        try:
+            self._route(url.path.split("/")[1:])
+        except HubError as err:
+            self._send_error(err)
+        except Exception as err:  # a bug here must reach the client as an HTTP error, not as a dropped connection
+            logger.exception("Local Hub failed on %s %s", self.command, self.path)
+            self._send_error(HubError(500, f"Local Hub internal error: {type(err).__name__}: {err}"))
+        if not self._body_done:  # unread request body: the connection cannot be reused
+            self.close_connection = True
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _dispatch
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (signature of the base class)
+        logger.debug("%s " + format, self.address_string(), *args)
+
+    # -- request and response plumbing ----------------------------------------------------------------------------
+    def _stream_body(self, write: Callable[[bytes], Any]) -> None:
+        """Pass the request body to `write`, chunk by chunk (`Content-Length` or chunked transfer encoding)."""
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while size := int(self.rfile.readline(1024).split(b";")[0].strip() or b"0", 16):
+                self._copy_exact(size, write)
+                self.rfile.readline(1024)
+            while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):  # trailers
+                pass
+        else:
+            self._copy_exact(int(self.headers.get("Content-Length") or 0), write)
+        self._body_done = True
+
+    def _copy_exact(self, size: int, write: Callable[[bytes], Any]) -> None:
+        while size > 0:
+            chunk = self.rfile.read(min(size, _CHUNK))
+            if not chunk:
+                raise HubError(400, "Request body ended early")
+            write(chunk)
+            size -= len(chunk)
+
+    def _body(self) -> bytes:
+        chunks: list[bytes] = []
+        self._stream_body(chunks.append)
+        return b"".join(chunks)
+
+    def _json_body(self) -> dict:
+        body = self._body()
+        try:
+            data = json.loads(body) if body.strip() else {}
+        except ValueError as err:
+            raise HubError(400, f"Request body is not valid JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise HubError(400, f"Request body must be a JSON object, got {type(data).__name__}")
+        return data
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str], length: int | None = None) -> None:
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _send_json(self, obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(obj).encode(), {"Content-Type": "application/json", **(headers or {})})
+
+    def _send_error(self, err: HubError) -> None:
+        headers = {"X-Error-Message": err.message.encode("ascii", "replace").decode().replace("\n", " ")}
+        if err.code:
+            headers["X-Error-Code"] = err.code
+        self._send_json({"error": err.message}, err.status, {**headers, **err.headers})
+
+    def _send_file(self, path: Path, size: int, headers: dict[str, str]) -> None:
+        """Send a file, or the single byte range the `Range` header asks for (206), with `Accept-Ranges`."""
+        start, end, status = 0, size - 1, 200
+        if "Range" in self.headers:
+            try:
+                span = _parse_range(self.headers["Range"], size)
+            except HubError as err:
+                err.headers.update(headers, **{"Content-Range": f"bytes */{size}"})
+                raise
+            if span is not None:
+                (start, end), status = span, 206
+                headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        self._send(status, b"", {**headers, "Accept-Ranges": "bytes"}, length=end - start + 1)
+        if self.command == "HEAD":
+            return
+        with open(path, "rb") as f:
+            f.seek(start)
+            remaining = end - start + 1
+            while remaining > 0:
+                chunk = f.read(min(remaining, _CHUNK))
+                self.wfile.write(chunk)
+                remaining -= len(chunk)
+
+    # -- routing --------------------------------------------------------------------------------------------------
+    def _route(self, segs: list[str]) -> None:
+        method = self.command
+        if segs[:1] == ["api"]:
+            return self._route_api(method, segs[1:])
+        if segs[:1] == ["_lfs"] and len(segs) >= 2:
+            return self._lfs_object(method, segs[1], segs[2:])
+        repo_type = "model"
+        if segs and segs[0] in _PLURAL:
+            repo_type, segs = _PLURAL[segs[0]], segs[1:]
+        if method == "POST" and len(segs) == 6 and segs[1].endswith(".git") and segs[2:5] == ["info", "lfs", "objects"]:
+            return self._lfs_batch(repo_type, f"{unquote(segs[0])}/{unquote(segs[1][:-4])}")
+        if method in ("GET", "HEAD") and len(segs) >= 4 and segs[2] == "resolve":
+            revision, rest = _take_revision(segs[3:])
+            return self._resolve(repo_type, f"{unquote(segs[0])}/{unquote(segs[1])}", revision, rest)
+        raise HubError(404, f"Local Hub has no route for {method} {self.url_path}")
+
+    def _route_api(self, method: str, segs: list[str]) -> None:
+        simple = {
+            ("GET", "whoami-v2"): self._whoami,
+            ("POST", "repos/create"): self._create_repo,
+            ("DELETE", "repos/delete"): self._delete_repo,
+            ("POST", "validate-yaml"): self._validate_yaml,
+        }
+        if (method, "/".join(segs)) in simple:
+            return simple[(method, "/".join(segs))]()
+        if segs[:1] == ["telemetry"]:
+            return self._send_json({})
+        if len(segs) < 3 or segs[0] not in _PLURAL:
+            raise HubError(404, f"Local Hub has no route for {method} {self.url_path}")
+        repo_type, repo_id, rest = _PLURAL[segs[0]], f"{unquote(segs[1])}/{unquote(segs[2])}", segs[3:]
+        action, tail = (rest[0], rest[1:]) if rest else (None, [])
+        if method == "GET" and action in (None, "revision"):
+            revision = "/".join(unquote(s) for s in tail) or "main"
+            return self._send_json(self.store.repo_info(repo_type, repo_id, revision, _flag(self.query, "blobs")))
+        if method == "GET" and action == "refs":
+            return self._refs(repo_type, repo_id)
+        if method in ("POST", "DELETE") and action in ("branch", "tag") and tail:
+            return self._ref(method, action, repo_type, repo_id, "/".join(unquote(s) for s in tail))
+        handlers = {
+            ("GET", "tree"): self._tree,
+            ("POST", "paths-info"): self._paths_info,
+            ("GET", "commits"): self._commits,
+            ("POST", "preupload"): self._preupload,
+            ("POST", "commit"): self._commit,
+        }
+        if (method, action) in handlers and tail:
+            revision, path = _take_revision(tail)
+            return handlers[(method, action)](repo_type, repo_id, revision, "/".join(unquote(s) for s in path))
+        raise HubError(404, f"Local Hub has no route for {method} {self.url_path}")
+
+    def _repo_url(self, repo_type: str, repo_id: str) -> str:
+        return f"{self.endpoint}/{_PREFIX[repo_type]}{repo_id}"
+
+    # -- accounts and repositories --------------------------------------------------------------------------------
+    def _whoami(self) -> None:
+        if not self.headers.get("Authorization"):
+            raise HubError(401, "Invalid credentials in Authorization header")
+        token = {"type": "access_token", "accessToken": {"displayName": "localhub", "role": "write"}}
+        self._send_json({"type": "user", "name": LOCAL_USER, "fullname": "Local Hub user", "orgs": [], "auth": token})
+
+    def _repo_key(self, body: dict) -> tuple[str, str]:
+        if not isinstance(body.get("name"), str):
+            raise HubError(400, f"Missing or invalid repo 'name' in request body: {body.get('name')!r}")
+        return body.get("type") or "model", f"{body.get('organization') or LOCAL_USER}/{body['name']}"
+
+    def _create_repo(self) -> None:
+        body = self._json_body()
+        repo_type, repo_id = self._repo_key(body)
+        url = self._repo_url(repo_type, repo_id)
+        try:
+            self.store.create_repo(repo_type, repo_id, private=bool(body.get("private")) or body.get("visibility") == "private")
+        except HubError as err:
+            if err.status != 409:
+                raise
+            return self._send_json({"error": err.message, "url": url}, 409)  # the client reads `url` on exist_ok
+        self._send_json({"url": url, "name": repo_id, "id": repo_id})
+
+    def _delete_repo(self) -> None:
+        self.store.delete_repo(*self._repo_key(self._json_body()))
+        self._send_json({})
+
+    def _validate_yaml(self) -> None:
+        content = self._json_body().get("content") or ""
+        empty_block = re.match(r"^---[ \t]*\n---[ \t]*(\n|$)", content) is not None
+        if content.startswith("---") and not empty_block and card_data(content) is None:
+            message = "Invalid YAML metadata: the block between the '---' lines must be a valid YAML mapping"
+            return self._send_json({"errors": [{"message": message}], "warnings": []}, 400)
+        self._send_json({"errors": [], "warnings": []})
+
+    # -- listings -------------------------------------------------------------------------------------------------
+    def _with_last_commit(self, repo_type: str, repo_id: str, sha: str, entries: list[dict]) -> list[dict]:
+        last = self.store.last_commits(repo_type, repo_id, sha, [e["path"] for e in entries])
+        for entry in entries:
+            commit = last[entry["path"]]
+            entry["lastCommit"] = {"id": commit["id"], "title": commit["title"], "date": commit["date"]}
+        return entries
+
+    def _tree(self, repo_type: str, repo_id: str, revision: str, path: str) -> None:
+        commit = self.store.snapshot(repo_type, repo_id, revision)
+        paths = self.store.list_tree(commit["tree"], path, _flag(self.query, "recursive"))
+        expand = _flag(self.query, "expand")
+        page_size = min(self.server.hub.tree_page_size, 50) if expand else self.server.hub.tree_page_size
+        cursor = int(self.query.get("cursor", ["0"])[-1] or 0)
+        entries = [self.store.path_info(commit["tree"], p) for p in paths[cursor : cursor + page_size]]
+        if expand:
+            entries = self._with_last_commit(repo_type, repo_id, commit["id"], entries)
+        headers = {}
+        if cursor + page_size < len(paths):  # cursor pagination through a `Link` header, as the Hub does
+            query = {key: values[-1] for key, values in self.query.items()} | {"cursor": str(cursor + page_size)}
+            headers["Link"] = f'<{self.endpoint}{self.url_path}?{urlencode(query)}>; rel="next"'
+        self._send_json(entries, headers=headers)
+
+    def _paths_info(self, repo_type: str, repo_id: str, revision: str, _: str) -> None:
+        if self.headers.get("Content-Type", "").startswith("application/json"):
+            body = self._json_body()
+            paths, expand = body.get("paths") or [], bool(body.get("expand"))
+        else:  # form-encoded, as `HfApi.get_paths_info` sends it
+            form = parse_qs(self._body().decode())
+            paths, expand = form.get("paths", []), _flag(form, "expand")
+        commit = self.store.snapshot(repo_type, repo_id, revision)
+        tree, paths = commit["tree"], [p.strip("/") for p in paths]
+        found = [p for p in paths if p in tree or any(k.startswith(p + "/") for k in tree)]
+        entries = [self.store.path_info(tree, p) for p in found]
+        self._send_json(self._with_last_commit(repo_type, repo_id, commit["id"], entries) if expand else entries)
+
+    def _refs(self, repo_type: str, repo_id: str) -> None:
+        refs = self.store.refs(repo_type, repo_id)
+
+        def fmt(kind: str, prefix: str) -> list[dict]:
+            return [{"name": n, "ref": prefix + n, "targetCommit": sha} for n, sha in sorted(refs[kind].items())]
+
+        branches, tags, pulls = fmt("heads", "refs/heads/"), fmt("tags", "refs/tags/"), fmt("pulls", "refs/pr/")
+        self._send_json({"branches": branches, "tags": tags, "converts": [], "pullRequests": pulls})
+
+    def _commits(self, repo_type: str, repo_id: str, revision: str, _: str) -> None:
+        history = self.store.history(repo_type, repo_id, self.store.resolve(repo_type, repo_id, revision))
+        keys = ("id", "title", "message", "date")
+        self._send_json([{**{k: c[k] for k in keys}, "authors": [{"user": a} for a in c["authors"]]} for c in history])
+
+    def _ref(self, method: str, kind: str, repo_type: str, repo_id: str, name: str) -> None:
+        if method == "DELETE":
+            self.store.delete_ref(repo_type, repo_id, "heads" if kind == "branch" else "tags", name)
+        elif kind == "branch":
+            start = self._json_body().get("startingPoint") or "main"
+            self.store.create_ref(repo_type, repo_id, "heads", name, start)
+        else:  # POST /tag/{revision} with {"tag": name, "message": ...}
+            tag = self._json_body().get("tag")
+            if not isinstance(tag, str):
+                raise HubError(400, f"Missing or invalid 'tag' in request body: {tag!r}")
+            self.store.create_ref(repo_type, repo_id, "tags", tag, name)
+        self._send_json({})
+
+    # -- uploads --------------------------------------------------------------------------------------------------
+    def _preupload(self, repo_type: str, repo_id: str, revision: str, _: str) -> None:
+        body = self._json_body()
+        commit = self.store.snapshot(repo_type, repo_id, revision)
+        files = self.store.preupload(commit["tree"], body.get("files") or [], body.get("gitIgnore"))
+        self._send_json({"files": files, "commitOid": commit["id"]})
+
+    def _commit(self, repo_type: str, repo_id: str, revision: str, _: str) -> None:
+        header, operations = parse_commit_payload(self._body())
+        sha, pr_num = self.store.commit_files(
+            repo_type, repo_id, revision, operations, title=header.get("summary") or "",
+            message=header.get("description") or "", parent_commit=header.get("parentCommit"),
+            create_pr=_flag(self.query, "create_pr"),
+        )  # fmt: skip
+        url = self._repo_url(repo_type, repo_id)
+        pr_url = f"{url}/discussions/{pr_num}" if pr_num is not None else None
+        self._send_json({"success": True, "commitOid": sha, "commitUrl": f"{url}/commit/{sha}", "pullRequestUrl": pr_url})
+
+    def _lfs_batch(self, repo_type: str, repo_id: str) -> None:
+        """Git LFS batch API, basic transfer: upload/verify (or download) hrefs on this server."""
+        self.store.repo_meta(repo_type, repo_id)  # 404 if the repo does not exist
+        body = self._json_body()
+        objects = []
+        for obj in body.get("objects") or []:
+            oid, size = obj.get("oid"), obj.get("size")
+            item: dict[str, Any] = {"oid": str(oid), "size": size if isinstance(size, int) else 0}
+            href = f"{self.endpoint}/_lfs/{oid}"
+            if not (isinstance(oid, str) and _SHA256.fullmatch(oid) and isinstance(size, int) and size >= 0):
+                item["error"] = {"code": 422, "message": "Invalid oid or size"}
+            elif body.get("operation") == "download":
+                if self.store.has_lfs(oid):
+                    item["actions"] = {"download": {"href": href, "header": {}}}
+                else:
+                    item["error"] = {"code": 404, "message": "Object does not exist"}
+            elif not self.store.has_lfs(oid):  # no `actions`: already uploaded, the client skips it
+                upload, verify = {"href": f"{href}?size={size}", "header": {}}, {"href": f"{href}/verify", "header": {}}
+                item["actions"] = {"upload": upload, "verify": verify}
+            objects.append(item)
+        self._send_json({"transfer": "basic", "objects": objects}, headers={"Content-Type": "application/vnd.git-lfs+json"})
+
+    def _lfs_object(self, method: str, oid: str, rest: list[str]) -> None:
+        path = self.store.lfs_path(oid)
+        if method == "PUT" and not rest:
+            return self._lfs_put(oid, path)
+        if method == "POST" and rest == ["verify"]:
+            size = self._json_body().get("size")
+            if not path.is_file() or path.stat().st_size != size:
+                raise HubError(404, f"LFS object {oid} of size {size} was not uploaded")
+            return self._send_json({})
+        if method in ("GET", "HEAD") and not rest and path.is_file():
+            return self._send_file(path, path.stat().st_size, {"Content-Type": "application/octet-stream", "ETag": f'"{oid}"'})
+        raise HubError(404, f"LFS object {oid} not found")
+
+    def _lfs_put(self, oid: str, path: Path) -> None:
+        """Receive an LFS object; it is kept only if its sha256 and size match the batch request."""
+        digest, size = hashlib.sha256(), 0
+        fd, tmp = self.store.new_tmp_file()
+        try:
+            with os.fdopen(fd, "wb") as f:
+
+                def write(chunk: bytes) -> None:
+                    nonlocal size
+                    digest.update(chunk)
+                    f.write(chunk)
+                    size += len(chunk)
+
+                self._stream_body(write)
+            expected = self.query.get("size", [str(size)])[-1]
+            if digest.hexdigest() != oid or str(size) != expected:
+                got = f"{size} bytes with sha256 {digest.hexdigest()}"
+                raise HubError(400, f"Uploaded content ({got}) does not match oid {oid} and size {expected}")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        self._send(200, b"", {})
+
+    # -- downloads ------------------------------------------------------------------------------------------------
+    def _resolve(self, repo_type: str, repo_id: str, revision: str, rest: list[str]) -> None:
+        """`/resolve/`: file content with `X-Repo-Commit`, `ETag` (`X-Linked-Etag`/`-Size` for LFS) and `Range`."""
+        commit = self.store.snapshot(repo_type, repo_id, revision)
+        path = "/".join(unquote(s) for s in rest)
+        entry = commit["tree"].get(path)
+        headers = {"Content-Type": "application/octet-stream", "X-Repo-Commit": commit["id"]}
+        if entry is None:
+            raise HubError(404, f"Entry not found: {path} at {revision}", "EntryNotFound", {"X-Repo-Commit": commit["id"]})
+        if entry["lfs"]:
+            etag = f'"{entry["lfs"]["oid"]}"'
+            headers.update({"ETag": etag, "X-Linked-Etag": etag, "X-Linked-Size": str(entry["size"])})
+        else:
+            headers["ETag"] = f'"{entry["oid"]}"'
+        self._send_file(self.store.file_path(entry), entry["size"], headers)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    hub: "LocalHub"
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(address, _Handler)
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        logger.debug("Local Hub connection from %s ended with an error", client_address, exc_info=True)
+
+
+class LocalHub:
+    """A Hub-compatible HTTP server on 127.0.0.1, keeping its repositories on disk.
+
+    Use it as a context manager: the server starts on a free loopback port in a background thread and stops on exit.
+    Point the clients at it with [`hub_client_env`] (or the `local_hub` pytest fixture, which does both).
+
+    Args:
+        root_dir (`str` or `os.PathLike`, *optional*):
+            Directory for repositories and blobs. Defaults to a temporary directory removed by [`LocalHub.close`].
+        tree_page_size (`int`, *optional*, defaults to 1000):
+            Entries per page of the `tree` listing (the Hub pages by 1000, and by 50 with `expand=True`).
+
+    Example:
+        ```py
+        >>> with LocalHub() as hub, hub_client_env(hub.endpoint):
+        ...     HfApi().create_repo("org/name", repo_type="dataset")
+        ...     hub.commits("org/name", repo_type="dataset")[0]["title"]
+        'initial commit'
+        ```
+    """
+
+    def __init__(self, root_dir: str | os.PathLike | None = None, *, tree_page_size: int = 1000) -> None:
+        if not isinstance(tree_page_size, int) or tree_page_size < 1:
+            raise ValueError(f"tree_page_size must be a positive int, got {tree_page_size!r}")
+        self._tmp = tempfile.TemporaryDirectory(prefix="localhub-") if root_dir is None else None
+        self.root = Path(self._tmp.name if self._tmp is not None else root_dir)
+        self.storage = HubStorage(self.root)
+        self.tree_page_size = tree_page_size
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """Base URL of the running server, `http://127.0.0.1:<port>`."""
+        if self._server is None:
+            raise RuntimeError("LocalHub is not running: call start() or use it as a context manager")
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> "LocalHub":
+        """Start serving on a free port of 127.0.0.1 (no-op if already running)."""
+        if self._server is None:
+            self._server = _Server(("127.0.0.1", 0))
+            self._server.hub = self
+            self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"LocalHub-{self._server.server_address[1]}", daemon=True)  # fmt: skip
+            self._thread.start()
+            logger.debug("Local Hub serving %s from %s", self.endpoint, self.root)
+        return self
+
+    def close(self) -> None:
+        """Stop the server, drop open connections and remove the temporary root directory if it made one."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+            with server.connections_lock:
+                for conn in list(server.connections):
+                    with contextlib.suppress(OSError):
+                        conn.shutdown(socket.SHUT_RDWR)
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> "LocalHub":
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def commits(self, repo_id: str, repo_type: str = "model", revision: str = "main") -> list[dict]:
+        """History of a revision, newest first: dicts with `id`, `parents`, `title`, `message`, `date`, `files`."""
+        history = self.storage.history(repo_type, repo_id, self.storage.resolve(repo_type, repo_id, revision))
+        return [{**{k: c[k] for k in ("id", "parents", "title", "message", "date")}, "files": sorted(c["tree"])} for c in history]
+
+    def read_file(self, repo_id: str, path: str, repo_type: str = "model", revision: str = "main") -> bytes:
+        """Content of a file at a revision, read straight from storage (raises [`HubError`] if missing)."""
+        sha = self.storage.resolve(repo_type, repo_id, revision)
+        entry = self.storage.commit(repo_type, repo_id, sha)["tree"].get(path)
+        if entry is None:
+            raise HubError(404, f"Entry not found: {path} at {revision}", "EntryNotFound")
+        return self.storage.file_path(entry).read_bytes()
+
+
+# -- client environment ---------------------------------------------------------------------------------------------
+_RELOADED = ("huggingface_hub.constants", "datasets.config", "evaluate.config")
+_UNSET = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE", "HUGGINGFACE_CO_STAGING", "HUGGINGFACE_HUB_CACHE", "HUGGING_FACE_HUB_TOKEN")  # fmt: skip
+
+
+def _client_environ(endpoint: str, home: Path, token: str) -> dict[str, str | None]:
+    no_proxy = ",".join(filter(None, [os.environ.get("NO_PROXY") or os.environ.get("no_proxy"), "127.0.0.1,localhost"]))
+    env: dict[str, str | None] = dict.fromkeys(_UNSET)
+    env.update(
+        HF_ENDPOINT=endpoint, HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1", HF_UPDATE_DOWNLOAD_COUNTS="0",
+        NO_PROXY=no_proxy, no_proxy=no_proxy, HF_TOKEN=token, HF_HOME=str(home), HF_HUB_CACHE=str(home / "hub"),
+        HF_ASSETS_CACHE=str(home / "assets"), HF_XET_CACHE=str(home / "xet"), HF_TOKEN_PATH=str(home / "token"),
+        HF_DATASETS_CACHE=str(home / "datasets"), HF_MODULES_CACHE=str(home / "modules"),
+    )  # fmt: skip
+    return env
+
+
+def _set_environ(values: dict[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def _derived_patches() -> dict[tuple[str, str], Callable[[], Any]]:
+    """Values copied out of `huggingface_hub.constants` (or cached) by other modules, computed from it now."""
+
+    def constant(name: str) -> Callable[[], Any]:
+        return lambda: getattr(sys.modules["huggingface_hub.constants"], name)
+
+    def hub_origins() -> frozenset:
+        c, http = sys.modules["huggingface_hub.constants"], sys.modules["huggingface_hub.utils._http"]
+        return frozenset(http._url_origin(e) for e in (c._HF_DEFAULT_ENDPOINT, c._HF_DEFAULT_STAGING_ENDPOINT, c.ENDPOINT, "https://hf.co"))
+
+    return {
+        ("huggingface_hub.utils._http", "_HUB_ORIGINS"): hub_origins,
+        ("huggingface_hub.utils._git_credential", "ENDPOINT"): constant("ENDPOINT"),
+        ("huggingface_hub.cli.auth", "ENDPOINT"): constant("ENDPOINT"),
+        ("huggingface_hub.utils._cache_assets", "HF_ASSETS_CACHE"): constant("HF_ASSETS_CACHE"),
+        ("transformers.utils.hub", "_hf_api"): lambda: None,
+    }
+
+
+def _patch_loaded(module_name: str | None = None) -> None:
+    """Apply the in-context patches to one module (or to every loaded one)."""
+    for (name, attr), value in _derived_patches().items():
+        if name in sys.modules and module_name in (None, name):
+            setattr(sys.modules[name], attr, value())
+    if "datasets.config" in sys.modules and module_name in (None, "datasets.config"):
+        sys.modules["datasets.config"].USE_PARQUET_EXPORT = False
+    if "huggingface_hub.hf_api" in sys.modules and module_name in (None, "huggingface_hub.hf_api"):
+        sys.modules["huggingface_hub.hf_api"].api.endpoint = sys.modules["huggingface_hub.constants"].ENDPOINT
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Applies [`_patch_loaded`] to the patched modules that get imported for the first time inside the context."""
+
+    names = {name for name, _ in _derived_patches()} | {"datasets.config", "huggingface_hub.hf_api"}
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname not in self.names:
+            return None
+        for finder in sys.meta_path:
+            spec = None if finder is self else getattr(finder, "find_spec", lambda *a: None)(fullname, path, target)
+            if spec is not None and spec.loader is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+
+        class _Loader(importlib.abc.Loader):
+            def create_module(self, spec: Any) -> Any:
+                return loader.create_module(spec)
+
+            def exec_module(self, module: Any) -> None:
+                loader.exec_module(module)
+                _patch_loaded(fullname)
+
+        spec.loader = _Loader()
+        return spec
+
+
+def _reset_client_caches() -> None:
+    if "huggingface_hub.utils._http" in sys.modules:
+        sys.modules["huggingface_hub.utils._http"].close_session()
+    if "huggingface_hub.hf_file_system" in sys.modules:
+        sys.modules["huggingface_hub.hf_file_system"].HfFileSystem.clear_instance_cache()
+
+
+@contextlib.contextmanager
+def hub_client_env(
+    endpoint: str, home_dir: str | os.PathLike | None = None, *, token: str = FAKE_TOKEN
+) -> Iterator[dict[str, str | None]]:
+    """Point `huggingface_hub`, `transformers`, `datasets` and `evaluate` at `endpoint` for the duration of the block.
+
+    Sets the environment, re-derives the constants the clients read at import time and patches the values copied out
+    of them (see the module docstring for the full list); everything is put back on exit. Not thread-safe: it
+    changes `os.environ` and module globals of the whole process.
+
+    Args:
+        endpoint (`str`): Base URL of the Hub to use, e.g. [`LocalHub.endpoint`].
+        home_dir (`str` or `os.PathLike`, *optional*):
+            Fresh `HF_HOME` for caches and tokens. Defaults to a temporary directory removed on exit.
+        token (`str`, *optional*): Value of `HF_TOKEN`; the local Hub accepts any token.
+
+    Yields:
+        `dict[str, Optional[str]]`: The environment variables set (`None` for those unset).
+    """
+    tmp = tempfile.TemporaryDirectory(prefix="localhub-home-") if home_dir is None else None
+    home = Path(tmp.name if tmp is not None else home_dir)
+    home.mkdir(parents=True, exist_ok=True)
+    env = _client_environ(endpoint.rstrip("/"), home, token)
+    saved_env = {key: os.environ.get(key) for key in env}
+    saved_modules = {name: dict(vars(sys.modules[name])) for name in _RELOADED if name in sys.modules}
+    saved_attrs = {key: getattr(sys.modules[key[0]], key[1]) for key in _derived_patches() if key[0] in sys.modules}
+    hf_api = sys.modules.get("huggingface_hub.hf_api")
+    saved_api_endpoint = hf_api.api.endpoint if hf_api is not None else None
+    hook = _PatchOnImport()
+    try:
+        _set_environ(env)
+        for name in _RELOADED:  # re-derive the import-time constants with the library's own code
+            if name in sys.modules:
+                importlib.reload(sys.modules[name])
+        _patch_loaded()
+        sys.meta_path.insert(0, hook)
+        _reset_client_caches()
+        yield env
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(hook)
+        _set_environ(saved_env)
+        for name in _RELOADED:
+            if name in saved_modules:
+                vars(sys.modules[name]).update(saved_modules[name])
+            elif name in sys.modules:
+                importlib.reload(sys.modules[name])
+        for (name, attr), value in _derived_patches().items():
+            if (name, attr) in saved_attrs:
+                setattr(sys.modules[name], attr, saved_attrs[(name, attr)])
+            elif name in sys.modules and "huggingface_hub.constants" in sys.modules:
+                setattr(sys.modules[name], attr, value())
+        if "huggingface_hub.hf_api" in sys.modules:
+            api = sys.modules["huggingface_hub.hf_api"].api
+            api.endpoint = saved_api_endpoint if hf_api is not None else sys.modules["huggingface_hub.constants"].ENDPOINT
+        _reset_client_caches()
+        if tmp is not None:
+            tmp.cleanup()
