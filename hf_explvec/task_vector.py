@@ -112,7 +112,7 @@ class TaskVector(
         nonfinite = A.nonfinite_keys(vector)
         if nonfinite:
             raise ValueError(f"task vector holds NaN or Inf in {len(nonfinite)} tensors: {A._preview(nonfinite)}.")
-        self._vector = dict(vector)
+        self._vector = dict(sorted(vector.items()))
         self.config = config if config is not None else TaskVectorConfig()
         self.commit_hash: str | None = None
 
@@ -212,6 +212,7 @@ class TaskVector(
         return dict(self._vector)
 
     def keys(self) -> list[str]:
+        """The canonical parameter names, sorted."""
         return list(self._vector)
 
     def __len__(self) -> int:

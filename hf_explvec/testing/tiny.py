@@ -35,7 +35,7 @@ def tiny_clip_config(projection_dim: int = 16, **vision_overrides) -> CLIPConfig
         eos_token_id=513,
         pad_token_id=513,
     )
-    vision = CLIPVisionConfig(**{**TINY_VISION, **vision_overrides})
+    vision = CLIPVisionConfig(**{**TINY_VISION, "projection_dim": projection_dim, **vision_overrides})
     return CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=projection_dim)
 
 
