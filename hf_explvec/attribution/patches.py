@@ -1,0 +1,279 @@
+"""Kernel SHAP over image patches by painting absent patches with a baseline.
+
+[`patch_kernel_shap`] explains an image classifier given only as a forward function: the players are
+the patches of a regular grid, in row-major order, and the value of a coalition is the target score of
+the image whose patches outside the coalition are replaced by a baseline. The masked images of several
+inputs share each forward chunk; masks are upsampled by broadcasting, never by Python loops.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .kernel_shap import kernel_shap
+
+__all__ = [
+    "patch_kernel_shap",
+    "make_baseline",
+    "gaussian_blur",
+    "to_patch_grid",
+    "mask_patches",
+    "VALUE_OPTIONS",
+    "BASELINE_OPTIONS",
+]
+
+VALUE_OPTIONS = ("logit", "log_prob", "prob")
+BASELINE_OPTIONS = ("mean", "blur")
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    r"""Separable Gaussian blur with edge replication.
+
+    Args:
+        images (`torch.Tensor` of shape `(B, C, H, W)`): floating-point images.
+        sigma (`float`): standard deviation in pixels (> 0); the kernel spans ``±ceil(3 sigma)``.
+
+    Returns:
+        `torch.Tensor` of shape `(B, C, H, W)`, same dtype and device.
+    """
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    radius = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=images.device)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(images.dtype)
+    channels = images.shape[1]
+    out = F.pad(images, (radius, radius, radius, radius), mode="replicate")
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+
+
+def make_baseline(pixel_values: torch.Tensor, baseline: float | str | torch.Tensor, patch_size: int) -> float | torch.Tensor:
+    r"""Resolve a baseline option to a float or a 4-D tensor broadcastable to `pixel_values`.
+
+    Args:
+        pixel_values (`torch.Tensor` of shape `(B, C, H, W)`): the images.
+        baseline (`float`, `str` or `torch.Tensor`):
+            - a number: every absent pixel takes this value (0.0 is the mean pixel after CLIP
+              normalisation);
+            - ``"mean"``: the per-image, per-channel mean, shape `(B, C, 1, 1)`;
+            - ``"blur"``: a Gaussian-blurred copy of each image, ``sigma = patch_size / 4`` pixels, shape
+              `(B, C, H, W)` (call [`gaussian_blur`] and pass a tensor for another sigma);
+            - a tensor broadcastable to `pixel_values` (e.g. `(C, 1, 1)`, `(1, C, H, W)`, `(B, C, H, W)`).
+        patch_size (`int`): the patch side, for the blur width.
+
+    Returns:
+        `float`, or `torch.Tensor` with 4 dimensions, each either 1 or that of `pixel_values`, on its device
+        and dtype.
+    """
+    if isinstance(baseline, bool):
+        raise TypeError("baseline must be a float, 'mean', 'blur' or a torch.Tensor, got bool")
+    if isinstance(baseline, (int, float)):
+        value = float(baseline)
+        if not math.isfinite(value):
+            raise ValueError(f"baseline must be finite, got {baseline}")
+        return value
+    if isinstance(baseline, str):
+        if baseline == "mean":
+            return pixel_values.mean(dim=(2, 3), keepdim=True)
+        if baseline == "blur":
+            return gaussian_blur(pixel_values, sigma=max(patch_size / 4.0, 0.5))
+        raise ValueError(f"baseline must be a float, one of {BASELINE_OPTIONS} or a tensor, got {baseline!r}")
+    if isinstance(baseline, torch.Tensor):
+        if baseline.dim() > 4:
+            raise ValueError(f"baseline tensor must have at most 4 dimensions, got shape {tuple(baseline.shape)}")
+        try:
+            shape = torch.broadcast_shapes(baseline.shape, pixel_values.shape)
+        except RuntimeError:
+            shape = None
+        if shape != pixel_values.shape:
+            raise ValueError(
+                f"baseline tensor of shape {tuple(baseline.shape)} does not broadcast to pixel_values "
+                f"of shape {tuple(pixel_values.shape)}"
+            )
+        if not (baseline.is_floating_point() or baseline.dtype in (torch.int32, torch.int64, torch.uint8)):
+            raise TypeError(f"baseline tensor must be real-valued, got dtype {baseline.dtype}")
+        baseline = baseline.reshape((1,) * (4 - baseline.dim()) + tuple(baseline.shape))
+        return baseline.to(device=pixel_values.device, dtype=pixel_values.dtype)
+    raise TypeError(f"baseline must be a float, 'mean', 'blur' or a torch.Tensor, got {type(baseline).__name__}")
+
+
+def mask_patches(
+    pixel_values: torch.Tensor,
+    coalitions: torch.Tensor,
+    input_index: torch.Tensor,
+    baseline: float | torch.Tensor,
+    patch_size: int,
+) -> torch.Tensor:
+    r"""Images whose absent patches are replaced by the baseline.
+
+    Args:
+        pixel_values (`torch.Tensor` of shape `(B, C, H, W)`): the images.
+        coalitions (`torch.BoolTensor` of shape `(N, M)`): ``True`` where a patch is kept, row-major over
+            the `(H / p, W / p)` grid.
+        input_index (`torch.LongTensor` of shape `(N,)`): the image of each row.
+        baseline (`float` or `torch.Tensor`): from [`make_baseline`].
+        patch_size (`int`): the patch side ``p``.
+
+    Returns:
+        `torch.Tensor` of shape `(N, C, H, W)`.
+    """
+    _, channels, height, width = pixel_values.shape
+    gh, gw, p = height // patch_size, width // patch_size, patch_size
+    n = coalitions.shape[0]
+    keep = coalitions.view(n, 1, gh, 1, gw, 1)
+    images = pixel_values.index_select(0, input_index).view(n, channels, gh, p, gw, p)
+    if isinstance(baseline, torch.Tensor):
+        if baseline.shape[0] > 1:
+            baseline = baseline.index_select(0, input_index)
+        base = baseline.expand(-1, channels, height, width).reshape(baseline.shape[0], channels, gh, p, gw, p)
+        return torch.where(keep, images, base).view(n, channels, height, width)
+    return images.masked_fill_(~keep, baseline).view(n, channels, height, width)
+
+
+def to_patch_grid(values: torch.Tensor, grid_shape: tuple[int, int] | None = None) -> torch.Tensor:
+    r"""Reshape per-patch values from row-major order to the patch grid.
+
+    Args:
+        values (`torch.Tensor` of shape `(..., M)`): e.g. the output of [`patch_kernel_shap`].
+        grid_shape (`tuple[int, int]`, *optional*): ``(H / p, W / p)``; defaults to a square grid
+            ``(g, g)`` with ``g * g == M``.
+
+    Returns:
+        `torch.Tensor` of shape `(..., gh, gw)` (a view).
+    """
+    m = values.shape[-1]
+    if grid_shape is None:
+        g = math.isqrt(m)
+        if g * g != m:
+            raise ValueError(f"{m} patches do not form a square grid; pass grid_shape=(rows, cols)")
+        grid_shape = (g, g)
+    gh, gw = grid_shape
+    if gh * gw != m:
+        raise ValueError(f"grid_shape {tuple(grid_shape)} has {gh * gw} cells, expected {m}")
+    return values.reshape(tuple(values.shape[:-1]) + (gh, gw))
+
+
+def _check_target(target: int | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+    if isinstance(target, bool):
+        raise TypeError("target must be an int or a (B,) integer tensor, got bool")
+    if isinstance(target, int):
+        target = torch.tensor(target)
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be an int or a (B,) integer tensor, got {type(target).__name__}")
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(f"target tensor must have an integer dtype, got {target.dtype}")
+    if target.dim() == 0:
+        target = target.expand(batch)
+    if target.shape != (batch,):
+        raise ValueError(f"target must be an int or have shape ({batch},), got shape {tuple(target.shape)}")
+    if target.numel() and int(target.min()) < 0:
+        raise ValueError(f"target must be >= 0, got {int(target.min())}")
+    return target.to(device=device, dtype=torch.long)
+
+
+def _scores(output: object, rows: int) -> torch.Tensor:
+    scores = getattr(output, "logits", output) if not isinstance(output, torch.Tensor) else output
+    if not isinstance(scores, torch.Tensor):
+        raise TypeError(f"forward_fn must return a (N, C) tensor or an object with .logits, got {type(output).__name__}")
+    if scores.dim() != 2 or scores.shape[0] != rows:
+        raise ValueError(f"forward_fn must return class scores of shape ({rows}, C), got {tuple(scores.shape)}")
+    return scores
+
+
+def patch_kernel_shap(
+    forward_fn: Callable[[torch.Tensor], torch.Tensor],
+    pixel_values: torch.Tensor,
+    target: int | torch.Tensor,
+    *,
+    patch_size: int,
+    num_samples: int = 500,
+    baseline: float | str | torch.Tensor = 0.0,
+    batch_size: int = 64,
+    seed: int | None = None,
+    value: str = "logit",
+) -> torch.Tensor:
+    r"""Kernel SHAP values of the image patches for a class score.
+
+    The players are the ``M = (H / p) * (W / p)`` patches in row-major order. The value of a coalition
+    ``S`` is the `target` score of the image whose patches outside ``S`` are set to `baseline`. Sampling,
+    enumeration and the constrained solve are those of [`kernel_shap`]; the result sums, per image, to
+    ``value(image) - value(baseline image)``.
+
+    Args:
+        forward_fn (`Callable[[torch.Tensor], torch.Tensor]`):
+            maps images `(N, C, H, W)` to class scores `(N, num_classes)` (or an object with a `.logits`
+            tensor). It is called under `torch.inference_mode()` with ``N <= batch_size``; it must not keep
+            its input.
+        pixel_values (`torch.Tensor` of shape `(B, C, H, W)`): the images, floating point.
+        target (`int` or `torch.LongTensor` of shape `(B,)`): the explained class (per image).
+        patch_size (`int`): patch side ``p``, dividing ``H`` and ``W``.
+        num_samples (`int`, *optional*, defaults to 500):
+            forward passes per image, including the original and the all-baseline image; at least
+            ``2 M`` (see [`min_num_samples`]); with ``num_samples >= 2**M`` every coalition is evaluated and the values are exact.
+        baseline (`float`, `str` or `torch.Tensor`, *optional*, defaults to 0.0): see [`make_baseline`]:
+            a number, ``"mean"``, ``"blur"`` or a tensor broadcastable to `pixel_values`.
+        batch_size (`int`, *optional*, defaults to 64): masked images per forward call; a chunk mixes the
+            perturbations of consecutive images.
+        seed (`int`, *optional*): seed for the coalition sampler (a private CPU generator): the same seed
+            gives the same values whatever `batch_size`.
+        value (`str`, *optional*, defaults to `"logit"`): the explained score: ``"logit"`` (raw score),
+            ``"log_prob"`` (log-softmax) or ``"prob"`` (softmax).
+
+    Returns:
+        `torch.Tensor` of shape `(B, M)`, float32, on the device of `pixel_values`. Use [`to_patch_grid`]
+        for `(B, H / p, W / p)`.
+
+    Raises:
+        TypeError: `pixel_values` not a floating tensor, `target`, `patch_size`, `num_samples` or
+            `baseline` of the wrong type.
+        ValueError: `pixel_values` not 4-D, `patch_size` not dividing ``H`` or ``W``, `num_samples` below
+            ``2 M``, `target` outside ``[0, num_classes)`` (checked on the first forward chunk), unknown
+            `value` or `baseline` option, baseline tensor not broadcastable.
+    """
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
+    if pixel_values.dim() != 4:
+        raise ValueError(f"pixel_values must have shape (B, C, H, W), got {pixel_values.dim()}-D shape {tuple(pixel_values.shape)}")
+    if not pixel_values.is_floating_point():
+        raise TypeError(f"pixel_values must be floating point, got dtype {pixel_values.dtype}")
+    if not callable(forward_fn):
+        raise TypeError(f"forward_fn must be callable, got {type(forward_fn).__name__}")
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int):
+        raise TypeError(f"patch_size must be an int, got {type(patch_size).__name__}")
+    batch, _, height, width = pixel_values.shape
+    if patch_size < 1 or height % patch_size or width % patch_size:
+        raise ValueError(f"patch_size must be a positive divisor of H={height} and W={width}, got {patch_size}")
+    if value not in VALUE_OPTIONS:
+        raise ValueError(f"value must be one of {VALUE_OPTIONS}, got {value!r}")
+    targets = _check_target(target, batch, pixel_values.device)
+    base = make_baseline(pixel_values, baseline, patch_size)
+    num_players = (height // patch_size) * (width // patch_size)
+    pixels = pixel_values.contiguous()
+    max_target = int(targets.max())
+    checked = []  # the class count is known after the first forward call
+
+    def value_fn(coalitions: torch.Tensor, input_index: torch.Tensor) -> torch.Tensor:
+        images = mask_patches(pixels, coalitions, input_index, base, patch_size)
+        scores = _scores(forward_fn(images), coalitions.shape[0])
+        if not checked:
+            if max_target >= scores.shape[1]:
+                raise ValueError(f"target must be < num_classes={scores.shape[1]} (from forward_fn), got {max_target}")
+            checked.append(scores.shape[1])
+        elif scores.shape[1] != checked[0]:
+            raise ValueError(f"forward_fn returned {scores.shape[1]} classes after {checked[0]} before")
+        row_target = targets.index_select(0, input_index)
+        scores = scores.float()
+        if value == "log_prob":
+            scores = scores.log_softmax(dim=-1)
+        elif value == "prob":
+            scores = scores.softmax(dim=-1)
+        return scores.gather(1, row_target.unsqueeze(1)).squeeze(1)
+
+    return kernel_shap(
+        value_fn, num_players, batch, num_samples=num_samples, batch_size=batch_size, seed=seed, device=pixel_values.device
+    )
