@@ -228,10 +228,11 @@ def test_apply_patch_mask_row_major():
 class CountingModel(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        torch.manual_seed(0)
-        self.net = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 5)
-        )
+        with torch.random.fork_rng():  # seeded weights without touching the global RNG of other tests
+            torch.manual_seed(0)
+            self.net = torch.nn.Sequential(
+                torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 5)
+            )
         self.calls = 0
 
     def forward(self, x):
