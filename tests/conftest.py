@@ -1,0 +1,1 @@
+pytest_plugins = ["hf_explvec.testing.pytest_plugin"]
