@@ -9,6 +9,20 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 from .configuration import SelfExplainingCLIPVisionConfig
 from .heads import DEFAULT_TEMPLATES, build_class_embeddings
 from .arithmetic import IncompatibleKeysError
+from .evaluation import (
+    FidelityResult,
+    PerturbationCurve,
+    accuracy,
+    deletion_auc,
+    e_rmse,
+    fidelity_sparsity_auc,
+    insertion_auc,
+    iou_at_k,
+    load_metric,
+    perturbation_curve,
+    select_target,
+    spearman,
+)
 from .modeling import SelfExplainingCLIPVision, SelfExplainingOutput, attribution_map
 from .task_vector import TaskVector, TaskVectorConfig
 
@@ -20,12 +34,24 @@ AutoModelForImageClassification.register(SelfExplainingCLIPVisionConfig, SelfExp
 
 __all__ = [
     "DEFAULT_TEMPLATES",
+    "FidelityResult",
+    "PerturbationCurve",
     "IncompatibleKeysError",
     "SelfExplainingCLIPVision",
     "SelfExplainingCLIPVisionConfig",
     "SelfExplainingOutput",
     "TaskVector",
     "TaskVectorConfig",
+    "accuracy",
     "attribution_map",
     "build_class_embeddings",
+    "deletion_auc",
+    "e_rmse",
+    "fidelity_sparsity_auc",
+    "insertion_auc",
+    "iou_at_k",
+    "load_metric",
+    "perturbation_curve",
+    "select_target",
+    "spearman",
 ]
