@@ -1,5 +1,6 @@
 """Tests for hf_explvec.testing.hub_server: the real huggingface_hub, datasets and transformers clients against it."""
 
+import hashlib
 import json
 import os
 import socket
@@ -123,7 +124,9 @@ def test_delete_files_parent_commit_and_pull_request(local_hub):
         api.create_commit("org/ops", [add], commit_message="late", repo_type="dataset", parent_commit=first.oid)
     assert err.value.response.status_code == 412
 
-    pr = api.upload_file(path_or_fileobj=b"proposal", path_in_repo="pr.txt", repo_id="org/ops", repo_type="dataset", create_pr=True)
+    pr = api.upload_file(
+        path_or_fileobj=b"proposal", path_in_repo="pr.txt", repo_id="org/ops", repo_type="dataset", create_pr=True
+    )
     assert pr.pr_revision == "refs/pr/1" and pr.pr_num == 1
     assert _read(hf_hub_download("org/ops", "pr.txt", repo_type="dataset", revision="refs/pr/1")) == b"proposal"
     assert not api.file_exists("org/ops", "pr.txt", repo_type="dataset")  # main is untouched
@@ -218,7 +221,8 @@ def test_range_requests_and_head_metadata(local_hub):
     head = session.head(url)
     assert head.status_code == 200 and head.headers["X-Repo-Commit"] == sha
     assert head.headers["X-Linked-Size"] == str(len(data)) and head.headers["Accept-Ranges"] == "bytes"
-    assert head.headers["X-Linked-Etag"].strip('"') == api.model_info("org/range", files_metadata=True).siblings[1].lfs.sha256
+    sibling = api.model_info("org/range", files_metadata=True).siblings[1]
+    assert head.headers["X-Linked-Etag"].strip('"') == sibling.lfs.sha256 == hashlib.sha256(data).hexdigest()
     for header, expected in [("bytes=10-19", data[10:20]), ("bytes=10000-", data[10000:]), ("bytes=-5", data[-5:])]:
         response = session.get(url, headers={"Range": header})
         assert response.status_code == 206 and response.content == expected, header
@@ -239,9 +243,11 @@ def test_tree_pagination_paths_info_and_hffs(tmp_path):
         api.upload_file(path_or_fileobj=b"new", path_in_repo="data/y.txt", repo_id="org/tree", repo_type="dataset")
 
         tree = list(api.list_repo_tree("org/tree", repo_type="dataset", recursive=True))  # 4 pages of 2
-        assert [e.path for e in tree] == [".gitattributes", "a.txt", "data", "data/x.txt", "data/y.txt", "data/z", "data/z/w.txt"]
+        expected = [".gitattributes", "a.txt", "data", "data/x.txt", "data/y.txt", "data/z", "data/z/w.txt"]
+        assert [e.path for e in tree] == expected
         top = list(api.list_repo_tree("org/tree", "data", repo_type="dataset"))
-        assert [(type(e).__name__, e.path) for e in top] == [("RepoFolder", "data/z"), ("RepoFile", "data/x.txt"), ("RepoFile", "data/y.txt")]
+        expected = [("RepoFolder", "data/z"), ("RepoFile", "data/x.txt"), ("RepoFile", "data/y.txt")]
+        assert [(type(e).__name__, e.path) for e in top] == expected
         expanded = {e.path: e for e in api.list_repo_tree("org/tree", "data", repo_type="dataset", expand=True)}
         assert expanded["data/y.txt"].last_commit.title == "Upload data/y.txt with huggingface_hub"
         assert expanded["data/x.txt"].last_commit.title == "files"
@@ -249,8 +255,9 @@ def test_tree_pagination_paths_info_and_hffs(tmp_path):
         assert [(type(e).__name__, e.path) for e in infos] == [("RepoFile", "a.txt"), ("RepoFolder", "data")]
 
         fs = HfFileSystem()
-        assert sorted(fs.glob("datasets/org/tree/data/**/*.txt")) == [f"datasets/org/tree/data/{p}" for p in ("x.txt", "y.txt", "z/w.txt")]
-        assert fs.read_text("datasets/org/tree/data/y.txt") == "new" and fs.info("datasets/org/tree/data")["type"] == "directory"
+        root = "datasets/org/tree/data"
+        assert sorted(fs.glob(f"{root}/**/*.txt")) == [f"{root}/{p}" for p in ("x.txt", "y.txt", "z/w.txt")]
+        assert fs.read_text(f"{root}/y.txt") == "new" and fs.info(root)["type"] == "directory"
         assert fs.modified("datasets/org/tree/a.txt").year >= 2024
 
 
@@ -326,15 +333,18 @@ def test_refused_connection_gives_a_clear_client_error(tmp_path):
 def test_environment_and_constants_are_restored(tmp_path):
     import datasets
 
-    before = (constants.ENDPOINT, datasets.config.HF_ENDPOINT, datasets.config.USE_PARQUET_EXPORT, os.environ.get("HF_ENDPOINT"))
+    def state() -> tuple:
+        config = datasets.config
+        return constants.ENDPOINT, config.HF_ENDPOINT, config.USE_PARQUET_EXPORT, os.environ.get("HF_ENDPOINT")
+
+    before = state()
     api = sys.modules["huggingface_hub.hf_api"].api
     endpoint_before = api.endpoint
     with LocalHub() as hub, hub_client_env(hub.endpoint, tmp_path / "home"):
         assert constants.ENDPOINT == datasets.config.HF_ENDPOINT == api.endpoint == hub.endpoint
         root = hub.root
     assert not root.exists()  # LocalHub() without a root works in a temporary directory
-    after = (constants.ENDPOINT, datasets.config.HF_ENDPOINT, datasets.config.USE_PARQUET_EXPORT, os.environ.get("HF_ENDPOINT"))
-    assert after == before and api.endpoint == endpoint_before
+    assert state() == before and api.endpoint == endpoint_before
 
 
 def test_module_first_imported_inside_the_context_is_patched_and_restored(tmp_path):

@@ -28,14 +28,17 @@ import re
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
-__all__ = ["HubError", "HubStorage", "LFS_SIZE_THRESHOLD", "card_data", "git_blob_id", "lfs_pointer", "parse_commit_payload"]
+__all__ = [
+    "HubError", "HubStorage", "LFS_SIZE_THRESHOLD", "card_data", "git_blob_id", "lfs_pointer", "parse_commit_payload"
+]  # fmt: skip
 
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
-"""Files of this size (bytes) or more are uploaded through LFS, like on the Hub (which rejects larger regular files)."""
+"""Files of this size (bytes) or more go through LFS, like on the Hub (which rejects larger regular files)."""
 MAX_REGULAR_FILE_SIZE = LFS_SIZE_THRESHOLD
 LOCAL_USER = "local-user"
 REPO_TYPES = ("model", "dataset", "space")
@@ -255,7 +258,8 @@ class HubStorage:
             tree = {".gitattributes": {"oid": self._store_blob(attrs), "size": len(attrs), "lfs": None}}
             sha = self._write_commit(path, [], tree, "initial commit", "")
             _write_json(path / "refs.json", {"heads": {"main": sha}, "tags": {}, "pulls": {}})
-            _write_json(path / "repo.json", {"id": repo_id, "type": repo_type, "private": private, "createdAt": _now()})
+            meta = {"id": repo_id, "type": repo_type, "private": private, "createdAt": _now()}
+            _write_json(path / "repo.json", meta)
 
     def delete_repo(self, repo_type: str, repo_id: str) -> None:
         with self.lock:
@@ -277,8 +281,56 @@ class HubStorage:
     def has_lfs(self, sha256: str) -> bool:
         return self.lfs_path(sha256).is_file()
 
-    def new_tmp_file(self) -> tuple[int, str]:
-        return tempfile.mkstemp(dir=self.root / "tmp", prefix="upload-")
+    def receive_lfs(self, oid: str, size: int | None, read_into: Callable[[Callable[[bytes], Any]], None]) -> None:
+        """Store an LFS object that `read_into(write)` streams; it is kept only if its sha256 and size match.
+
+        Args:
+            oid (`str`): Expected sha256 (64 hex characters).
+            size (`int`, *optional*): Expected size in bytes.
+            read_into (`Callable`): Called once with a `write(chunk: bytes)` function, to pass the content.
+        """
+        target, digest, received = self.lfs_path(oid), hashlib.sha256(), 0
+        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp", prefix="upload-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+
+                def write(chunk: bytes) -> None:
+                    nonlocal received
+                    digest.update(chunk)
+                    f.write(chunk)
+                    received += len(chunk)
+
+                read_into(write)
+            if digest.hexdigest() != oid or (size is not None and received != size):
+                got = f"{received} bytes with sha256 {digest.hexdigest()}"
+                raise HubError(400, f"Uploaded content ({got}) does not match oid {oid} and size {size}")
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def lfs_batch(self, operation: str, objects: list[dict], href: Callable[[str], str]) -> list[dict]:
+        """Objects of a Git LFS batch answer (basic transfer); `href(oid)` is the object's URL on the server.
+
+        Uploads of objects already stored get no `actions` (the client skips them); others get `upload` (a `PUT` to
+        `href?size=`) and `verify` (a `POST` to `href/verify`). Downloads get a `download` action or a 404 error.
+        """
+        out = []
+        for obj in objects:
+            oid, size = obj.get("oid"), obj.get("size")
+            item: dict[str, Any] = {"oid": str(oid), "size": size if isinstance(size, int) else 0}
+            if not (isinstance(oid, str) and _SHA256_RE.match(oid) and isinstance(size, int) and size >= 0):
+                item["error"] = {"code": 422, "message": f"Invalid oid {oid!r} or size {size!r}"}
+            elif operation == "download":
+                if self.has_lfs(oid):
+                    item["actions"] = {"download": {"href": href(oid), "header": {}}}
+                else:
+                    item["error"] = {"code": 404, "message": f"Object {oid} does not exist"}
+            elif not self.has_lfs(oid):
+                upload = {"href": f"{href(oid)}?size={size}", "header": {}}
+                item["actions"] = {"upload": upload, "verify": {"href": f"{href(oid)}/verify", "header": {}}}
+            out.append(item)
+        return out
 
     def file_path(self, entry: dict) -> Path:
         """Where the content of a tree entry lies on disk."""
@@ -388,6 +440,30 @@ class HubStorage:
             raise HubError(404, f"Directory {path} not found", "EntryNotFound")
         return sorted(dirs | set(files)) if recursive else sorted(dirs) + sorted(files)
 
+    def refs_info(self, repo_type: str, repo_id: str) -> dict:
+        """The body of `GET /api/{type}s/{id}/refs`: branches, tags, converts and pull requests."""
+        refs = self.refs(repo_type, repo_id)
+
+        def fmt(kind: str, prefix: str) -> list[dict]:
+            return [{"name": n, "ref": prefix + n, "targetCommit": sha} for n, sha in sorted(refs[kind].items())]
+
+        branches, tags, pulls = fmt("heads", "refs/heads/"), fmt("tags", "refs/tags/"), fmt("pulls", "refs/pr/")
+        return {"branches": branches, "tags": tags, "converts": [], "pullRequests": pulls}
+
+    def commits_info(self, repo_type: str, repo_id: str, revision: str) -> list[dict]:
+        """The body of `GET /api/{type}s/{id}/commits/{rev}`: the first-parent history, newest first."""
+        history = self.history(repo_type, repo_id, self.resolve(repo_type, repo_id, revision))
+        keys = ("id", "title", "message", "date")
+        return [{**{k: c[k] for k in keys}, "authors": [{"user": a} for a in c["authors"]]} for c in history]
+
+    def with_last_commit(self, repo_type: str, repo_id: str, sha: str, entries: list[dict]) -> list[dict]:
+        """Add `lastCommit` (`id`, `title`, `date`) to `tree`/`paths-info` entries, as `expand=True` asks."""
+        last = self.last_commits(repo_type, repo_id, sha, [e["path"] for e in entries])
+        for entry in entries:
+            commit = last[entry["path"]]
+            entry["lastCommit"] = {"id": commit["id"], "title": commit["title"], "date": commit["date"]}
+        return entries
+
     def preupload(self, tree: dict, files: list[dict], gitignore: str | None) -> list[dict]:
         """Answer of the pre-upload endpoint for files `{"path", "size", "sample" (base64 of the first 512 bytes)}`.
 
@@ -484,7 +560,8 @@ class HubStorage:
                 if op["op"] == "file":
                     content = op["content"]
                     if len(content) > MAX_REGULAR_FILE_SIZE:
-                        raise HubError(400, f"Your push was rejected because it contains files larger than 10 MiB: {path}")
+                        message = "Your push was rejected because it contains files larger than 10 MiB"
+                        raise HubError(400, f"{message}: {path}")
                     tree[path] = {"oid": self._store_blob(content), "size": len(content), "lfs": None}
                 elif op["op"] == "lfsFile":
                     if not self.has_lfs(op["oid"]):

@@ -40,9 +40,9 @@ setting environment variables is not enough when they are already imported:
 """
 
 import contextlib
-import hashlib
 import importlib
 import importlib.abc
+import importlib.machinery
 import json
 import logging
 import os
@@ -68,7 +68,7 @@ FAKE_TOKEN = "hf_localhub_fake_token_for_tests"
 _PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 _PLURAL = {"models": "model", "datasets": "dataset", "spaces": "space"}
 _CHUNK = 1 << 20
-_SHA256 = re.compile(r"[0-9a-f]{64}")
+_LFS_BATCH = ["info", "lfs", "objects", "batch"]
 
 
 def _flag(query: dict, name: str) -> bool:
@@ -108,7 +108,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         url = urlsplit(self.path)
         self.url_path, self.query = url.path, parse_qs(url.query)
-        self.store, self.endpoint = self.server.hub.storage, self.server.hub.endpoint
+        self.store, self.endpoint = self.server.hub.storage, self.server.endpoint
         self._body_done = "Content-Length" not in self.headers and "Transfer-Encoding" not in self.headers
         try:
             self._route(url.path.split("/")[1:])
@@ -186,7 +186,7 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 span = _parse_range(self.headers["Range"], size)
             except HubError as err:
-                err.headers.update(headers, **{"Content-Range": f"bytes */{size}"})
+                err.headers["Content-Range"] = f"bytes */{size}"
                 raise
             if span is not None:
                 (start, end), status = span, 206
@@ -212,7 +212,7 @@ class _Handler(BaseHTTPRequestHandler):
         repo_type = "model"
         if segs and segs[0] in _PLURAL:
             repo_type, segs = _PLURAL[segs[0]], segs[1:]
-        if method == "POST" and len(segs) == 6 and segs[1].endswith(".git") and segs[2:5] == ["info", "lfs", "objects"]:
+        if method == "POST" and len(segs) == 6 and segs[1].endswith(".git") and segs[2:] == _LFS_BATCH:
             return self._lfs_batch(repo_type, f"{unquote(segs[0])}/{unquote(segs[1][:-4])}")
         if method in ("GET", "HEAD") and len(segs) >= 4 and segs[2] == "resolve":
             revision, rest = _take_revision(segs[3:])
@@ -273,7 +273,8 @@ class _Handler(BaseHTTPRequestHandler):
         repo_type, repo_id = self._repo_key(body)
         url = self._repo_url(repo_type, repo_id)
         try:
-            self.store.create_repo(repo_type, repo_id, private=bool(body.get("private")) or body.get("visibility") == "private")
+            private = bool(body.get("private")) or body.get("visibility") == "private"
+            self.store.create_repo(repo_type, repo_id, private=private)
         except HubError as err:
             if err.status != 409:
                 raise
@@ -293,13 +294,6 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json({"errors": [], "warnings": []})
 
     # -- listings -------------------------------------------------------------------------------------------------
-    def _with_last_commit(self, repo_type: str, repo_id: str, sha: str, entries: list[dict]) -> list[dict]:
-        last = self.store.last_commits(repo_type, repo_id, sha, [e["path"] for e in entries])
-        for entry in entries:
-            commit = last[entry["path"]]
-            entry["lastCommit"] = {"id": commit["id"], "title": commit["title"], "date": commit["date"]}
-        return entries
-
     def _tree(self, repo_type: str, repo_id: str, revision: str, path: str) -> None:
         commit = self.store.snapshot(repo_type, repo_id, revision)
         paths = self.store.list_tree(commit["tree"], path, _flag(self.query, "recursive"))
@@ -308,7 +302,7 @@ class _Handler(BaseHTTPRequestHandler):
         cursor = int(self.query.get("cursor", ["0"])[-1] or 0)
         entries = [self.store.path_info(commit["tree"], p) for p in paths[cursor : cursor + page_size]]
         if expand:
-            entries = self._with_last_commit(repo_type, repo_id, commit["id"], entries)
+            entries = self.store.with_last_commit(repo_type, repo_id, commit["id"], entries)
         headers = {}
         if cursor + page_size < len(paths):  # cursor pagination through a `Link` header, as the Hub does
             query = {key: values[-1] for key, values in self.query.items()} | {"cursor": str(cursor + page_size)}
@@ -326,21 +320,13 @@ class _Handler(BaseHTTPRequestHandler):
         tree, paths = commit["tree"], [p.strip("/") for p in paths]
         found = [p for p in paths if p in tree or any(k.startswith(p + "/") for k in tree)]
         entries = [self.store.path_info(tree, p) for p in found]
-        self._send_json(self._with_last_commit(repo_type, repo_id, commit["id"], entries) if expand else entries)
+        self._send_json(self.store.with_last_commit(repo_type, repo_id, commit["id"], entries) if expand else entries)
 
     def _refs(self, repo_type: str, repo_id: str) -> None:
-        refs = self.store.refs(repo_type, repo_id)
-
-        def fmt(kind: str, prefix: str) -> list[dict]:
-            return [{"name": n, "ref": prefix + n, "targetCommit": sha} for n, sha in sorted(refs[kind].items())]
-
-        branches, tags, pulls = fmt("heads", "refs/heads/"), fmt("tags", "refs/tags/"), fmt("pulls", "refs/pr/")
-        self._send_json({"branches": branches, "tags": tags, "converts": [], "pullRequests": pulls})
+        self._send_json(self.store.refs_info(repo_type, repo_id))
 
     def _commits(self, repo_type: str, repo_id: str, revision: str, _: str) -> None:
-        history = self.store.history(repo_type, repo_id, self.store.resolve(repo_type, repo_id, revision))
-        keys = ("id", "title", "message", "date")
-        self._send_json([{**{k: c[k] for k in keys}, "authors": [{"user": a} for a in c["authors"]]} for c in history])
+        self._send_json(self.store.commits_info(repo_type, repo_id, revision))
 
     def _ref(self, method: str, kind: str, repo_type: str, repo_id: str, name: str) -> None:
         if method == "DELETE":
@@ -371,66 +357,34 @@ class _Handler(BaseHTTPRequestHandler):
         )  # fmt: skip
         url = self._repo_url(repo_type, repo_id)
         pr_url = f"{url}/discussions/{pr_num}" if pr_num is not None else None
-        self._send_json({"success": True, "commitOid": sha, "commitUrl": f"{url}/commit/{sha}", "pullRequestUrl": pr_url})
+        answer = {"success": True, "commitOid": sha, "commitUrl": f"{url}/commit/{sha}", "pullRequestUrl": pr_url}
+        self._send_json(answer)
 
     def _lfs_batch(self, repo_type: str, repo_id: str) -> None:
-        """Git LFS batch API, basic transfer: upload/verify (or download) hrefs on this server."""
         self.store.repo_meta(repo_type, repo_id)  # 404 if the repo does not exist
         body = self._json_body()
-        objects = []
-        for obj in body.get("objects") or []:
-            oid, size = obj.get("oid"), obj.get("size")
-            item: dict[str, Any] = {"oid": str(oid), "size": size if isinstance(size, int) else 0}
-            href = f"{self.endpoint}/_lfs/{oid}"
-            if not (isinstance(oid, str) and _SHA256.fullmatch(oid) and isinstance(size, int) and size >= 0):
-                item["error"] = {"code": 422, "message": "Invalid oid or size"}
-            elif body.get("operation") == "download":
-                if self.store.has_lfs(oid):
-                    item["actions"] = {"download": {"href": href, "header": {}}}
-                else:
-                    item["error"] = {"code": 404, "message": "Object does not exist"}
-            elif not self.store.has_lfs(oid):  # no `actions`: already uploaded, the client skips it
-                upload, verify = {"href": f"{href}?size={size}", "header": {}}, {"href": f"{href}/verify", "header": {}}
-                item["actions"] = {"upload": upload, "verify": verify}
-            objects.append(item)
-        self._send_json({"transfer": "basic", "objects": objects}, headers={"Content-Type": "application/vnd.git-lfs+json"})
+        objects = self.store.lfs_batch(body.get("operation"), body.get("objects") or [], self._lfs_href)
+        headers = {"Content-Type": "application/vnd.git-lfs+json"}
+        self._send_json({"transfer": "basic", "objects": objects}, headers=headers)
+
+    def _lfs_href(self, oid: str) -> str:
+        return f"{self.endpoint}/_lfs/{oid}"
 
     def _lfs_object(self, method: str, oid: str, rest: list[str]) -> None:
         path = self.store.lfs_path(oid)
         if method == "PUT" and not rest:
-            return self._lfs_put(oid, path)
+            size = self.query.get("size", [None])[-1]
+            self.store.receive_lfs(oid, int(size) if size and size.isdigit() else None, self._stream_body)
+            return self._send(200, b"", {})
         if method == "POST" and rest == ["verify"]:
             size = self._json_body().get("size")
             if not path.is_file() or path.stat().st_size != size:
                 raise HubError(404, f"LFS object {oid} of size {size} was not uploaded")
             return self._send_json({})
         if method in ("GET", "HEAD") and not rest and path.is_file():
-            return self._send_file(path, path.stat().st_size, {"Content-Type": "application/octet-stream", "ETag": f'"{oid}"'})
+            headers = {"Content-Type": "application/octet-stream", "ETag": f'"{oid}"'}
+            return self._send_file(path, path.stat().st_size, headers)
         raise HubError(404, f"LFS object {oid} not found")
-
-    def _lfs_put(self, oid: str, path: Path) -> None:
-        """Receive an LFS object; it is kept only if its sha256 and size match the batch request."""
-        digest, size = hashlib.sha256(), 0
-        fd, tmp = self.store.new_tmp_file()
-        try:
-            with os.fdopen(fd, "wb") as f:
-
-                def write(chunk: bytes) -> None:
-                    nonlocal size
-                    digest.update(chunk)
-                    f.write(chunk)
-                    size += len(chunk)
-
-                self._stream_body(write)
-            expected = self.query.get("size", [str(size)])[-1]
-            if digest.hexdigest() != oid or str(size) != expected:
-                got = f"{size} bytes with sha256 {digest.hexdigest()}"
-                raise HubError(400, f"Uploaded content ({got}) does not match oid {oid} and size {expected}")
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        self._send(200, b"", {})
 
     # -- downloads ------------------------------------------------------------------------------------------------
     def _resolve(self, repo_type: str, repo_id: str, revision: str, rest: list[str]) -> None:
@@ -439,8 +393,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = "/".join(unquote(s) for s in rest)
         entry = commit["tree"].get(path)
         headers = {"Content-Type": "application/octet-stream", "X-Repo-Commit": commit["id"]}
-        if entry is None:
-            raise HubError(404, f"Entry not found: {path} at {revision}", "EntryNotFound", {"X-Repo-Commit": commit["id"]})
+        if entry is None:  # the client caches the absence of the file at this commit
+            no_entry = f"Entry not found: {path} at {revision}"
+            raise HubError(404, no_entry, "EntryNotFound", {"X-Repo-Commit": commit["id"]})
         if entry["lfs"]:
             etag = f'"{entry["lfs"]["oid"]}"'
             headers.update({"ETag": etag, "X-Linked-Etag": etag, "X-Linked-Size": str(entry["size"])})
@@ -453,8 +408,9 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     hub: "LocalHub"
 
-    def __init__(self, address: tuple[str, int]) -> None:
-        super().__init__(address, _Handler)
+    def __init__(self, hub: "LocalHub") -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.hub, self.endpoint = hub, f"http://127.0.0.1:{self.server_address[1]}"
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
 
@@ -508,14 +464,14 @@ class LocalHub:
         """Base URL of the running server, `http://127.0.0.1:<port>`."""
         if self._server is None:
             raise RuntimeError("LocalHub is not running: call start() or use it as a context manager")
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self._server.endpoint
 
     def start(self) -> "LocalHub":
         """Start serving on a free port of 127.0.0.1 (no-op if already running)."""
         if self._server is None:
-            self._server = _Server(("127.0.0.1", 0))
-            self._server.hub = self
-            self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"LocalHub-{self._server.server_address[1]}", daemon=True)  # fmt: skip
+            self._server = _Server(self)
+            name = f"LocalHub-{self._server.server_address[1]}"
+            self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name=name, daemon=True)
             self._thread.start()
             logger.debug("Local Hub serving %s from %s", self.endpoint, self.root)
         return self
@@ -545,7 +501,8 @@ class LocalHub:
     def commits(self, repo_id: str, repo_type: str = "model", revision: str = "main") -> list[dict]:
         """History of a revision, newest first: dicts with `id`, `parents`, `title`, `message`, `date`, `files`."""
         history = self.storage.history(repo_type, repo_id, self.storage.resolve(repo_type, repo_id, revision))
-        return [{**{k: c[k] for k in ("id", "parents", "title", "message", "date")}, "files": sorted(c["tree"])} for c in history]
+        keys = ("id", "parents", "title", "message", "date")
+        return [{**{k: c[k] for k in keys}, "files": sorted(c["tree"])} for c in history]
 
     def read_file(self, repo_id: str, path: str, repo_type: str = "model", revision: str = "main") -> bytes:
         """Content of a file at a revision, read straight from storage (raises [`HubError`] if missing)."""
@@ -558,18 +515,22 @@ class LocalHub:
 
 # -- client environment ---------------------------------------------------------------------------------------------
 _RELOADED = ("huggingface_hub.constants", "datasets.config", "evaluate.config")
-_UNSET = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE", "HUGGINGFACE_CO_STAGING", "HUGGINGFACE_HUB_CACHE", "HUGGING_FACE_HUB_TOKEN")  # fmt: skip
+_UNSET = (
+    "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE", "HUGGINGFACE_CO_STAGING",
+    "HUGGINGFACE_HUB_CACHE", "HUGGING_FACE_HUB_TOKEN",
+)  # fmt: skip
 
 
 def _client_environ(endpoint: str, home: Path, token: str) -> dict[str, str | None]:
-    no_proxy = ",".join(filter(None, [os.environ.get("NO_PROXY") or os.environ.get("no_proxy"), "127.0.0.1,localhost"]))
-    env: dict[str, str | None] = dict.fromkeys(_UNSET)
-    env.update(
-        HF_ENDPOINT=endpoint, HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1", HF_UPDATE_DOWNLOAD_COUNTS="0",
-        NO_PROXY=no_proxy, no_proxy=no_proxy, HF_TOKEN=token, HF_HOME=str(home), HF_HUB_CACHE=str(home / "hub"),
-        HF_ASSETS_CACHE=str(home / "assets"), HF_XET_CACHE=str(home / "xet"), HF_TOKEN_PATH=str(home / "token"),
-        HF_DATASETS_CACHE=str(home / "datasets"), HF_MODULES_CACHE=str(home / "modules"),
-    )  # fmt: skip
+    """Environment for the clients (`None`: unset)."""
+    no_proxy = os.environ.get("NO_PROXY") or os.environ.get("no_proxy")
+    no_proxy = ",".join(filter(None, [no_proxy, "127.0.0.1,localhost"]))
+    paths = {"HF_HUB_CACHE": "hub", "HF_ASSETS_CACHE": "assets", "HF_XET_CACHE": "xet", "HF_TOKEN_PATH": "token"}
+    paths.update(HF_DATASETS_CACHE="datasets", HF_MODULES_CACHE="modules")
+    env: dict[str, str | None] = {**dict.fromkeys(_UNSET), **{key: str(home / sub) for key, sub in paths.items()}}
+    env.update(HF_ENDPOINT=endpoint, HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1")
+    env.update(HF_UPDATE_DOWNLOAD_COUNTS="0")
+    env.update(NO_PROXY=no_proxy, no_proxy=no_proxy, HF_TOKEN=token, HF_HOME=str(home))
     return env
 
 
@@ -581,61 +542,62 @@ def _set_environ(values: dict[str, str | None]) -> None:
             os.environ[key] = value
 
 
-def _derived_patches() -> dict[tuple[str, str], Callable[[], Any]]:
-    """Values copied out of `huggingface_hub.constants` (or cached) by other modules, computed from it now."""
+def _patches() -> dict[tuple[str, str], Callable[[], Any]]:
+    """`(module, attribute path)` -> its value in the context, for values the environment alone does not set."""
 
     def constant(name: str) -> Callable[[], Any]:
         return lambda: getattr(sys.modules["huggingface_hub.constants"], name)
 
     def hub_origins() -> frozenset:
         c, http = sys.modules["huggingface_hub.constants"], sys.modules["huggingface_hub.utils._http"]
-        return frozenset(http._url_origin(e) for e in (c._HF_DEFAULT_ENDPOINT, c._HF_DEFAULT_STAGING_ENDPOINT, c.ENDPOINT, "https://hf.co"))
+        endpoints = (c._HF_DEFAULT_ENDPOINT, c._HF_DEFAULT_STAGING_ENDPOINT, c.ENDPOINT, "https://hf.co")
+        return frozenset(http._url_origin(endpoint) for endpoint in endpoints)
 
     return {
+        ("huggingface_hub.hf_api", "api.endpoint"): constant("ENDPOINT"),
         ("huggingface_hub.utils._http", "_HUB_ORIGINS"): hub_origins,
         ("huggingface_hub.utils._git_credential", "ENDPOINT"): constant("ENDPOINT"),
         ("huggingface_hub.cli.auth", "ENDPOINT"): constant("ENDPOINT"),
         ("huggingface_hub.utils._cache_assets", "HF_ASSETS_CACHE"): constant("HF_ASSETS_CACHE"),
         ("transformers.utils.hub", "_hf_api"): lambda: None,
+        ("datasets.config", "USE_PARQUET_EXPORT"): lambda: False,
     }
 
 
-def _patch_loaded(module_name: str | None = None) -> None:
-    """Apply the in-context patches to one module (or to every loaded one)."""
-    for (name, attr), value in _derived_patches().items():
-        if name in sys.modules and module_name in (None, name):
-            setattr(sys.modules[name], attr, value())
-    if "datasets.config" in sys.modules and module_name in (None, "datasets.config"):
-        sys.modules["datasets.config"].USE_PARQUET_EXPORT = False
-    if "huggingface_hub.hf_api" in sys.modules and module_name in (None, "huggingface_hub.hf_api"):
-        sys.modules["huggingface_hub.hf_api"].api.endpoint = sys.modules["huggingface_hub.constants"].ENDPOINT
+def _get(module: str, path: str) -> Any:
+    obj = sys.modules[module]
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _set(module: str, path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    setattr(_get(module, ".".join(parents)) if parents else sys.modules[module], last, value)
+
+
+def _apply_patches(only: str | None = None) -> None:
+    for (module, path), value in _patches().items():
+        if module in sys.modules and only in (None, module):
+            _set(module, path, value())
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """Applies [`_patch_loaded`] to the patched modules that get imported for the first time inside the context."""
-
-    names = {name for name, _ in _derived_patches()} | {"datasets.config", "huggingface_hub.hf_api"}
+    """Applies [`_apply_patches`] to a patched module imported for the first time inside the context."""
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname not in self.names:
+        if path is None or fullname not in {module for module, _ in _patches()}:
             return None
-        for finder in sys.meta_path:
-            spec = None if finder is self else getattr(finder, "find_spec", lambda *a: None)(fullname, path, target)
-            if spec is not None and spec.loader is not None:
-                break
-        else:
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)  # submodules: search parent's path
+        if spec is None or spec.loader is None:
             return None
-        loader = spec.loader
+        exec_module = spec.loader.exec_module
 
-        class _Loader(importlib.abc.Loader):
-            def create_module(self, spec: Any) -> Any:
-                return loader.create_module(spec)
+        def exec_and_patch(module: Any) -> None:
+            exec_module(module)
+            _apply_patches(fullname)
 
-            def exec_module(self, module: Any) -> None:
-                loader.exec_module(module)
-                _patch_loaded(fullname)
-
-        spec.loader = _Loader()
+        spec.loader.exec_module = exec_and_patch  # the loader instance belongs to this spec only
         return spec
 
 
@@ -653,8 +615,8 @@ def hub_client_env(
     """Point `huggingface_hub`, `transformers`, `datasets` and `evaluate` at `endpoint` for the duration of the block.
 
     Sets the environment, re-derives the constants the clients read at import time and patches the values copied out
-    of them (see the module docstring for the full list); everything is put back on exit. Not thread-safe: it
-    changes `os.environ` and module globals of the whole process.
+    of them (see the module docstring); everything is put back on exit. It changes `os.environ` and module globals of
+    the whole process: do not nest it or use it from several threads at once.
 
     Args:
         endpoint (`str`): Base URL of the Hub to use, e.g. [`LocalHub.endpoint`].
@@ -671,16 +633,14 @@ def hub_client_env(
     env = _client_environ(endpoint.rstrip("/"), home, token)
     saved_env = {key: os.environ.get(key) for key in env}
     saved_modules = {name: dict(vars(sys.modules[name])) for name in _RELOADED if name in sys.modules}
-    saved_attrs = {key: getattr(sys.modules[key[0]], key[1]) for key in _derived_patches() if key[0] in sys.modules}
-    hf_api = sys.modules.get("huggingface_hub.hf_api")
-    saved_api_endpoint = hf_api.api.endpoint if hf_api is not None else None
+    saved_attrs = {key: _get(*key) for key in _patches() if key[0] in sys.modules}
     hook = _PatchOnImport()
     try:
         _set_environ(env)
         for name in _RELOADED:  # re-derive the import-time constants with the library's own code
             if name in sys.modules:
                 importlib.reload(sys.modules[name])
-        _patch_loaded()
+        _apply_patches()
         sys.meta_path.insert(0, hook)
         _reset_client_caches()
         yield env
@@ -691,16 +651,13 @@ def hub_client_env(
         for name in _RELOADED:
             if name in saved_modules:
                 vars(sys.modules[name]).update(saved_modules[name])
-            elif name in sys.modules:
+            elif name in sys.modules:  # first imported inside the context: derive again from the restored env
                 importlib.reload(sys.modules[name])
-        for (name, attr), value in _derived_patches().items():
-            if (name, attr) in saved_attrs:
-                setattr(sys.modules[name], attr, saved_attrs[(name, attr)])
-            elif name in sys.modules and "huggingface_hub.constants" in sys.modules:
-                setattr(sys.modules[name], attr, value())
-        if "huggingface_hub.hf_api" in sys.modules:
-            api = sys.modules["huggingface_hub.hf_api"].api
-            api.endpoint = saved_api_endpoint if hf_api is not None else sys.modules["huggingface_hub.constants"].ENDPOINT
+        for key, value in _patches().items():
+            if key in saved_attrs:
+                _set(*key, saved_attrs[key])
+            elif key[0] in sys.modules and key[0] not in _RELOADED:
+                _set(*key, value())
         _reset_client_caches()
         if tmp is not None:
             tmp.cleanup()
