@@ -292,6 +292,18 @@ def test_dataset_push_to_hub_then_load_dataset(local_hub):
     assert "README.md" in files and any(f.startswith("data/train-") and f.endswith(".parquet") for f in files)
 
 
+@pytest.mark.slow
+def test_dataset_push_and_load_with_worker_processes(local_hub):
+    """`push_to_hub(num_proc=...)` uploads from *spawned* processes: they find the Hub through the environment."""
+    import datasets
+
+    datasets.Dataset.from_dict({"n": list(range(100))}).push_to_hub("org/shards", num_shards=2, num_proc=2)
+    files = HfApi().list_repo_files("org/shards", repo_type="dataset")
+    assert [f for f in files if f.endswith(".parquet")] == [f"data/train-0000{i}-of-00002.parquet" for i in range(2)]
+    loaded = datasets.load_dataset("org/shards", num_proc=2)["train"]
+    assert sorted(loaded["n"][:]) == list(range(100))
+
+
 def test_transformers_push_to_hub_then_from_pretrained(local_hub):
     import torch
     from transformers import AutoConfig, AutoModel, CLIPVisionConfig, CLIPVisionModel

@@ -59,9 +59,9 @@ def _default_gitattributes(repo_type: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-_SHA_PREFIX_RE = re.compile(r"^[0-9a-f]{7,40}$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")  # all used with fullmatch
+_SHA_PREFIX_RE = re.compile(r"[0-9a-f]{7,40}")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 class HubError(Exception):
@@ -113,10 +113,7 @@ def _glob_regex(pattern: str) -> str:
 
 def _path_matches(pattern: str, path: str) -> bool:
     """Git-style match: a pattern without `/` matches the base name at any depth, otherwise the whole path."""
-    pattern = pattern.strip()
-    if pattern.endswith("/"):  # directory pattern (gitignore): any parent directory matches
-        parents = path.split("/")[:-1]
-        return any(_path_matches(pattern.rstrip("/"), "/".join(parents[: i + 1])) for i in range(len(parents)))
+    pattern = pattern.strip().replace("[[:space:]]", " ")
     if "/" not in pattern:
         return fnmatch.fnmatchcase(posixpath.basename(path), pattern)
     return re.fullmatch(_glob_regex(pattern.lstrip("/")), path) is not None
@@ -137,7 +134,11 @@ def _is_ignored(gitignore: str, path: str) -> bool:
         if not line or line.startswith("#"):
             continue
         negate = line.startswith("!")
-        if _path_matches(line[1:] if negate else line, path):
+        pattern = line[1:] if negate else line
+        # a matching directory ignores all it contains; `dir/` patterns only match directories
+        parts = path.split("/")
+        candidates = ["/".join(parts[:i]) for i in range(1, len(parts))] + ([] if pattern.endswith("/") else [path])
+        if any(_path_matches(pattern.rstrip("/"), candidate) for candidate in candidates):
             ignored = not negate
     return ignored
 
@@ -235,7 +236,7 @@ class HubStorage:
         if repo_type not in REPO_TYPES:
             raise HubError(400, f"Invalid repo type {repo_type!r}, expected one of {REPO_TYPES}")
         parts = repo_id.split("/")
-        if len(parts) != 2 or not all(_NAME_RE.match(p) and "--" not in p and ".." not in p for p in parts):
+        if len(parts) != 2 or not all(_NAME_RE.fullmatch(p) and "--" not in p and ".." not in p for p in parts):
             raise HubError(400, f"Invalid repo id {repo_id!r}: expected 'namespace/name' of [A-Za-z0-9._-]")
         return self.root / "repos" / f"{repo_type}s" / parts[0] / parts[1]
 
@@ -274,7 +275,7 @@ class HubStorage:
         return oid
 
     def lfs_path(self, sha256: str) -> Path:
-        if not _SHA256_RE.match(sha256):
+        if not isinstance(sha256, str) or not _SHA256_RE.fullmatch(sha256):
             raise HubError(400, f"Invalid LFS oid {sha256!r}: expected 64 lowercase hex characters")
         return self.root / "lfs" / sha256
 
@@ -319,7 +320,7 @@ class HubStorage:
         for obj in objects:
             oid, size = obj.get("oid"), obj.get("size")
             item: dict[str, Any] = {"oid": str(oid), "size": size if isinstance(size, int) else 0}
-            if not (isinstance(oid, str) and _SHA256_RE.match(oid) and isinstance(size, int) and size >= 0):
+            if not (isinstance(oid, str) and _SHA256_RE.fullmatch(oid) and isinstance(size, int) and size >= 0):
                 item["error"] = {"code": 422, "message": f"Invalid oid {oid!r} or size {size!r}"}
             elif operation == "download":
                 if self.has_lfs(oid):
@@ -366,7 +367,7 @@ class HubStorage:
             return refs["heads"][revision]
         if revision in refs["tags"]:
             return refs["tags"][revision]
-        if _SHA_PREFIX_RE.match(revision):
+        if _SHA_PREFIX_RE.fullmatch(revision):
             commits_dir = self._existing_repo_dir(repo_type, repo_id) / "commits"
             found = [p.stem for p in commits_dir.glob(f"{revision}*.json")]
             if len(found) == 1:
@@ -472,9 +473,13 @@ class HubStorage:
         client compares to skip unchanged files.
         """
         out = []
-        for item in files:
-            path = check_repo_path(item.get("path"))
-            mode = self.upload_mode(tree, path, int(item.get("size") or 0), base64.b64decode(item.get("sample") or ""))
+        for item in files if isinstance(files, list) else [files]:
+            path = check_repo_path(item.get("path") if isinstance(item, dict) else None)
+            try:
+                size, sample = int(item.get("size") or 0), base64.b64decode(item.get("sample") or "", validate=True)
+            except (ValueError, TypeError) as err:
+                raise HubError(400, f"Invalid size or sample for {path}: {err}") from None
+            mode = self.upload_mode(tree, path, size, sample)
             entry = tree.get(path)
             oid = None if entry is None else (entry["lfs"]["oid"] if entry["lfs"] else entry["oid"])
             ignore = self.should_ignore(tree, path, gitignore)
@@ -560,8 +565,8 @@ class HubStorage:
                 if op["op"] == "file":
                     content = op["content"]
                     if len(content) > MAX_REGULAR_FILE_SIZE:
-                        message = "Your push was rejected because it contains files larger than 10 MiB"
-                        raise HubError(400, f"{message}: {path}")
+                        reason = "Your push was rejected because it contains files larger than 10 MiB"
+                        raise HubError(400, f"{reason}: {path}")
                     tree[path] = {"oid": self._store_blob(content), "size": len(content), "lfs": None}
                 elif op["op"] == "lfsFile":
                     if not self.has_lfs(op["oid"]):
@@ -582,6 +587,11 @@ class HubStorage:
                         del tree[p]
                 else:
                     raise HubError(400, f"Unknown commit operation {op['op']!r}")
+            for path in tree:  # as in git, a path cannot be both a file and a directory
+                parents = path.split("/")
+                for parent in ("/".join(parents[:i]) for i in range(1, len(parents))):
+                    if parent in tree:
+                        raise HubError(400, f"Cannot commit {path}: {parent} is a file")
             self._track_lfs(tree, new_lfs_paths)
             sha = self._write_commit(repo_dir, [head], tree, title, message)
             refs[kind][name] = sha

@@ -286,9 +286,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json({})
 
     def _validate_yaml(self) -> None:
-        content = self._json_body().get("content") or ""
-        empty_block = re.match(r"^---[ \t]*\n---[ \t]*(\n|$)", content) is not None
-        if content.startswith("---") and not empty_block and card_data(content) is None:
+        content = str(self._json_body().get("content") or "")
+        block = re.match(r"^---[ \t]*\n(.*?)\n?---[ \t]*(\n|$)", content, flags=re.DOTALL)
+        if block is not None and block[1].strip() and card_data(content) is None:
             message = "Invalid YAML metadata: the block between the '---' lines must be a valid YAML mapping"
             return self._send_json({"errors": [{"message": message}], "warnings": []}, 400)
         self._send_json({"errors": [], "warnings": []})
@@ -299,7 +299,10 @@ class _Handler(BaseHTTPRequestHandler):
         paths = self.store.list_tree(commit["tree"], path, _flag(self.query, "recursive"))
         expand = _flag(self.query, "expand")
         page_size = min(self.server.hub.tree_page_size, 50) if expand else self.server.hub.tree_page_size
-        cursor = int(self.query.get("cursor", ["0"])[-1] or 0)
+        raw_cursor = self.query.get("cursor", ["0"])[-1]
+        if not raw_cursor.isdigit():
+            raise HubError(400, f"Invalid cursor {raw_cursor!r}")
+        cursor = int(raw_cursor)
         entries = [self.store.path_info(commit["tree"], p) for p in paths[cursor : cursor + page_size]]
         if expand:
             entries = self.store.with_last_commit(repo_type, repo_id, commit["id"], entries)
@@ -317,7 +320,7 @@ class _Handler(BaseHTTPRequestHandler):
             form = parse_qs(self._body().decode())
             paths, expand = form.get("paths", []), _flag(form, "expand")
         commit = self.store.snapshot(repo_type, repo_id, revision)
-        tree, paths = commit["tree"], [p.strip("/") for p in paths]
+        tree, paths = commit["tree"], [p.strip("/") for p in paths if isinstance(p, str)]
         found = [p for p in paths if p in tree or any(k.startswith(p + "/") for k in tree)]
         entries = [self.store.path_info(tree, p) for p in found]
         self._send_json(self.store.with_last_commit(repo_type, repo_id, commit["id"], entries) if expand else entries)
