@@ -13,11 +13,13 @@ from hf_explvec.attribution import (
     gaussian_blur,
     kernel_shap,
     make_baseline,
+    make_generator,
+    mask_patches,
     min_num_samples,
     patch_kernel_shap,
     plan_coalitions,
     sample_coalitions,
-    make_generator,
+    solve_kernel_shap,
     to_patch_grid,
 )
 
@@ -72,7 +74,7 @@ def exact_patch_shapley(model, images, target, patch, baseline_images, value="lo
         elif value == "prob":
             scores = scores.softmax(-1)
         t = int(target[b]) if isinstance(target, torch.Tensor) else target
-        table = dict(zip(coalitions, scores[:, t]))
+        table = dict(zip(coalitions, scores[:, t], strict=True))
         out.append(exact_shapley_from_game(table.__getitem__, m))
     return torch.stack(out)
 
@@ -268,6 +270,40 @@ def test_sampler_pairs_and_kernel():
     assert plan.weights.sum().item() == pytest.approx(1.0)
     # size 1 / 11 pairs (24 coalitions) fit the budget and are enumerated, as shap's KernelExplainer does
     assert plan.enumerated.shape[0] == 24 and plan.enumerated.sum(1).tolist().count(1) == 12
+
+
+def test_solver_rank_deficient_fallback_keeps_efficiency(caplog):
+    """A repeated pair cannot determine 3 values: min-norm fallback, a warning, efficiency still exact."""
+    z = torch.tensor([[True, False, False], [False, True, True]]).repeat(2, 1).unsqueeze(0)  # (1, 4, 3)
+    values = torch.tensor([[0.3, 0.9, 0.3, 0.9]])
+    with caplog.at_level("WARNING", logger="hf_explvec.attribution.solver"):
+        phi = solve_kernel_shap(z, torch.ones(4), values, torch.tensor([0.1]), torch.tensor([1.5]))
+    assert "rank deficient" in caplog.text
+    torch.testing.assert_close(phi.sum(1), torch.tensor([1.4]))
+
+
+def test_mask_patches_matches_painting_in_any_row_order():
+    torch.manual_seed(4)
+    images = torch.randn(3, 3, 16, 24)  # non-square: 2 x 3 grid of 8-pixel patches
+    base = torch.randn(3, 3, 16, 24)
+    coalitions = torch.rand(40, 6) < 0.5
+    for index in (torch.arange(3).repeat_interleave(14)[:40], torch.randint(0, 3, (40,))):  # runs, then shuffled
+        out = mask_patches(images, coalitions, index, base, 8)
+        ref = torch.stack(
+            [paint(images[i], tuple(c.tolist()), base[i], 8) for c, i in zip(coalitions, index, strict=True)]
+        )
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_many_patches_shape_and_efficiency():
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Conv2d(3, 2, 4, 4), nn.Flatten(), nn.Tanh(), nn.Linear(2 * 49, 4)).eval()
+    images = torch.randn(2, 3, 28, 28)  # patch 4 -> M = 49, the ViT-B/32 grid
+    phi = patch_kernel_shap(net, images, torch.tensor([1, 3]), patch_size=4, num_samples=min_num_samples(49), seed=0)
+    assert phi.shape == (2, 49) and to_patch_grid(phi).shape == (2, 7, 7)
+    with torch.no_grad():
+        delta = net(images)[[0, 1], [1, 3]] - net(torch.zeros_like(images))[[0, 1], [1, 3]]
+    torch.testing.assert_close(phi.sum(1), delta, atol=1e-5, rtol=1e-5)
 
 
 # --------------------------------------------------------------------------- determinism and batching

@@ -73,9 +73,7 @@ def _check_num_samples(num_samples: object, num_players: int) -> int:
     return num_samples
 
 
-def _evaluate(
-    value_fn: ValueFunction, coalitions: torch.Tensor, index: torch.Tensor, batch_size: int
-) -> torch.Tensor:
+def _evaluate(value_fn: ValueFunction, coalitions: torch.Tensor, index: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Stream (T, M) coalitions through value_fn in chunks; return (T,) or (T, K) values."""
     total = coalitions.shape[0]
     out: torch.Tensor | None = None
@@ -156,7 +154,11 @@ def kernel_shap(
     rows = regression.shape[1]
     logger.debug(
         "Kernel SHAP: %d players, %d inputs, %d enumerated + %d sampled coalitions per input (exact=%s)",
-        m, bsz, plan.enumerated.shape[0], plan.num_sampled, plan.is_exact,
+        m,
+        bsz,
+        plan.enumerated.shape[0],
+        plan.num_sampled,
+        plan.is_exact,
     )
 
     # Per input: empty, full, then the regression rows; inputs one after another.

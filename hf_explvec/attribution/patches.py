@@ -52,7 +52,9 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
 
 
-def make_baseline(pixel_values: torch.Tensor, baseline: float | str | torch.Tensor, patch_size: int) -> float | torch.Tensor:
+def make_baseline(
+    pixel_values: torch.Tensor, baseline: float | str | torch.Tensor, patch_size: int
+) -> float | torch.Tensor:
     r"""Resolve a baseline option to a float or a 4-D tensor broadcastable to `pixel_values`.
 
     Args:
@@ -108,31 +110,49 @@ def mask_patches(
     input_index: torch.Tensor,
     baseline: float | torch.Tensor,
     patch_size: int,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Images whose absent patches are replaced by the baseline.
 
+    The `(N, M)` coalitions are upsampled to a pixel mask by `view` + `expand` (no loop over rows) and
+    merged with ``torch.where``. On CPU, rows of the same image that are adjacent (as [`kernel_shap`] sends
+    them) read that image by broadcasting instead of gathering a copy per row: a gather of ``N`` full
+    images costs about as much as the merge itself there. Elsewhere (GPU) the rows are gathered.
+
     Args:
-        pixel_values (`torch.Tensor` of shape `(B, C, H, W)`): the images.
+        pixel_values (`torch.Tensor` of shape `(B, C, H, W)`): the images, contiguous.
         coalitions (`torch.BoolTensor` of shape `(N, M)`): ``True`` where a patch is kept, row-major over
             the `(H / p, W / p)` grid.
         input_index (`torch.LongTensor` of shape `(N,)`): the image of each row.
-        baseline (`float` or `torch.Tensor`): from [`make_baseline`].
+        baseline (`float` or `torch.Tensor`): from [`make_baseline`] (4-D, batch dimension 1 or ``B``).
         patch_size (`int`): the patch side ``p``.
+        out (`torch.Tensor` of shape `(N, C, H, W)`, *optional*): where to write the result (reusing one
+            buffer saves page faults on CPU).
 
     Returns:
-        `torch.Tensor` of shape `(N, C, H, W)`.
+        `torch.Tensor` of shape `(N, C, H, W)` (`out` when given).
     """
     _, channels, height, width = pixel_values.shape
     gh, gw, p = height // patch_size, width // patch_size, patch_size
     n = coalitions.shape[0]
-    keep = coalitions.view(n, 1, gh, 1, gw, 1)
-    images = pixel_values.index_select(0, input_index).view(n, channels, gh, p, gw, p)
-    if isinstance(baseline, torch.Tensor):
-        if baseline.shape[0] > 1:
-            baseline = baseline.index_select(0, input_index)
-        base = baseline.expand(-1, channels, height, width).reshape(baseline.shape[0], channels, gh, p, gw, p)
-        return torch.where(keep, images, base).view(n, channels, height, width)
-    return images.masked_fill_(~keep, baseline).view(n, channels, height, width)
+    keep = coalitions.view(n, 1, gh, 1, gw, 1).expand(n, 1, gh, p, gw, p).reshape(n, 1, height, width)
+    if not isinstance(baseline, torch.Tensor):
+        baseline = torch.full((1, 1, 1, 1), baseline, dtype=pixel_values.dtype, device=pixel_values.device)
+    per_image_baseline = baseline.shape[0] > 1
+    if out is None:
+        out = torch.empty(n, channels, height, width, dtype=pixel_values.dtype, device=pixel_values.device)
+    if pixel_values.device.type == "cpu":
+        images, counts = torch.unique_consecutive(input_index, return_counts=True)
+        if images.numel() <= max(16, n // 4):
+            start = 0
+            for b, count in zip(images.tolist(), counts.tolist(), strict=True):
+                base = baseline[b : b + 1] if per_image_baseline else baseline
+                stop = start + count
+                torch.where(keep[start:stop], pixel_values[b : b + 1], base, out=out[start:stop])
+                start = stop
+            return out
+    base = baseline[input_index] if per_image_baseline else baseline
+    return torch.where(keep, pixel_values[input_index], base, out=out)
 
 
 def to_patch_grid(values: torch.Tensor, grid_shape: tuple[int, int] | None = None) -> torch.Tensor:
@@ -179,10 +199,47 @@ def _check_target(target: int | torch.Tensor, batch: int, device: torch.device) 
 def _scores(output: object, rows: int) -> torch.Tensor:
     scores = getattr(output, "logits", output) if not isinstance(output, torch.Tensor) else output
     if not isinstance(scores, torch.Tensor):
-        raise TypeError(f"forward_fn must return a (N, C) tensor or an object with .logits, got {type(output).__name__}")
+        raise TypeError(
+            f"forward_fn must return a (N, C) tensor or an object with .logits, got {type(output).__name__}"
+        )
     if scores.dim() != 2 or scores.shape[0] != rows:
         raise ValueError(f"forward_fn must return class scores of shape ({rows}, C), got {tuple(scores.shape)}")
     return scores
+
+
+class _PatchGame:
+    """The value function of [`patch_kernel_shap`]: paint, forward, pick the target score."""
+
+    def __init__(self, forward_fn, pixels, targets, baseline, patch_size, value):
+        self.forward_fn, self.pixels, self.targets = forward_fn, pixels, targets
+        self.baseline, self.patch_size, self.value = baseline, patch_size, value
+        self.max_target = int(targets.max())
+        self.num_classes: int | None = None  # known after the first forward call
+        self.buffer: torch.Tensor | None = None  # CPU: one input buffer for every chunk (avoids page faults)
+
+    def __call__(self, coalitions: torch.Tensor, input_index: torch.Tensor) -> torch.Tensor:
+        rows = coalitions.shape[0]
+        out = None
+        if self.pixels.device.type == "cpu":
+            if self.buffer is None:  # the first chunk is the largest
+                self.buffer = torch.empty((rows,) + tuple(self.pixels.shape[1:]), dtype=self.pixels.dtype)
+            out = self.buffer[:rows]
+        images = mask_patches(self.pixels, coalitions, input_index, self.baseline, self.patch_size, out=out)
+        scores = _scores(self.forward_fn(images), rows)
+        if self.num_classes is None:
+            if self.max_target >= scores.shape[1]:
+                raise ValueError(
+                    f"target must be < num_classes={scores.shape[1]} (from forward_fn), got {self.max_target}"
+                )
+            self.num_classes = scores.shape[1]
+        elif scores.shape[1] != self.num_classes:
+            raise ValueError(f"forward_fn returned {scores.shape[1]} classes after {self.num_classes} before")
+        scores = scores.float()
+        if self.value == "log_prob":
+            scores = scores.log_softmax(dim=-1)
+        elif self.value == "prob":
+            scores = scores.softmax(dim=-1)
+        return scores.gather(1, self.targets.index_select(0, input_index).unsqueeze(1)).squeeze(1)
 
 
 def patch_kernel_shap(
@@ -207,14 +264,15 @@ def patch_kernel_shap(
     Args:
         forward_fn (`Callable[[torch.Tensor], torch.Tensor]`):
             maps images `(N, C, H, W)` to class scores `(N, num_classes)` (or an object with a `.logits`
-            tensor). It is called under `torch.inference_mode()` with ``N <= batch_size``; it must not keep
-            its input.
+            tensor). It is called under `torch.inference_mode()` with ``N <= batch_size``. It must not keep
+            a reference to its input: on CPU the same buffer is refilled for the next call.
         pixel_values (`torch.Tensor` of shape `(B, C, H, W)`): the images, floating point.
         target (`int` or `torch.LongTensor` of shape `(B,)`): the explained class (per image).
         patch_size (`int`): patch side ``p``, dividing ``H`` and ``W``.
         num_samples (`int`, *optional*, defaults to 500):
             forward passes per image, including the original and the all-baseline image; at least
-            ``2 M`` (see [`min_num_samples`]); with ``num_samples >= 2**M`` every coalition is evaluated and the values are exact.
+            ``2 M`` (see [`min_num_samples`]); with ``num_samples >= 2**M`` every coalition is evaluated
+            and the values are exact.
         baseline (`float`, `str` or `torch.Tensor`, *optional*, defaults to 0.0): see [`make_baseline`]:
             a number, ``"mean"``, ``"blur"`` or a tensor broadcastable to `pixel_values`.
         batch_size (`int`, *optional*, defaults to 64): masked images per forward call; a chunk mixes the
@@ -238,7 +296,9 @@ def patch_kernel_shap(
     if not isinstance(pixel_values, torch.Tensor):
         raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
     if pixel_values.dim() != 4:
-        raise ValueError(f"pixel_values must have shape (B, C, H, W), got {pixel_values.dim()}-D shape {tuple(pixel_values.shape)}")
+        raise ValueError(
+            f"pixel_values must have shape (B, C, H, W), got {pixel_values.dim()}-D shape {tuple(pixel_values.shape)}"
+        )
     if not pixel_values.is_floating_point():
         raise TypeError(f"pixel_values must be floating point, got dtype {pixel_values.dtype}")
     if not callable(forward_fn):
@@ -252,28 +312,10 @@ def patch_kernel_shap(
         raise ValueError(f"value must be one of {VALUE_OPTIONS}, got {value!r}")
     targets = _check_target(target, batch, pixel_values.device)
     base = make_baseline(pixel_values, baseline, patch_size)
+    if not isinstance(base, torch.Tensor):
+        base = torch.full((1, 1, 1, 1), base, dtype=pixel_values.dtype, device=pixel_values.device)
     num_players = (height // patch_size) * (width // patch_size)
-    pixels = pixel_values.contiguous()
-    max_target = int(targets.max())
-    checked = []  # the class count is known after the first forward call
-
-    def value_fn(coalitions: torch.Tensor, input_index: torch.Tensor) -> torch.Tensor:
-        images = mask_patches(pixels, coalitions, input_index, base, patch_size)
-        scores = _scores(forward_fn(images), coalitions.shape[0])
-        if not checked:
-            if max_target >= scores.shape[1]:
-                raise ValueError(f"target must be < num_classes={scores.shape[1]} (from forward_fn), got {max_target}")
-            checked.append(scores.shape[1])
-        elif scores.shape[1] != checked[0]:
-            raise ValueError(f"forward_fn returned {scores.shape[1]} classes after {checked[0]} before")
-        row_target = targets.index_select(0, input_index)
-        scores = scores.float()
-        if value == "log_prob":
-            scores = scores.log_softmax(dim=-1)
-        elif value == "prob":
-            scores = scores.softmax(dim=-1)
-        return scores.gather(1, row_target.unsqueeze(1)).squeeze(1)
-
+    game = _PatchGame(forward_fn, pixel_values.contiguous(), targets, base, patch_size, value)
     return kernel_shap(
-        value_fn, num_players, batch, num_samples=num_samples, batch_size=batch_size, seed=seed, device=pixel_values.device
+        game, num_players, batch, num_samples=num_samples, batch_size=batch_size, seed=seed, device=pixel_values.device
     )

@@ -107,7 +107,9 @@ def _subsets_of_size(num_players: int, size: int) -> torch.Tensor:
     count = math.comb(num_players, size)
     # itertools iterates in C; np.fromiter packs the member lists without a Python-level loop.
     flat = np.fromiter(
-        itertools.chain.from_iterable(itertools.combinations(range(num_players), size)), dtype=np.int64, count=count * size
+        itertools.chain.from_iterable(itertools.combinations(range(num_players), size)),
+        dtype=np.int64,
+        count=count * size,
     )
     members = torch.from_numpy(flat).view(count, size)
     masks = torch.zeros(count, num_players, dtype=torch.bool)
@@ -150,7 +152,9 @@ def plan_coalitions(num_players: int, num_coalitions: int) -> CoalitionPlan:
         for s in sizes:
             subsets = _subsets_of_size(m, s)
             blocks.append(subsets)
-            block_weights.append(torch.full((subsets.shape[0],), size_mass[s - 1].item() / subsets.shape[0], dtype=torch.float64))
+            block_weights.append(
+                torch.full((subsets.shape[0],), size_mass[s - 1].item() / subsets.shape[0], dtype=torch.float64)
+            )
         budget -= count
         remaining_mass -= pair_mass
 
@@ -164,7 +168,9 @@ def plan_coalitions(num_players: int, num_coalitions: int) -> CoalitionPlan:
     mass_left = probs.sum().item()
     num_sampled = budget
     sampled_weight = mass_left / num_sampled if num_sampled > 0 else 0.0
-    return CoalitionPlan(m, enumerated, enumerated_weights, sample_sizes, probs / mass_left, num_sampled, sampled_weight)
+    return CoalitionPlan(
+        m, enumerated, enumerated_weights, sample_sizes, probs / mass_left, num_sampled, sampled_weight
+    )
 
 
 def make_generator(seed: int | None) -> torch.Generator:
@@ -198,7 +204,10 @@ def sample_coalitions(plan: CoalitionPlan, num_inputs: int, generator: torch.Gen
         return torch.zeros(num_inputs, 0, m, dtype=torch.bool)
     num_draws = (n + 1) // 2
     size_index = torch.multinomial(
-        plan.sample_size_probs.to(torch.float32).expand(num_inputs, -1), num_draws, replacement=True, generator=generator
+        plan.sample_size_probs.to(torch.float32).expand(num_inputs, -1),
+        num_draws,
+        replacement=True,
+        generator=generator,
     )  # (B, D)
     sizes = plan.sample_sizes[size_index].reshape(-1, 1)  # (B * D, 1)
     # A uniform subset of size k: the k players with the smallest uniform keys.
