@@ -1,0 +1,692 @@
+"""Training a [`SelfExplainingCLIPVision`] with Accelerate on SHAP-labelled data, and training the twins whose
+difference is the explainability vector.
+
+The loss is the model's own: `alpha * CE + (1 - alpha) * MSE(attributions of the label class, shap_values)`, with
+`alpha = 1` for a prediction-only model and `alpha = 0.8` for the paper's self-explaining models. The head (class
+embeddings, logit scale) is made of buffers: the optimizer never sees it and it never changes.
+
+The same script runs on one CPU, under `accelerate launch --num_processes N` (CPU or GPUs) and on several nodes.
+Training is deterministic given the seed: the data order of each epoch is a permutation drawn from `(seed, epoch)`
+alone, so a run stopped after a checkpoint and resumed with `resume_from` ends with the same weights as a run that
+never stopped (same number of processes, batch size and accumulation).
+
+Checkpoints (`output_dir/checkpoints/step_00000100/`) are written by `accelerator.save_state`: the model weights in
+safetensors; the optimizer, scheduler and random-number-generator states with `torch.save`, which is pickle-based
+(Accelerate loads them back with `torch.load(weights_only=True)`, the restricted unpickler). The trainer's own
+counters are in `trainer_state.json`. Resume only from checkpoints you wrote yourself.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator, PartialState
+from accelerate.utils import set_seed
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from .modeling import SelfExplainingCLIPVision
+from .task_vector import TaskVector, TaskVectorConfig
+
+logger = logging.getLogger(__name__)
+
+PIXELS, LABELS, SHAP = "pixel_values", "labels", "shap_values"
+CHECKPOINTS_DIR = "checkpoints"
+TRAINER_STATE_NAME = "trainer_state.json"
+TRAINING_CONFIG_NAME = "training_config.json"
+HISTORY_NAME = "history.json"
+MIXED_PRECISION = ("no", "bf16", "fp16")
+# Settings a checkpoint must share with the run that resumes it, or the data order (and the result) would differ.
+_RESUME_KEYS = ("num_examples", "num_processes", "per_device_batch_size", "gradient_accumulation_steps", "seed", "alpha")
+
+
+class DatasetFormatError(ValueError):
+    """A training or evaluation data set lacks a column or has values of the wrong shape or range."""
+
+
+@dataclass
+class TrainingConfig:
+    r"""
+    Settings of [`train`] and [`train_twins`].
+
+    Args:
+        output_dir (`str` or `os.PathLike`):
+            Where the final model (`save_pretrained`), `training_config.json`, `history.json` and the checkpoints
+            (`checkpoints/step_XXXXXXXX/`) are written.
+        alpha (`float`, *optional*, defaults to 0.8):
+            Cross-entropy weight of the loss, in [0, 1]; written to `model.config.alpha`. 1.0 trains a
+            prediction-only model (no `shap_values` needed), 0.8 a self-explaining one.
+        learning_rate (`float`, *optional*, defaults to 1e-5):
+            Peak learning rate of AdamW.
+        weight_decay (`float`, *optional*, defaults to 0.1):
+            Decoupled weight decay, applied to weight matrices only: biases, normalisation weights and the other
+            1-D parameters (CLIP's `class_embedding`) get none.
+        warmup_steps (`int` or `float`, *optional*, defaults to 0):
+            Linear warmup of the cosine schedule: a number of optimizer steps (`int`), or a fraction of all steps
+            (`float` in [0, 1)).
+        num_train_epochs (`int`, *optional*, defaults to 3):
+            Passes over the training data; ignored when `max_steps` is given.
+        max_steps (`int`, *optional*):
+            Number of optimizer steps to train for (the data are cycled as needed).
+        per_device_batch_size (`int`, *optional*, defaults to 32):
+            Examples per process and forward pass; the effective batch is this times the number of processes times
+            `gradient_accumulation_steps`.
+        gradient_accumulation_steps (`int`, *optional*, defaults to 1):
+            Forward/backward passes per optimizer step. An epoch whose batch count is not a multiple ends with a
+            shorter accumulation (Accelerate's rule).
+        max_grad_norm (`float`, *optional*, defaults to 1.0):
+            Gradient clipping by global norm; `None` turns clipping off.
+        mixed_precision (`str`, *optional*, defaults to `"no"`):
+            `"no"`, `"bf16"` (also on CPU) or `"fp16"` (GPUs only), passed to `Accelerator`. Weights stay float32.
+        gradient_checkpointing (`bool`, *optional*, defaults to `False`):
+            Recompute activations in the backward pass to save memory.
+        seed (`int`, *optional*, defaults to 0):
+            Seeds `random`, NumPy and torch (`accelerate.utils.set_seed`) and fixes the data order of every epoch.
+        checkpoint_every (`int`, *optional*):
+            Save a resumable checkpoint every this many optimizer steps.
+        save_total_limit (`int`, *optional*):
+            Keep only the newest this many checkpoints.
+        resume_from (`str` or `os.PathLike`, *optional*):
+            A checkpoint folder to resume from, or `"latest"` for the newest under `output_dir/checkpoints` (a
+            fresh start when there is none, so that a preempted job can be relaunched with the same command).
+        log_every (`int`, *optional*, defaults to 10):
+            Log the loss parts and learning rate, averaged over the steps since the last log, every this many
+            optimizer steps (and at the last step).
+        eval_every (`int`, *optional*):
+            Evaluate on `eval_dataset` every this many optimizer steps; with an `eval_dataset`, it is also evaluated
+            after the last step.
+        num_workers (`int`, *optional*, defaults to 0):
+            `DataLoader` worker processes.
+        report_to (`str` or `list[str]`, *optional*):
+            Accelerate trackers for `accelerator.log` (`"tensorboard"`, `"wandb"`, `"all"`, ...); none by default.
+        tracker_project_name (`str`, *optional*, defaults to `"hf_explvec"`):
+            Project name given to the trackers.
+        disable_tqdm (`bool`, *optional*, defaults to `False`):
+            Hide the progress bar (shown on the local main process only).
+    """
+
+    output_dir: str | os.PathLike
+    alpha: float = 0.8
+    learning_rate: float = 1e-5
+    weight_decay: float = 0.1
+    warmup_steps: int | float = 0
+    num_train_epochs: int = 3
+    max_steps: int | None = None
+    per_device_batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    checkpoint_every: int | None = None
+    save_total_limit: int | None = None
+    resume_from: str | os.PathLike | None = None
+    log_every: int = 10
+    eval_every: int | None = None
+    num_workers: int = 0
+    report_to: str | list[str] | None = None
+    tracker_project_name: str = "hf_explvec"
+    disable_tqdm: bool = False
+
+    def __post_init__(self):
+        if not (isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool) and 0 <= self.alpha <= 1):
+            raise ValueError(f"alpha must be a number in [0, 1] (the cross-entropy weight), got {self.alpha!r}.")
+        self.alpha = float(self.alpha)
+        for name in ("learning_rate", "weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+        if self.learning_rate == 0:
+            raise ValueError("learning_rate must be > 0, got 0.")
+        for name, minimum, optional in (
+            ("num_train_epochs", 1, False),
+            ("per_device_batch_size", 1, False),
+            ("gradient_accumulation_steps", 1, False),
+            ("log_every", 1, False),
+            ("seed", 0, False),
+            ("num_workers", 0, False),
+            ("max_steps", 1, True),
+            ("checkpoint_every", 1, True),
+            ("save_total_limit", 1, True),
+            ("eval_every", 1, True),
+        ):
+            value = getattr(self, name)
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an int >= {minimum}{' or None' if optional else ''}, got {value!r}.")
+        warmup = self.warmup_steps
+        if isinstance(warmup, bool) or not (
+            (isinstance(warmup, int) and warmup >= 0) or (isinstance(warmup, float) and 0 <= warmup < 1)
+        ):
+            raise ValueError(
+                f"warmup_steps must be an int >= 0 (steps) or a float in [0, 1) (fraction of all steps), got {warmup!r}."
+            )
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}.")
+
+    def to_dict(self) -> dict:
+        """The settings as JSON-ready values (paths as strings)."""
+        return {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass
+class TrainResult:
+    r"""
+    What [`train`] returns.
+
+    Args:
+        model ([`SelfExplainingCLIPVision`]): The trained model (the one passed in, unwrapped), in eval mode.
+        history (`list[dict]`): One dict per log (`step`, `epoch`, `loss`, `ce_loss`, `attribution_loss` when
+            `shap_values` are given, `lr`: the learning rate of that step) and per evaluation (`step`,
+            `eval_loss`, `eval_ce_loss`, `eval_attribution_loss`, `eval_e_rmse`, `eval_accuracy`).
+        global_step (`int`): Optimizer steps taken in all, counting those before a resume.
+        output_dir (`pathlib.Path`): Where the model was saved.
+    """
+
+    model: SelfExplainingCLIPVision
+    history: list[dict] = field(default_factory=list)
+    global_step: int = 0
+    output_dir: Path | None = None
+
+
+class TwinsResult(NamedTuple):
+    """What [`train_twins`] returns: the twins and τ = self_explaining − prediction_only."""
+
+    prediction_only: SelfExplainingCLIPVision
+    self_explaining: SelfExplainingCLIPVision
+    vector: TaskVector
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random permutation of `range(num_examples)` per epoch that depends on `(seed, epoch)` only: the same on
+    every process and after a resume. Set the epoch with `set_epoch` before iterating."""
+
+    def __init__(self, num_examples: int, seed: int):
+        self.num_examples, self.seed, self.epoch = num_examples, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def __iter__(self):
+        seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+        yield from torch.randperm(self.num_examples, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+# ----------------------------------------------------------------------------------------------------------- data
+def _expected_columns_doc(model_config) -> str:
+    vision = model_config.vision_config
+    return (
+        f"expected columns: '{PIXELS}' (float, shape ({vision.num_channels}, {vision.image_size}, "
+        f"{vision.image_size}), as CLIPImageProcessor returns), '{LABELS}' (int in [0, {model_config.num_labels})) "
+        f"and '{SHAP}' ({model_config.num_patches} floats, Kernel SHAP values of the label class per patch)"
+    )
+
+
+def _check_row(row, model_config, what: str) -> None:
+    """Check one example (a mapping of column -> value) against the model; raise [`DatasetFormatError`]."""
+    if not isinstance(row, Mapping):
+        raise DatasetFormatError(f"{what} must be a mapping of column -> value, got {type(row).__name__}.")
+    vision = model_config.vision_config
+    expected = (vision.num_channels, vision.image_size, vision.image_size)
+    pixels = torch.as_tensor(row[PIXELS])
+    if tuple(pixels.shape) != expected or not pixels.is_floating_point():
+        raise DatasetFormatError(
+            f"{what}: '{PIXELS}' must be a float tensor of shape {expected} (processed by CLIPImageProcessor), "
+            f"got {pixels.dtype} of shape {tuple(pixels.shape)}."
+        )
+    if SHAP in row:
+        length = torch.as_tensor(row[SHAP]).numel()
+        if length != model_config.num_patches:
+            raise DatasetFormatError(
+                f"{what}: '{SHAP}' must hold {model_config.num_patches} values (one per patch of the "
+                f"{model_config.grid_size}x{model_config.grid_size} grid), got {length}."
+            )
+
+
+def _prepare_dataset(dataset, model_config, need_shap: bool, name: str):
+    """Check a data set's columns and first example, and return it in torch format (map-style, indexable)."""
+    import datasets
+
+    if isinstance(dataset, (datasets.IterableDataset, torch.utils.data.IterableDataset)):
+        raise TypeError(f"{name} must be a map-style data set (len and indexing, for exact resume), got an iterable one.")
+    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        raise TypeError(f"{name} must be a datasets.Dataset or a torch Dataset, got {type(dataset).__name__}.")
+    if len(dataset) == 0:
+        raise DatasetFormatError(f"{name} is empty.")
+    required = [PIXELS, LABELS] + ([SHAP] if need_shap else [])
+    if isinstance(dataset, datasets.Dataset):
+        columns = dataset.column_names
+        missing = [c for c in required if c not in columns]
+        if missing:
+            raise DatasetFormatError(
+                f"{name} is missing column(s) {missing} (has {columns}); {_expected_columns_doc(model_config)}."
+            )
+        keep = [c for c in (PIXELS, LABELS, SHAP) if c in columns]
+        custom = dataset.format["type"] == "custom"  # set_transform / with_transform: keep the user's transform
+        if not custom and isinstance(dataset.features[PIXELS], datasets.Image):
+            raise DatasetFormatError(
+                f"{name}: '{PIXELS}' holds images, not tensors; process them with CLIPImageProcessor first "
+                "(dataset.map or dataset.set_transform)."
+            )
+        length = getattr(dataset.features.get(SHAP), "length", -1)
+        if SHAP in columns and length not in (-1, None, model_config.num_patches):
+            raise DatasetFormatError(
+                f"{name}: '{SHAP}' is a sequence of length {length}; the model has {model_config.num_patches} patches."
+            )
+        if not custom:
+            dataset = dataset.with_format("torch", columns=keep)
+    first = dataset[0]
+    if isinstance(first, Mapping):
+        missing = [c for c in required if c not in first]
+        if missing:
+            raise DatasetFormatError(
+                f"{name} examples lack key(s) {missing} (have {list(first)}); {_expected_columns_doc(model_config)}."
+            )
+    _check_row(first, model_config, f"{name}[0]")
+    return dataset
+
+
+class _Collator:
+    """Stack examples into a batch of tensors, checking labels and SHAP lengths (picklable for worker processes)."""
+
+    def __init__(self, num_labels: int, num_patches: int, use_shap: bool):
+        self.num_labels, self.num_patches, self.use_shap = num_labels, num_patches, use_shap
+
+    def __call__(self, rows: list) -> dict[str, torch.Tensor]:
+        labels = torch.as_tensor([int(row[LABELS]) for row in rows], dtype=torch.long)
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_labels):
+            raise DatasetFormatError(f"'{LABELS}' must be in [0, {self.num_labels}), got {sorted(set(labels.tolist()))}.")
+        batch = {
+            PIXELS: torch.stack([torch.as_tensor(row[PIXELS], dtype=torch.float32) for row in rows]),
+            LABELS: labels,
+        }
+        if self.use_shap:
+            shap = [torch.as_tensor(row[SHAP], dtype=torch.float32).flatten() for row in rows]
+            lengths = sorted({s.numel() for s in shap})
+            if lengths != [self.num_patches]:
+                raise DatasetFormatError(f"'{SHAP}' must hold {self.num_patches} values per example, found {lengths}.")
+            batch[SHAP] = torch.stack(shap)
+        return batch
+
+
+def _has_shap(dataset) -> bool:
+    first = dataset[0]
+    return isinstance(first, Mapping) and SHAP in first
+
+
+# ------------------------------------------------------------------------------------------- optimizer, resume
+def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on weight matrices only (not on biases, norm weights or 1-D parameters)."""
+    norms = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._BatchNorm)
+    decay, no_decay, seen = [], [], set()
+    for module in model.modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            if not parameter.requires_grad or id(parameter) in seen:
+                continue
+            seen.add(id(parameter))
+            exempt = name == "bias" or isinstance(module, norms) or parameter.ndim < 2
+            (no_decay if exempt else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints (with `trainer_state.json`) under `output_dir/checkpoints`, oldest first."""
+    root = output_dir / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith("step_") and (p / TRAINER_STATE_NAME).is_file()]
+    return sorted(found, key=lambda p: json.loads((p / TRAINER_STATE_NAME).read_text())["global_step"])
+
+
+def _resolve_resume(config: TrainingConfig) -> tuple[Path | None, dict | None]:
+    if config.resume_from is None:
+        return None, None
+    if config.resume_from == "latest":
+        found = _checkpoints(Path(config.output_dir))
+        if not found:
+            logger.info("resume_from='latest': no checkpoint under %s; starting from scratch.", config.output_dir)
+            return None, None
+        path = found[-1]
+    else:
+        path = Path(config.resume_from)
+        if not (path / TRAINER_STATE_NAME).is_file():
+            raise FileNotFoundError(f"resume_from={os.fspath(path)!r} is not a checkpoint folder (no {TRAINER_STATE_NAME}).")
+    return path, json.loads((path / TRAINER_STATE_NAME).read_text())
+
+
+def _check_resumable(saved: dict, current: dict, path: Path) -> None:
+    mismatched = {k: (saved.get(k), current[k]) for k in _RESUME_KEYS if saved.get(k) != current[k]}
+    if mismatched:
+        details = ", ".join(f"{k}: checkpoint {a!r} vs this run {b!r}" for k, (a, b) in mismatched.items())
+        raise ValueError(f"cannot resume from {path}: the run differs in {details}; resume needs the same settings.")
+    if saved.get("total_steps") != current["total_steps"]:
+        logger.warning(
+            "resuming with %s total steps instead of %s: the learning-rate schedule changes.",
+            current["total_steps"],
+            saved.get("total_steps"),
+        )
+
+
+def _save_checkpoint(accelerator: Accelerator, config: TrainingConfig, state: dict) -> Path:
+    """`accelerator.save_state` (all processes), then `trainer_state.json` last, which marks the folder complete."""
+    path = Path(config.output_dir) / CHECKPOINTS_DIR / f"step_{state['global_step']:08d}"
+    accelerator.save_state(os.fspath(path))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (path / TRAINER_STATE_NAME).write_text(json.dumps(state, indent=2) + "\n")
+        if config.save_total_limit is not None:
+            for old in _checkpoints(Path(config.output_dir))[: -config.save_total_limit]:
+                shutil.rmtree(old)
+        logger.info("saved checkpoint %s", path)
+    accelerator.wait_for_everyone()
+    return path
+
+
+# -------------------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def _evaluate(accelerator: Accelerator, model: nn.Module, loader: DataLoader, alpha: float) -> dict:
+    """Mean cross-entropy, attribution MSE, E-RMSE and accuracy over the whole evaluation set (all processes)."""
+    model.eval()
+    parts = {"ce": [], "correct": [], "mse": []}
+    for batch in loader:
+        outputs = model(pixel_values=batch[PIXELS])
+        logits, labels = outputs.logits.float(), batch[LABELS]
+        values = {"ce": F.cross_entropy(logits, labels, reduction="none"), "correct": (logits.argmax(-1) == labels).float()}
+        if SHAP in batch:
+            index = labels.view(-1, 1, 1).expand(-1, 1, outputs.patch_attributions.shape[-1])
+            explained = outputs.patch_attributions.gather(1, index).squeeze(1).float()
+            values["mse"] = (explained - batch[SHAP].float()).pow(2).mean(-1)
+        for key, value in accelerator.gather_for_metrics(values).items():
+            parts[key].append(value)
+    model.train()
+    ce, accuracy = torch.cat(parts["ce"]).mean().item(), torch.cat(parts["correct"]).mean().item()
+    metrics = {"eval_loss": ce, "eval_ce_loss": ce, "eval_accuracy": accuracy}
+    if parts["mse"]:
+        mse = torch.cat(parts["mse"])
+        metrics["eval_attribution_loss"] = mse.mean().item()
+        metrics["eval_e_rmse"] = mse.sqrt().mean().item()
+        metrics["eval_loss"] = alpha * ce + (1 - alpha) * metrics["eval_attribution_loss"]
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------------- train
+def train(
+    model: SelfExplainingCLIPVision, train_dataset, config: TrainingConfig, eval_dataset=None
+) -> TrainResult:
+    r"""
+    Train `model` in place with the α-weighted loss (AdamW, cosine schedule with warmup, Accelerate).
+
+    Run it as a plain script, or under `accelerate launch` for several processes, GPUs or nodes; every process
+    calls `train` with the same arguments. The final model is saved with `save_pretrained` to `config.output_dir`
+    (main process only), with `training_config.json` and `history.json`.
+
+    Args:
+        model ([`SelfExplainingCLIPVision`]):
+            The model to train; its `config.alpha` is set to `config.alpha`. Its head buffers never change.
+        train_dataset (`datasets.Dataset` or `torch.utils.data.Dataset`):
+            Map-style data with the columns (or, for a torch Dataset, dict keys) `pixel_values`: float of shape
+            `(num_channels, image_size, image_size)`; `labels`: int in `[0, num_classes)`; `shap_values`: float of
+            shape `(num_patches,)`, the Kernel SHAP values of the label class per patch in row-major order (needed
+            when `alpha < 1`; when present with `alpha = 1` the attribution loss is logged but not trained). A
+            `datasets.Dataset` is read with `with_format("torch")` unless it has a transform of its own.
+        config ([`TrainingConfig`]):
+            The settings.
+        eval_dataset (same kinds as `train_dataset`, *optional*):
+            Evaluated every `config.eval_every` steps and after the last one.
+
+    Returns:
+        [`TrainResult`] with the trained model (eval mode) and the history of logged values.
+
+    Raises:
+        [`DatasetFormatError`] (a `ValueError`): a column is missing, or `pixel_values`/`shap_values` have the wrong
+            shape, or a label is out of range (named, with the expected and actual values).
+        `TypeError`: `model` is not a [`SelfExplainingCLIPVision`], `config` not a [`TrainingConfig`], or the data
+            set is not map-style.
+        `ValueError`/`FileNotFoundError`: `resume_from` is not a checkpoint, or one written with other settings.
+    """
+    if not isinstance(model, SelfExplainingCLIPVision):
+        raise TypeError(f"train takes a SelfExplainingCLIPVision, got {type(model).__name__}.")
+    if not isinstance(config, TrainingConfig):
+        raise TypeError(f"config must be a TrainingConfig, got {type(config).__name__}.")
+    train_data = _prepare_dataset(train_dataset, model.config, config.alpha < 1, "train_dataset")
+    use_shap = _has_shap(train_data)
+    eval_data = None
+    if eval_dataset is not None:
+        eval_data = _prepare_dataset(eval_dataset, model.config, False, "eval_dataset")
+    resume_path, saved_state = _resolve_resume(config)
+
+    output_dir = Path(config.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with=config.report_to,
+        project_dir=os.fspath(output_dir),
+        step_scheduler_with_optimizer=False,  # the scheduler counts optimizer steps, whatever the process count
+    )
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > accelerator.num_processes:  # e.g. torchrun on CPU without ACCELERATE_USE_CPU=1
+        logger.warning(
+            "WORLD_SIZE is %d but Accelerate runs %d process: each process trains alone and writes the same files. "
+            "On CPU, launch with ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N.",
+            world_size,
+            accelerator.num_processes,
+        )
+    set_seed(config.seed)
+    model.config.alpha = config.alpha
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+
+    num_labels, num_patches = model.config.num_labels, model.config.num_patches
+    sampler = EpochShuffleSampler(len(train_data), config.seed)
+    loader_kwargs = dict(batch_size=config.per_device_batch_size, num_workers=config.num_workers)
+    train_loader = DataLoader(
+        train_data, sampler=sampler, collate_fn=_Collator(num_labels, num_patches, use_shap), **loader_kwargs
+    )
+    raw_optimizer = torch.optim.AdamW(_parameter_groups(model, config.weight_decay), lr=config.learning_rate)
+    model, optimizer, train_loader = accelerator.prepare(model, raw_optimizer, train_loader)
+    eval_loader = None
+    if eval_data is not None:
+        eval_collate = _Collator(num_labels, num_patches, _has_shap(eval_data))
+        eval_loader = accelerator.prepare(DataLoader(eval_data, collate_fn=eval_collate, **loader_kwargs))
+
+    epoch_batches = len(train_loader)  # per process
+    steps_per_epoch = math.ceil(epoch_batches / config.gradient_accumulation_steps)
+    total_steps = config.max_steps or config.num_train_epochs * steps_per_epoch
+    warmup = config.warmup_steps if isinstance(config.warmup_steps, int) else math.ceil(config.warmup_steps * total_steps)
+    scheduler = accelerator.prepare(get_cosine_schedule_with_warmup(raw_optimizer, min(warmup, total_steps), total_steps))
+
+    run_state = {
+        "num_examples": len(train_data),
+        "num_processes": accelerator.num_processes,
+        "per_device_batch_size": config.per_device_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "seed": config.seed,
+        "alpha": config.alpha,
+        "total_steps": total_steps,
+    }
+    state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0}
+    history: list[dict] = []
+    sums = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # loss, ce, attribution, micro-batches
+    if resume_path is not None:
+        _check_resumable(saved_state, run_state, resume_path)
+        accelerator.load_state(os.fspath(resume_path))
+        state = {k: int(saved_state[k]) for k in state}
+        history = list(saved_state.get("history", []))
+        if accelerator.is_main_process:  # the other processes' share was summed into these at the checkpoint
+            sums += torch.tensor(saved_state.get("pending_sums", [0.0] * 4), dtype=sums.dtype, device=sums.device)
+        if accelerator.is_main_process:
+            logger.info("resumed from %s at step %d", resume_path, state["global_step"])
+    if config.report_to:
+        hparams = {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers(config.tracker_project_name, config=hparams)
+
+    progress = tqdm(
+        total=total_steps,
+        initial=state["global_step"],
+        desc="training",
+        disable=config.disable_tqdm or not accelerator.is_local_main_process,
+    )
+    while state["global_step"] < total_steps:
+        train_loader.set_epoch(state["epoch"])
+        sampler.set_epoch(state["epoch"])
+        loader = train_loader
+        if state["batches_in_epoch"]:
+            loader = accelerator.skip_first_batches(train_loader, state["batches_in_epoch"])
+        for batch in loader:
+            with accelerator.accumulate(model):
+                outputs = model(**batch)
+                accelerator.backward(outputs.loss)
+                if accelerator.sync_gradients and config.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            attribution = outputs.attribution_loss
+            sums += torch.stack(
+                [
+                    outputs.loss.detach().double(),
+                    outputs.ce_loss.detach().double(),
+                    attribution.detach().double() if attribution is not None else sums.new_zeros(()),
+                    sums.new_ones(()),
+                ]
+            )
+            state["batches_in_epoch"] += 1
+            if state["batches_in_epoch"] == epoch_batches:
+                state["epoch"], state["batches_in_epoch"] = state["epoch"] + 1, 0
+            if not accelerator.sync_gradients:
+                continue
+            lr = scheduler.get_last_lr()[0]  # the rate this step used
+            if not accelerator.optimizer_step_was_skipped:
+                scheduler.step()
+            state["global_step"] += 1
+            step = state["global_step"]
+            progress.update(1)
+            if step % config.log_every == 0 or step == total_steps:
+                totals = accelerator.reduce(sums, reduction="sum")
+                entry = {"step": step, "epoch": state["epoch"] + state["batches_in_epoch"] / epoch_batches}
+                entry["loss"], entry["ce_loss"] = (totals[0] / totals[3]).item(), (totals[1] / totals[3]).item()
+                if use_shap:
+                    entry["attribution_loss"] = (totals[2] / totals[3]).item()
+                entry["lr"] = lr
+                sums.zero_()
+                history.append(entry)
+                accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=step)
+                progress.set_postfix(loss=f"{entry['loss']:.4g}")
+                if accelerator.is_main_process:
+                    logger.info("step %d/%d: %s", step, total_steps, {k: entry[k] for k in entry if k != "step"})
+            if eval_loader is not None and (
+                step == total_steps or (config.eval_every is not None and step % config.eval_every == 0)
+            ):
+                metrics = _evaluate(accelerator, model, eval_loader, config.alpha)
+                history.append({"step": step, **metrics})
+                accelerator.log(metrics, step=step)
+                if accelerator.is_main_process:
+                    logger.info("step %d evaluation: %s", step, metrics)
+            if config.checkpoint_every is not None and step % config.checkpoint_every == 0:
+                pending = accelerator.reduce(sums, reduction="sum").tolist()  # the logs since the last entry
+                _save_checkpoint(accelerator, config, {**state, **run_state, "pending_sums": pending, "history": history})
+            if step >= total_steps:
+                break
+    progress.close()
+
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)  # a collective under FSDP / DeepSpeed
+    model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    if accelerator.is_main_process:
+        model.save_pretrained(output_dir, state_dict=state_dict)
+        (output_dir / TRAINING_CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        (output_dir / HISTORY_NAME).write_text(json.dumps(history, indent=2) + "\n")
+        logger.info("saved the trained model to %s", output_dir)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(model=model.eval(), history=history, global_step=state["global_step"], output_dir=output_dir)
+
+
+def _dataset_name(dataset) -> str | None:
+    info = getattr(dataset, "info", None)
+    return (getattr(info, "dataset_name", None) or getattr(info, "builder_name", None)) if info is not None else None
+
+
+def train_twins(
+    base_model: SelfExplainingCLIPVision,
+    dataset,
+    config: TrainingConfig,
+    eval_dataset=None,
+    source_dataset: str | None = None,
+) -> TwinsResult:
+    r"""
+    Train the prediction-only (α = 1) and self-explaining (α = `config.alpha`) twins from the same starting weights,
+    with the same seed and data order, and take the explainability vector τ = θ*_S − θ_S.
+
+    The twins are trained on copies of `base_model` (left unchanged) and saved to `config.output_dir /
+    "prediction_only"` and `config.output_dir / "self_explaining"`; the vector is saved to `config.output_dir /
+    "explainability_vector"`.
+
+    Args:
+        base_model ([`SelfExplainingCLIPVision`]): The starting point θ_S of both twins.
+        dataset: The SHAP-labelled training data (see [`train`] for the columns).
+        config ([`TrainingConfig`]): Settings of both runs; `alpha` (< 1) is the self-explaining twin's.
+            `resume_from` may only be `None` or `"latest"` (each twin resumes from its own checkpoints).
+        eval_dataset (*optional*): Evaluated during both runs.
+        source_dataset (`str`, *optional*): The data set's name for the vector's provenance; by default
+            `dataset.info.dataset_name` or `dataset.info.builder_name` when the data set has them.
+
+    Returns:
+        [`TwinsResult`] `(prediction_only, self_explaining, vector)`; `vector.config` holds `alpha`,
+        `source_dataset` and `base_model` (`base_model.config.clip_name_or_path`).
+    """
+    if not isinstance(base_model, SelfExplainingCLIPVision):
+        raise TypeError(f"train_twins takes a SelfExplainingCLIPVision, got {type(base_model).__name__}.")
+    if not isinstance(config, TrainingConfig):
+        raise TypeError(f"config must be a TrainingConfig, got {type(config).__name__}.")
+    if config.alpha >= 1:
+        raise ValueError(f"train_twins needs config.alpha < 1 for the self-explaining twin, got {config.alpha}.")
+    if config.resume_from not in (None, "latest"):
+        raise ValueError(f"train_twins resumes with resume_from='latest' only, got {config.resume_from!r}.")
+    output_dir = Path(config.output_dir)
+    models = []
+    for name, alpha in (("prediction_only", 1.0), ("self_explaining", config.alpha)):
+        twin_config = dataclasses.replace(config, output_dir=output_dir / name, alpha=alpha)
+        models.append(train(copy.deepcopy(base_model), dataset, twin_config, eval_dataset=eval_dataset).model)
+    prediction_only, self_explaining = models
+    provenance = TaskVectorConfig(
+        base_model=base_model.config.clip_name_or_path,
+        finetuned_model=os.fspath(output_dir / "self_explaining"),
+        source_dataset=source_dataset or _dataset_name(dataset),
+        alpha=config.alpha,
+    )
+    vector = TaskVector.from_models(prediction_only, self_explaining, provenance)
+    if PartialState().is_main_process:
+        vector.save_pretrained(output_dir / "explainability_vector")
+    return TwinsResult(prediction_only, self_explaining, vector)
+
+
+__all__ = [
+    "DatasetFormatError",
+    "EpochShuffleSampler",
+    "TrainResult",
+    "TrainingConfig",
+    "TwinsResult",
+    "train",
+    "train_twins",
+]
