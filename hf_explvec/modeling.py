@@ -26,10 +26,12 @@ Let `z_0` be the [CLS] token and `z_i` (i = 1..M) the patch tokens after CLIP's 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import ModelCardData
 from torch import nn
 from transformers import CLIPModel, CLIPVisionModel, PreTrainedModel
 from transformers import initialization as init
@@ -37,6 +39,7 @@ from transformers.utils import ModelOutput
 
 from .configuration import SelfExplainingCLIPVisionConfig, validate_class_names
 from .heads import DEFAULT_TEMPLATES, build_class_embeddings
+from .hub import BASE_TAGS, LIBRARY_NAME, push_folder, render_card
 
 
 @dataclass
@@ -292,6 +295,81 @@ class SelfExplainingCLIPVision(PreTrainedModel):
             model.logit_scale.copy_(clip.logit_scale.detach())
         return model.eval()
 
+
+    def generate_model_card(self, repo_id: str | None = None, eval_results=None):
+        """The model's card, rendered from `hub_cards/self_explaining_model.md`.
+
+        Args:
+            repo_id (`str`, *optional*): Where the model lives, for the usage snippet.
+            eval_results (`list[huggingface_hub.EvalResult]`, *optional*): Written as `model-index` metadata.
+        """
+        config = self.config
+        clip = config.clip_name_or_path
+        data = ModelCardData(
+            library_name=LIBRARY_NAME,
+            pipeline_tag="image-classification",
+            tags=BASE_TAGS + ["self-explaining", "image-classification"],
+            base_model=clip if clip and not os.path.isdir(clip) else None,
+            eval_results=eval_results,
+            model_name=repo_id if eval_results else None,
+        )
+        names = config.class_names
+        return render_card(
+            "self_explaining_model",
+            data,
+            title=f"Self-explaining CLIP classifier {repo_id or ''}".strip(),
+            repo_id=repo_id or "path/to/this/model",
+            clip_name_or_path=clip,
+            num_classes=len(names),
+            class_preview=", ".join(names[:10]) + (f", … ({len(names) - 10} more)" if len(names) > 10 else ""),
+            num_patches=config.num_patches,
+            grid_size=config.grid_size,
+            patch_size=config.vision_config.patch_size,
+            image_size=config.vision_config.image_size,
+            alpha=config.alpha,
+        )
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str = "50GB",
+        eval_results=None,
+        **kwargs,
+    ):
+        r"""
+        Upload the model (safetensors, config) with its card in one commit, like transformers' `push_to_hub`, but
+        with hf_explvec's card: a README already in the repo that someone wrote or edited keeps its text and only gets
+        its metadata updated. After `import hf_explvec`, `AutoModel.from_pretrained(repo_id)` loads it back.
+
+        Args:
+            repo_id (`str`): The repository; created if missing.
+            commit_message, commit_description, private, token, revision, create_pr, max_shard_size: As in
+                transformers' `push_to_hub`.
+            eval_results (`list[huggingface_hub.EvalResult]`, *optional*): Results for the card's `model-index`.
+
+        Returns:
+            `huggingface_hub.CommitInfo`.
+        """
+        if kwargs:
+            raise TypeError(f"push_to_hub got unexpected arguments: {sorted(kwargs)}.")
+        return push_folder(
+            lambda folder: self.save_pretrained(folder, max_shard_size=max_shard_size),
+            lambda: self.generate_model_card(repo_id, eval_results),
+            repo_id,
+            revision=revision,
+            private=private,
+            token=token,
+            commit_message=commit_message or "Upload self-explaining CLIP model with hf_explvec",
+            commit_description=commit_description,
+            create_pr=create_pr,
+        )
 
 def attribution_map(outputs: SelfExplainingOutput, target: int | torch.Tensor | None = None) -> torch.Tensor:
     r"""

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from huggingface_hub import ModelHubMixin, save_torch_state_dict, snapshot_download
+from huggingface_hub import ModelCardData, ModelHubMixin, save_torch_state_dict
 from safetensors.torch import load_file
 from torch import nn
 
 from . import arithmetic as A
+from .hub import BASE_TAGS, LIBRARY_NAME, describe_repo, download_snapshot, push_folder, render_card
 
 logger = logging.getLogger(__name__)
 
@@ -321,13 +322,13 @@ class TaskVector(
         return [(targets[k], v) for k, v in vector.items() if k in targets]
 
     # -------------------------------------------------------------------------------------------- save / load
-    def _save_pretrained(self, save_directory: Path) -> None:
-        """The `ModelHubMixin` hook: write the weights and `config.json` (the mixin adds the card)."""
+    def _write_files(self, folder: Path, max_shard_size: int | str = "5GB") -> None:
+        """Write the weights (sharded above `max_shard_size`) and `config.json` into `folder`."""
         save_torch_state_dict(
             self._vector,
-            save_directory,
+            folder,
             filename_pattern=WEIGHTS_PATTERN,
-            max_shard_size=getattr(self, "_max_shard_size", "5GB"),
+            max_shard_size=max_shard_size,
             metadata={"format": "pt", "vector_type": VECTOR_TYPE},
         )
         config = {
@@ -340,54 +341,139 @@ class TaskVector(
             "num_tensors": len(self),
             "fingerprint": self.fingerprint,
         }
-        (Path(save_directory) / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (Path(folder) / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *, max_shard_size: int | str = "5GB", **kwargs):
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """The `ModelHubMixin` hook."""
+        self._write_files(save_directory)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *, max_shard_size: int | str = "5GB") -> None:
         r"""
         Save the vector to a directory: `task_vector.safetensors` (or shards `task_vector-0000i-of-0000n.safetensors`
         with `task_vector.safetensors.index.json` when larger than `max_shard_size`), `config.json` with the
-        provenance, dtype, parameter count and layout fingerprint, and a `README.md` card if none is there.
+        provenance, dtype, parameter count and layout fingerprint, and a `README.md` card unless one is there.
 
         Args:
             save_directory (`str` or `os.PathLike`): Where to save.
             max_shard_size (`int` or `str`, *optional*, defaults to `"5GB"`): Largest shard, e.g. `"500MB"`.
-            kwargs: Passed to `huggingface_hub.ModelHubMixin.save_pretrained`.
         """
-        self._max_shard_size = max_shard_size
-        try:
-            return super().save_pretrained(save_directory, **kwargs)
-        finally:
-            del self._max_shard_size
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._write_files(folder, max_shard_size)
+        if not (folder / "README.md").exists():
+            self.generate_model_card().save(folder / "README.md")
+
+    def generate_model_card(self, repo_id: str | None = None, revision: str | None = None):
+        """The vector's card, rendered from `hub_cards/task_vector.md` (metadata: library, tags, base model,
+        data set)."""
+        config = self.config
+        data = ModelCardData(
+            library_name=LIBRARY_NAME,
+            tags=BASE_TAGS + ["task-vector", "explainability-vector"],
+            base_model=config.base_model if config.base_model and not os.path.isdir(config.base_model) else None,
+            datasets=[config.source_dataset] if config.source_dataset else None,
+        )
+        return render_card(
+            "task_vector",
+            data,
+            title=f"Explainability vector {repo_id or ''}".strip(),
+            repo_id=repo_id or "path/to/this/vector",
+            revision=revision,
+            lam=config.recommended_lam if config.recommended_lam is not None else 1.0,
+            num_parameters=f"{self.num_parameters:,}",
+            num_tensors=len(self),
+            dtype=str(self.dtype).removeprefix("torch."),
+            fingerprint=self.fingerprint,
+            **dataclasses.asdict(config),
+        )
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        revision: str | None = None,
+        private: bool | None = None,
+        commit_message: str = "Upload explainability vector with hf_explvec",
+        commit_description: str | None = None,
+        token: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str = "5GB",
+    ):
+        r"""
+        Upload the vector to the Hub in one commit: weights, `config.json` and a card. A README already in the repo
+        that someone wrote or edited keeps its text; only its metadata is updated. Old weight shards are removed.
+
+        Args:
+            repo_id (`str`): The repository, e.g. `"org/imagenet-x-explain"`; created if missing.
+            revision (`str`, *optional*): Branch to commit to (created from `main` if missing).
+            private (`bool`, *optional*): Visibility of a newly created repository.
+            commit_message (`str`, *optional*): The commit message.
+            commit_description (`str`, *optional*): The commit description.
+            token (`str`, *optional*): Hub token; the logged-in one by default.
+            create_pr (`bool`, *optional*, defaults to `False`): Open a pull request instead of committing.
+            max_shard_size (`int` or `str`, *optional*, defaults to `"5GB"`): Largest weight shard.
+
+        Returns:
+            `huggingface_hub.CommitInfo`: `commit.oid` is the commit sha, to pin with `revision=`.
+        """
+        return push_folder(
+            lambda folder: self._write_files(folder, max_shard_size),
+            lambda: self.generate_model_card(repo_id, revision),
+            repo_id,
+            revision=revision,
+            private=private,
+            token=token,
+            commit_message=commit_message,
+            commit_description=commit_description,
+            create_pr=create_pr,
+            delete_patterns=["task_vector*.safetensors", WEIGHTS_INDEX_NAME],
+        )
 
     @classmethod
-    def _from_pretrained(
+    def from_pretrained(
         cls,
+        pretrained_model_name_or_path: str | os.PathLike,
         *,
-        model_id: str,
-        revision: str | None,
-        cache_dir,
-        force_download: bool,
-        local_files_only: bool,
-        token,
-        **model_kwargs,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
     ) -> "TaskVector":
-        if os.path.isdir(model_id):
-            folder, commit_hash = Path(model_id), None
-        else:
-            folder = Path(
-                snapshot_download(
-                    repo_id=model_id,
-                    revision=revision,
-                    cache_dir=cache_dir,
-                    force_download=force_download,
-                    local_files_only=local_files_only,
-                    token=token,
-                    allow_patterns=[CONFIG_NAME, "task_vector*.safetensors", WEIGHTS_INDEX_NAME, "README.md"],
-                )
-            )
-            commit_hash = folder.name
-        vector = load_vector_folder(folder)
-        vector.commit_hash = commit_hash
+        r"""
+        Load a vector from a local folder or a Hub repository (safetensors and JSON only, never pickle).
+
+        Args:
+            pretrained_model_name_or_path (`str` or `os.PathLike`): A folder written by `save_pretrained`, or a repo
+                id such as `"org/imagenet-x-explain"`.
+            revision (`str`, *optional*): Branch, tag or commit sha; `main` by default.
+            cache_dir, force_download, local_files_only, token: As in `huggingface_hub.snapshot_download`.
+
+        Returns:
+            [`TaskVector`]; for a repo, `commit_hash` is the commit sha the revision resolved to.
+
+        Raises:
+            `FileNotFoundError`: repository, revision or weights not found. `ConnectionError`: the Hub cannot be
+            reached and nothing is cached. `ValueError`: corrupted or truncated weights, or a config of another kind
+            of vector. Remote errors name the repo, revision and endpoint.
+        """
+        source = str(pretrained_model_name_or_path)
+        if os.path.isdir(source):
+            return load_vector_folder(source)
+        folder = download_snapshot(
+            source,
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+            allow_patterns=[CONFIG_NAME, "task_vector*.safetensors", WEIGHTS_INDEX_NAME],
+        )
+        try:
+            vector = load_vector_folder(folder)
+        except (FileNotFoundError, ValueError) as error:
+            raise type(error)(f"{describe_repo(source, 'model', revision)}: {error}") from error
+        vector.commit_hash = folder.name
         return vector
 
 
