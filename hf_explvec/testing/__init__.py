@@ -1,5 +1,6 @@
-"""Test utilities users can reuse: tiny CLIP models built in code."""
+"""Test utilities users can reuse: tiny CLIP models built in code, and a Hub-compatible server on loopback."""
 
+from .hub_server import LocalHub, hub_client_env
 from .tiny import TINY_VISION, tiny_clip_config, tiny_clip_model, tiny_clip_tokenizer
 
-__all__ = ["TINY_VISION", "tiny_clip_config", "tiny_clip_model", "tiny_clip_tokenizer"]
+__all__ = ["TINY_VISION", "LocalHub", "hub_client_env", "tiny_clip_config", "tiny_clip_model", "tiny_clip_tokenizer"]
