@@ -102,6 +102,11 @@ def test_upload_regular_and_lfs_files(local_hub, tmp_path):
     assert _read(hf_hub_download("org/up", "sub/weights.safetensors")) == b"\x00\x01" * 100
     assert local_hub.read_file("org/up", "notes.txt") == b"small text\n"
 
+    odd = "dir with space/ünï#code?&x=1%20.txt"  # every character the URLs must quote
+    api.upload_file(path_or_fileobj=b"odd", path_in_repo=odd, repo_id="org/up")
+    assert _read(hf_hub_download("org/up", odd)) == b"odd"
+    assert [e.path for e in api.list_repo_tree("org/up", "dir with space")] == [odd]
+
     # Unchanged files are skipped by the client thanks to the `oid` in the pre-upload answer: no new commit.
     n_commits = len(local_hub.commits("org/up"))
     api.upload_file(path_or_fileobj=big, path_in_repo="big.txt", repo_id="org/up")
@@ -234,6 +239,27 @@ def test_range_requests_and_head_metadata(local_hub):
         assert f.read(100) == data[1000:1100]
 
 
+def test_lfs_upload_accepts_chunked_bodies_and_checks_content(local_hub):
+    HfApi().create_repo("org/lfs")
+    data = b"chunked LFS content " * 1000
+    oid = hashlib.sha256(data).hexdigest()
+    batch = get_session().post(
+        f"{local_hub.endpoint}/org/lfs.git/info/lfs/objects/batch",
+        json={"operation": "upload", "transfers": ["basic"], "objects": [{"oid": oid, "size": len(data)}]},
+    ).json()
+    upload = batch["objects"][0]["actions"]["upload"]["href"]
+    bad = get_session().put(upload, content=iter([data[:-1], b"?"]))  # a generator is sent chunked
+    assert bad.status_code == 400 and "does not match" in bad.json()["error"]
+    assert get_session().put(upload, content=iter([data[:100], data[100:]])).status_code == 200
+    verify = batch["objects"][0]["actions"]["verify"]["href"]
+    assert get_session().post(verify, json={"oid": oid, "size": len(data)}).status_code == 200
+    again = get_session().post(
+        f"{local_hub.endpoint}/org/lfs.git/info/lfs/objects/batch",
+        json={"operation": "upload", "objects": [{"oid": oid, "size": len(data)}, {"oid": "xyz", "size": 1}]},
+    ).json()["objects"]
+    assert "actions" not in again[0] and again[1]["error"]["code"] == 422  # already stored; invalid oid
+
+
 def test_tree_pagination_paths_info_and_hffs(tmp_path):
     with LocalHub(tmp_path / "hub", tree_page_size=2) as hub, hub_client_env(hub.endpoint, tmp_path / "home"):
         api = HfApi()
@@ -355,7 +381,9 @@ def test_environment_and_constants_are_restored(tmp_path):
     with LocalHub() as hub, hub_client_env(hub.endpoint, tmp_path / "home"):
         assert constants.ENDPOINT == datasets.config.HF_ENDPOINT == api.endpoint == hub.endpoint
         root = hub.root
-    assert not root.exists()  # LocalHub() without a root works in a temporary directory
+    assert not root.exists()  # LocalHub() without a root works in a temporary directory, removed on close
+    with pytest.raises(RuntimeError, match="no longer exists"):
+        hub.start()
     assert state() == before and api.endpoint == endpoint_before
 
 

@@ -14,6 +14,8 @@ shas. It binds 127.0.0.1 only and every URL it hands out points back to itself.
 ...     HfApi().create_repo("org/model")
 ```
 
+In pytest, the `local_hub` fixture of `hf_explvec.testing.pytest_plugin` does both, per test.
+
 How [`hub_client_env`] points the clients at the server. The clients read most settings once, at import time, so
 setting environment variables is not enough when they are already imported:
 
@@ -471,6 +473,8 @@ class LocalHub:
 
     def start(self) -> "LocalHub":
         """Start serving on a free port of 127.0.0.1 (no-op if already running)."""
+        if not self.root.is_dir():
+            raise RuntimeError(f"LocalHub root {self.root} no longer exists (a closed temporary hub cannot restart)")
         if self._server is None:
             self._server = _Server(self)
             name = f"LocalHub-{self._server.server_address[1]}"
