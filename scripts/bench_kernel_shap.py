@@ -195,7 +195,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short run (fewer images, rounds and seeds)")
     parser.add_argument("--num-samples", type=int, default=None, help="evaluations per image (default 500; quick 200)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     quick = args.quick
     args.num_samples = args.num_samples or (200 if quick else 500)
     args.images = 2 if quick else 4

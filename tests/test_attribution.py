@@ -285,14 +285,14 @@ def test_solver_rank_deficient_fallback_keeps_efficiency(caplog):
 def test_mask_patches_matches_painting_in_any_row_order():
     torch.manual_seed(4)
     images = torch.randn(3, 3, 16, 24)  # non-square: 2 x 3 grid of 8-pixel patches
-    base = torch.randn(3, 3, 16, 24)
     coalitions = torch.rand(40, 6) < 0.5
-    for index in (torch.arange(3).repeat_interleave(14)[:40], torch.randint(0, 3, (40,))):  # runs, then shuffled
-        out = mask_patches(images, coalitions, index, base, 8)
-        ref = torch.stack(
-            [paint(images[i], tuple(c.tolist()), base[i], 8) for c, i in zip(coalitions, index, strict=True)]
-        )
-        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    runs, shuffled = torch.arange(3).repeat_interleave(14)[:40], torch.randint(0, 3, (40,))
+    for base in (torch.randn(3, 3, 16, 24), torch.randn(1, 3, 1, 1), 0.0, -1.25):
+        full = base.expand_as(images) if isinstance(base, torch.Tensor) else torch.full_like(images, base)
+        for index in (runs, shuffled):
+            out = mask_patches(images, coalitions, index, base, 8)
+            ref = [paint(images[i], tuple(c.tolist()), full[i], 8) for c, i in zip(coalitions, index, strict=True)]
+            torch.testing.assert_close(out, torch.stack(ref), rtol=0, atol=0)  # bit-exact painting
 
 
 def test_many_patches_shape_and_efficiency():
@@ -369,6 +369,7 @@ def test_model_output_with_logits_attribute(images_3x3):
         (dict(baseline=[0.0]), TypeError, "baseline must be"),
         (dict(baseline=torch.zeros(2, 3, 1, 1)), ValueError, "does not broadcast"),
         (dict(baseline=float("nan")), ValueError, "finite"),
+        (dict(baseline=torch.full((3, 1, 1), float("inf"))), ValueError, "finite"),
         (dict(batch_size=0), ValueError, "batch_size must be at least 1"),
     ],
 )

