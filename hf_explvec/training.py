@@ -52,7 +52,14 @@ TRAINING_CONFIG_NAME = "training_config.json"
 HISTORY_NAME = "history.json"
 MIXED_PRECISION = ("no", "bf16", "fp16")
 # Settings a checkpoint must share with the run that resumes it, or the data order (and the result) would differ.
-_RESUME_KEYS = ("num_examples", "num_processes", "per_device_batch_size", "gradient_accumulation_steps", "seed", "alpha")
+_RESUME_KEYS = (
+    "num_examples",
+    "num_processes",
+    "per_device_batch_size",
+    "gradient_accumulation_steps",
+    "seed",
+    "alpha",
+)
 
 
 class DatasetFormatError(ValueError):
@@ -69,55 +76,38 @@ class TrainingConfig:
             Where the final model (`save_pretrained`), `training_config.json`, `history.json` and the checkpoints
             (`checkpoints/step_XXXXXXXX/`) are written.
         alpha (`float`, *optional*, defaults to 0.8):
-            Cross-entropy weight of the loss, in [0, 1]; written to `model.config.alpha`. 1.0 trains a
+            Cross-entropy weight of the loss, in [0, 1], written to `model.config.alpha`: 1.0 trains a
             prediction-only model (no `shap_values` needed), 0.8 a self-explaining one.
-        learning_rate (`float`, *optional*, defaults to 1e-5):
-            Peak learning rate of AdamW.
+        learning_rate (`float`, *optional*, defaults to 1e-5): Peak learning rate of AdamW.
         weight_decay (`float`, *optional*, defaults to 0.1):
-            Decoupled weight decay, applied to weight matrices only: biases, normalisation weights and the other
-            1-D parameters (CLIP's `class_embedding`) get none.
+            AdamW's weight decay, on weight matrices only (not on biases, norm weights, CLIP's `class_embedding`).
         warmup_steps (`int` or `float`, *optional*, defaults to 0):
-            Linear warmup of the cosine schedule: a number of optimizer steps (`int`), or a fraction of all steps
-            (`float` in [0, 1)).
-        num_train_epochs (`int`, *optional*, defaults to 3):
-            Passes over the training data; ignored when `max_steps` is given.
-        max_steps (`int`, *optional*):
-            Number of optimizer steps to train for (the data are cycled as needed).
+            Linear warmup of the cosine schedule, in optimizer steps (`int`) or as a fraction of all steps (`float`).
+        num_train_epochs (`int`, *optional*, defaults to 3): Passes over the data, unless `max_steps` is given.
+        max_steps (`int`, *optional*): Optimizer steps to take (the data are cycled as needed).
         per_device_batch_size (`int`, *optional*, defaults to 32):
-            Examples per process and forward pass; the effective batch is this times the number of processes times
-            `gradient_accumulation_steps`.
+            Examples per process and forward pass; the effective batch is this × processes × accumulation steps.
         gradient_accumulation_steps (`int`, *optional*, defaults to 1):
-            Forward/backward passes per optimizer step. An epoch whose batch count is not a multiple ends with a
-            shorter accumulation (Accelerate's rule).
-        max_grad_norm (`float`, *optional*, defaults to 1.0):
-            Gradient clipping by global norm; `None` turns clipping off.
+            Forward/backward passes per optimizer step (an epoch's last step may accumulate fewer: Accelerate's rule).
+        max_grad_norm (`float`, *optional*, defaults to 1.0): Gradient clipping by global norm; `None` for none.
         mixed_precision (`str`, *optional*, defaults to `"no"`):
-            `"no"`, `"bf16"` (also on CPU) or `"fp16"` (GPUs only), passed to `Accelerator`. Weights stay float32.
-        gradient_checkpointing (`bool`, *optional*, defaults to `False`):
-            Recompute activations in the backward pass to save memory.
+            `"no"`, `"bf16"` (CPU too) or `"fp16"` (GPU), for `Accelerator`; the weights stay float32.
+        gradient_checkpointing (`bool`, *optional*, defaults to `False`): Recompute activations to save memory.
         seed (`int`, *optional*, defaults to 0):
-            Seeds `random`, NumPy and torch (`accelerate.utils.set_seed`) and fixes the data order of every epoch.
-        checkpoint_every (`int`, *optional*):
-            Save a resumable checkpoint every this many optimizer steps.
-        save_total_limit (`int`, *optional*):
-            Keep only the newest this many checkpoints.
+            Seeds `random`, NumPy and torch (`accelerate.utils.set_seed`) and fixes the data order of each epoch.
+        checkpoint_every (`int`, *optional*): Save a resumable checkpoint every this many optimizer steps.
+        save_total_limit (`int`, *optional*): Keep only the newest this many checkpoints.
         resume_from (`str` or `os.PathLike`, *optional*):
-            A checkpoint folder to resume from, or `"latest"` for the newest under `output_dir/checkpoints` (a
-            fresh start when there is none, so that a preempted job can be relaunched with the same command).
+            A checkpoint folder, or `"latest"`: the newest under `output_dir/checkpoints`, or a fresh start when
+            there is none (so that a preempted job can be relaunched with the same command).
         log_every (`int`, *optional*, defaults to 10):
-            Log the loss parts and learning rate, averaged over the steps since the last log, every this many
-            optimizer steps (and at the last step).
-        eval_every (`int`, *optional*):
-            Evaluate on `eval_dataset` every this many optimizer steps; with an `eval_dataset`, it is also evaluated
-            after the last step.
-        num_workers (`int`, *optional*, defaults to 0):
-            `DataLoader` worker processes.
+            Log the loss parts (means since the last log) and the learning rate every this many steps, and at the end.
+        eval_every (`int`, *optional*): Evaluate every this many steps; `eval_dataset` is also evaluated at the end.
+        num_workers (`int`, *optional*, defaults to 0): `DataLoader` worker processes.
         report_to (`str` or `list[str]`, *optional*):
             Accelerate trackers for `accelerator.log` (`"tensorboard"`, `"wandb"`, `"all"`, ...); none by default.
-        tracker_project_name (`str`, *optional*, defaults to `"hf_explvec"`):
-            Project name given to the trackers.
-        disable_tqdm (`bool`, *optional*, defaults to `False`):
-            Hide the progress bar (shown on the local main process only).
+        tracker_project_name (`str`, *optional*, defaults to `"hf_explvec"`): The trackers' project name.
+        disable_tqdm (`bool`, *optional*, defaults to `False`): Hide the progress bar (local main process only).
     """
 
     output_dir: str | os.PathLike
@@ -232,77 +222,53 @@ class EpochShuffleSampler(Sampler[int]):
 
 
 # ----------------------------------------------------------------------------------------------------------- data
-def _expected_columns_doc(model_config) -> str:
-    vision = model_config.vision_config
-    return (
-        f"expected columns: '{PIXELS}' (float, shape ({vision.num_channels}, {vision.image_size}, "
-        f"{vision.image_size}), as CLIPImageProcessor returns), '{LABELS}' (int in [0, {model_config.num_labels})) "
-        f"and '{SHAP}' ({model_config.num_patches} floats, Kernel SHAP values of the label class per patch)"
-    )
-
-
-def _check_row(row, model_config, what: str) -> None:
-    """Check one example (a mapping of column -> value) against the model; raise [`DatasetFormatError`]."""
-    if not isinstance(row, Mapping):
-        raise DatasetFormatError(f"{what} must be a mapping of column -> value, got {type(row).__name__}.")
-    vision = model_config.vision_config
-    expected = (vision.num_channels, vision.image_size, vision.image_size)
-    pixels = torch.as_tensor(row[PIXELS])
-    if tuple(pixels.shape) != expected or not pixels.is_floating_point():
-        raise DatasetFormatError(
-            f"{what}: '{PIXELS}' must be a float tensor of shape {expected} (processed by CLIPImageProcessor), "
-            f"got {pixels.dtype} of shape {tuple(pixels.shape)}."
-        )
-    if SHAP in row:
-        length = torch.as_tensor(row[SHAP]).numel()
-        if length != model_config.num_patches:
-            raise DatasetFormatError(
-                f"{what}: '{SHAP}' must hold {model_config.num_patches} values (one per patch of the "
-                f"{model_config.grid_size}x{model_config.grid_size} grid), got {length}."
-            )
-
-
 def _prepare_dataset(dataset, model_config, need_shap: bool, name: str):
-    """Check a data set's columns and first example, and return it in torch format (map-style, indexable)."""
+    """Check a data set's columns and first example against the model; return it in torch format and whether it
+    has `shap_values`. Raises [`DatasetFormatError`] naming the column, the expected and the actual value."""
     import datasets
 
     if isinstance(dataset, (datasets.IterableDataset, torch.utils.data.IterableDataset)):
-        raise TypeError(f"{name} must be a map-style data set (len and indexing, for exact resume), got an iterable one.")
+        raise TypeError(f"{name} must be a map-style data set (len and indexing, for exact resume), not iterable.")
     if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
         raise TypeError(f"{name} must be a datasets.Dataset or a torch Dataset, got {type(dataset).__name__}.")
     if len(dataset) == 0:
         raise DatasetFormatError(f"{name} is empty.")
+    vision, num_patches = model_config.vision_config, model_config.num_patches
+    pixel_shape = (vision.num_channels, vision.image_size, vision.image_size)
+    expected = (
+        f"expected '{PIXELS}' (float, {pixel_shape}, as CLIPImageProcessor returns), '{LABELS}' (int in "
+        f"[0, {model_config.num_labels})) and '{SHAP}' ({num_patches} floats: Kernel SHAP values per patch)"
+    )
     required = [PIXELS, LABELS] + ([SHAP] if need_shap else [])
     if isinstance(dataset, datasets.Dataset):
-        columns = dataset.column_names
-        missing = [c for c in required if c not in columns]
+        missing = [c for c in required if c not in dataset.column_names]
         if missing:
-            raise DatasetFormatError(
-                f"{name} is missing column(s) {missing} (has {columns}); {_expected_columns_doc(model_config)}."
-            )
-        keep = [c for c in (PIXELS, LABELS, SHAP) if c in columns]
+            raise DatasetFormatError(f"{name} is missing column(s) {missing} (has {dataset.column_names}); {expected}.")
         custom = dataset.format["type"] == "custom"  # set_transform / with_transform: keep the user's transform
         if not custom and isinstance(dataset.features[PIXELS], datasets.Image):
-            raise DatasetFormatError(
-                f"{name}: '{PIXELS}' holds images, not tensors; process them with CLIPImageProcessor first "
-                "(dataset.map or dataset.set_transform)."
-            )
-        length = getattr(dataset.features.get(SHAP), "length", -1)
-        if SHAP in columns and length not in (-1, None, model_config.num_patches):
-            raise DatasetFormatError(
-                f"{name}: '{SHAP}' is a sequence of length {length}; the model has {model_config.num_patches} patches."
-            )
+            raise DatasetFormatError(f"{name}: '{PIXELS}' holds images; process them with CLIPImageProcessor first.")
         if not custom:
-            dataset = dataset.with_format("torch", columns=keep)
-    first = dataset[0]
-    if isinstance(first, Mapping):
-        missing = [c for c in required if c not in first]
-        if missing:
-            raise DatasetFormatError(
-                f"{name} examples lack key(s) {missing} (have {list(first)}); {_expected_columns_doc(model_config)}."
+            dataset = dataset.with_format(
+                "torch", columns=[c for c in (PIXELS, LABELS, SHAP) if c in dataset.column_names]
             )
-    _check_row(first, model_config, f"{name}[0]")
-    return dataset
+    first = dataset[0]
+    if not isinstance(first, Mapping):
+        raise DatasetFormatError(f"{name}[0] must be a mapping of column -> value, got {type(first).__name__}.")
+    missing = [c for c in required if c not in first]
+    if missing:
+        raise DatasetFormatError(f"{name} examples lack key(s) {missing} (have {list(first)}); {expected}.")
+    pixels = torch.as_tensor(first[PIXELS])
+    if tuple(pixels.shape) != pixel_shape or not pixels.is_floating_point():
+        raise DatasetFormatError(
+            f"{name}[0]: '{PIXELS}' must be a float tensor of shape {pixel_shape}, "
+            f"got {pixels.dtype} of shape {tuple(pixels.shape)}."
+        )
+    if SHAP in first and (length := torch.as_tensor(first[SHAP]).numel()) != num_patches:
+        raise DatasetFormatError(
+            f"{name}[0]: '{SHAP}' must hold {num_patches} values (one per patch of the {model_config.grid_size}x"
+            f"{model_config.grid_size} grid), got {length}."
+        )
+    return dataset, SHAP in first
 
 
 class _Collator:
@@ -314,11 +280,9 @@ class _Collator:
     def __call__(self, rows: list) -> dict[str, torch.Tensor]:
         labels = torch.as_tensor([int(row[LABELS]) for row in rows], dtype=torch.long)
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_labels):
-            raise DatasetFormatError(f"'{LABELS}' must be in [0, {self.num_labels}), got {sorted(set(labels.tolist()))}.")
-        batch = {
-            PIXELS: torch.stack([torch.as_tensor(row[PIXELS], dtype=torch.float32) for row in rows]),
-            LABELS: labels,
-        }
+            found = sorted(set(labels.tolist()))
+            raise DatasetFormatError(f"'{LABELS}' must be in [0, {self.num_labels}), got {found}.")
+        batch = {PIXELS: torch.stack([torch.as_tensor(r[PIXELS], dtype=torch.float32) for r in rows]), LABELS: labels}
         if self.use_shap:
             shap = [torch.as_tensor(row[SHAP], dtype=torch.float32).flatten() for row in rows]
             lengths = sorted({s.numel() for s in shap})
@@ -326,11 +290,6 @@ class _Collator:
                 raise DatasetFormatError(f"'{SHAP}' must hold {self.num_patches} values per example, found {lengths}.")
             batch[SHAP] = torch.stack(shap)
         return batch
-
-
-def _has_shap(dataset) -> bool:
-    first = dataset[0]
-    return isinstance(first, Mapping) and SHAP in first
 
 
 # ------------------------------------------------------------------------------------------- optimizer, resume
@@ -370,7 +329,9 @@ def _resolve_resume(config: TrainingConfig) -> tuple[Path | None, dict | None]:
     else:
         path = Path(config.resume_from)
         if not (path / TRAINER_STATE_NAME).is_file():
-            raise FileNotFoundError(f"resume_from={os.fspath(path)!r} is not a checkpoint folder (no {TRAINER_STATE_NAME}).")
+            raise FileNotFoundError(
+                f"resume_from={os.fspath(path)!r} is not a checkpoint folder (no {TRAINER_STATE_NAME})."
+            )
     return path, json.loads((path / TRAINER_STATE_NAME).read_text())
 
 
@@ -411,7 +372,10 @@ def _evaluate(accelerator: Accelerator, model: nn.Module, loader: DataLoader, al
     for batch in loader:
         outputs = model(pixel_values=batch[PIXELS])
         logits, labels = outputs.logits.float(), batch[LABELS]
-        values = {"ce": F.cross_entropy(logits, labels, reduction="none"), "correct": (logits.argmax(-1) == labels).float()}
+        values = {
+            "ce": F.cross_entropy(logits, labels, reduction="none"),
+            "correct": (logits.argmax(-1) == labels).float(),
+        }
         if SHAP in batch:
             index = labels.view(-1, 1, 1).expand(-1, 1, outputs.patch_attributions.shape[-1])
             explained = outputs.patch_attributions.gather(1, index).squeeze(1).float()
@@ -430,9 +394,67 @@ def _evaluate(accelerator: Accelerator, model: nn.Module, loader: DataLoader, al
 
 
 # ------------------------------------------------------------------------------------------------------- train
-def train(
-    model: SelfExplainingCLIPVision, train_dataset, config: TrainingConfig, eval_dataset=None
-) -> TrainResult:
+class _LossMeter:
+    """Sums of the loss parts over the micro-batches since the last log, reduced over all processes when read."""
+
+    def __init__(self, device, use_shap: bool):
+        self.sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, ce, attribution, micro-batches
+        self.use_shap = use_shap
+
+    def add(self, outputs) -> None:
+        parts = (outputs.loss, outputs.ce_loss, outputs.attribution_loss)
+        values = [p.detach().double() if p is not None else self.sums.new_zeros(()) for p in parts]
+        self.sums += torch.stack([*values, self.sums.new_ones(())])
+
+    def totals(self, accelerator: Accelerator) -> list[float]:
+        """The sums over all processes (a collective: every process calls it at the same step)."""
+        return accelerator.reduce(self.sums, reduction="sum").tolist()
+
+    def pop(self, accelerator: Accelerator) -> dict[str, float]:
+        loss, ce, attribution, count = self.totals(accelerator)
+        self.sums.zero_()
+        means = {"loss": loss / count, "ce_loss": ce / count}
+        if self.use_shap:
+            means["attribution_loss"] = attribution / count
+        return means
+
+
+def _make_accelerator(config: TrainingConfig) -> Accelerator:
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with=config.report_to,
+        project_dir=os.fspath(config.output_dir),
+        step_scheduler_with_optimizer=False,  # the scheduler counts optimizer steps, whatever the process count
+    )
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > accelerator.num_processes:  # e.g. torchrun on CPU without ACCELERATE_USE_CPU=1
+        logger.warning(
+            "WORLD_SIZE is %d but Accelerate runs %d process: each process trains alone and writes the same files. "
+            "On CPU, launch with ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N.",
+            world_size,
+            accelerator.num_processes,
+        )
+    return accelerator
+
+
+def _save_final(accelerator: Accelerator, model: nn.Module, config: TrainingConfig, history: list) -> nn.Module:
+    """Unwrap the model and save it, its training config and history (main process); return it unwrapped."""
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)  # a collective under FSDP / DeepSpeed
+    model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # also drops the autocast wrapper
+    if accelerator.is_main_process:
+        output_dir = Path(config.output_dir)
+        model.save_pretrained(output_dir, state_dict=state_dict)
+        (output_dir / TRAINING_CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        (output_dir / HISTORY_NAME).write_text(json.dumps(history, indent=2) + "\n")
+        logger.info("saved the trained model to %s", output_dir)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return model.eval()
+
+
+def train(model: SelfExplainingCLIPVision, train_dataset, config: TrainingConfig, eval_dataset=None) -> TrainResult:
     r"""
     Train `model` in place with the α-weighted loss (AdamW, cosine schedule with warmup, Accelerate).
 
@@ -459,7 +481,8 @@ def train(
 
     Raises:
         [`DatasetFormatError`] (a `ValueError`): a column is missing, or `pixel_values`/`shap_values` have the wrong
-            shape, or a label is out of range (named, with the expected and actual values).
+            shape, or a label is out of range (named, with the expected and actual values). All but the label check
+            happen before the model is touched.
         `TypeError`: `model` is not a [`SelfExplainingCLIPVision`], `config` not a [`TrainingConfig`], or the data
             set is not map-style.
         `ValueError`/`FileNotFoundError`: `resume_from` is not a checkpoint, or one written with other settings.
@@ -468,29 +491,12 @@ def train(
         raise TypeError(f"train takes a SelfExplainingCLIPVision, got {type(model).__name__}.")
     if not isinstance(config, TrainingConfig):
         raise TypeError(f"config must be a TrainingConfig, got {type(config).__name__}.")
-    train_data = _prepare_dataset(train_dataset, model.config, config.alpha < 1, "train_dataset")
-    use_shap = _has_shap(train_data)
-    eval_data = None
+    train_data, train_shap = _prepare_dataset(train_dataset, model.config, config.alpha < 1, "train_dataset")
     if eval_dataset is not None:
-        eval_data = _prepare_dataset(eval_dataset, model.config, False, "eval_dataset")
-    resume_path, saved_state = _resolve_resume(config)
+        eval_data, eval_shap = _prepare_dataset(eval_dataset, model.config, False, "eval_dataset")
+    resume_path, saved = _resolve_resume(config)
 
-    output_dir = Path(config.output_dir)
-    accelerator = Accelerator(
-        mixed_precision=config.mixed_precision,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        log_with=config.report_to,
-        project_dir=os.fspath(output_dir),
-        step_scheduler_with_optimizer=False,  # the scheduler counts optimizer steps, whatever the process count
-    )
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > accelerator.num_processes:  # e.g. torchrun on CPU without ACCELERATE_USE_CPU=1
-        logger.warning(
-            "WORLD_SIZE is %d but Accelerate runs %d process: each process trains alone and writes the same files. "
-            "On CPU, launch with ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N.",
-            world_size,
-            accelerator.num_processes,
-        )
+    accelerator = _make_accelerator(config)
     set_seed(config.seed)
     model.config.alpha = config.alpha
     if config.gradient_checkpointing:
@@ -499,24 +505,28 @@ def train(
 
     num_labels, num_patches = model.config.num_labels, model.config.num_patches
     sampler = EpochShuffleSampler(len(train_data), config.seed)
-    loader_kwargs = dict(batch_size=config.per_device_batch_size, num_workers=config.num_workers)
-    train_loader = DataLoader(
-        train_data, sampler=sampler, collate_fn=_Collator(num_labels, num_patches, use_shap), **loader_kwargs
-    )
+    loader_kwargs = {"batch_size": config.per_device_batch_size, "num_workers": config.num_workers}
+    collate = _Collator(num_labels, num_patches, train_shap)
+    train_loader = DataLoader(train_data, sampler=sampler, collate_fn=collate, **loader_kwargs)
     raw_optimizer = torch.optim.AdamW(_parameter_groups(model, config.weight_decay), lr=config.learning_rate)
     model, optimizer, train_loader = accelerator.prepare(model, raw_optimizer, train_loader)
     eval_loader = None
-    if eval_data is not None:
-        eval_collate = _Collator(num_labels, num_patches, _has_shap(eval_data))
+    if eval_dataset is not None:
+        eval_collate = _Collator(num_labels, num_patches, eval_shap)
         eval_loader = accelerator.prepare(DataLoader(eval_data, collate_fn=eval_collate, **loader_kwargs))
 
     epoch_batches = len(train_loader)  # per process
-    steps_per_epoch = math.ceil(epoch_batches / config.gradient_accumulation_steps)
-    total_steps = config.max_steps or config.num_train_epochs * steps_per_epoch
-    warmup = config.warmup_steps if isinstance(config.warmup_steps, int) else math.ceil(config.warmup_steps * total_steps)
-    scheduler = accelerator.prepare(get_cosine_schedule_with_warmup(raw_optimizer, min(warmup, total_steps), total_steps))
+    total_steps = config.max_steps or config.num_train_epochs * math.ceil(
+        epoch_batches / config.gradient_accumulation_steps
+    )
+    warmup = (
+        config.warmup_steps if isinstance(config.warmup_steps, int) else math.ceil(config.warmup_steps * total_steps)
+    )
+    scheduler = accelerator.prepare(
+        get_cosine_schedule_with_warmup(raw_optimizer, min(warmup, total_steps), total_steps)
+    )
 
-    run_state = {
+    run = {
         "num_examples": len(train_data),
         "num_processes": accelerator.num_processes,
         "per_device_batch_size": config.per_device_batch_size,
@@ -527,31 +537,25 @@ def train(
     }
     state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0}
     history: list[dict] = []
-    sums = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # loss, ce, attribution, micro-batches
+    meter = _LossMeter(accelerator.device, collate.use_shap)
     if resume_path is not None:
-        _check_resumable(saved_state, run_state, resume_path)
+        _check_resumable(saved, run, resume_path)
         accelerator.load_state(os.fspath(resume_path))
-        state = {k: int(saved_state[k]) for k in state}
-        history = list(saved_state.get("history", []))
-        if accelerator.is_main_process:  # the other processes' share was summed into these at the checkpoint
-            sums += torch.tensor(saved_state.get("pending_sums", [0.0] * 4), dtype=sums.dtype, device=sums.device)
-        if accelerator.is_main_process:
+        state, history = {k: int(saved[k]) for k in state}, list(saved["history"])
+        if accelerator.is_main_process:  # the sums since the last log, over all processes, at the checkpoint
+            meter.sums += torch.tensor(saved["pending_sums"], dtype=meter.sums.dtype, device=meter.sums.device)
             logger.info("resumed from %s at step %d", resume_path, state["global_step"])
     if config.report_to:
         hparams = {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers(config.tracker_project_name, config=hparams)
 
-    progress = tqdm(
-        total=total_steps,
-        initial=state["global_step"],
-        desc="training",
-        disable=config.disable_tqdm or not accelerator.is_local_main_process,
-    )
+    show = not config.disable_tqdm and accelerator.is_local_main_process
+    progress = tqdm(total=total_steps, initial=state["global_step"], desc="training", disable=not show)
     while state["global_step"] < total_steps:
-        train_loader.set_epoch(state["epoch"])
+        train_loader.set_epoch(state["epoch"])  # the skipping loader below copies the epoch
         sampler.set_epoch(state["epoch"])
         loader = train_loader
-        if state["batches_in_epoch"]:
+        if state["batches_in_epoch"]:  # resuming in the middle of an epoch
             loader = accelerator.skip_first_batches(train_loader, state["batches_in_epoch"])
         for batch in loader:
             with accelerator.accumulate(model):
@@ -561,15 +565,7 @@ def train(
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad()
-            attribution = outputs.attribution_loss
-            sums += torch.stack(
-                [
-                    outputs.loss.detach().double(),
-                    outputs.ce_loss.detach().double(),
-                    attribution.detach().double() if attribution is not None else sums.new_zeros(()),
-                    sums.new_ones(()),
-                ]
-            )
+            meter.add(outputs)
             state["batches_in_epoch"] += 1
             if state["batches_in_epoch"] == epoch_batches:
                 state["epoch"], state["batches_in_epoch"] = state["epoch"] + 1, 0
@@ -582,44 +578,31 @@ def train(
             step = state["global_step"]
             progress.update(1)
             if step % config.log_every == 0 or step == total_steps:
-                totals = accelerator.reduce(sums, reduction="sum")
-                entry = {"step": step, "epoch": state["epoch"] + state["batches_in_epoch"] / epoch_batches}
-                entry["loss"], entry["ce_loss"] = (totals[0] / totals[3]).item(), (totals[1] / totals[3]).item()
-                if use_shap:
-                    entry["attribution_loss"] = (totals[2] / totals[3]).item()
-                entry["lr"] = lr
-                sums.zero_()
+                epoch = state["epoch"] + state["batches_in_epoch"] / epoch_batches
+                entry = {"step": step, "epoch": epoch, **meter.pop(accelerator), "lr": lr}
                 history.append(entry)
                 accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=step)
                 progress.set_postfix(loss=f"{entry['loss']:.4g}")
                 if accelerator.is_main_process:
-                    logger.info("step %d/%d: %s", step, total_steps, {k: entry[k] for k in entry if k != "step"})
+                    logger.info("step %d/%d: %s", step, total_steps, {k: v for k, v in entry.items() if k != "step"})
             if eval_loader is not None and (
-                step == total_steps or (config.eval_every is not None and step % config.eval_every == 0)
+                step == total_steps or (config.eval_every and step % config.eval_every == 0)
             ):
                 metrics = _evaluate(accelerator, model, eval_loader, config.alpha)
                 history.append({"step": step, **metrics})
                 accelerator.log(metrics, step=step)
                 if accelerator.is_main_process:
                     logger.info("step %d evaluation: %s", step, metrics)
-            if config.checkpoint_every is not None and step % config.checkpoint_every == 0:
-                pending = accelerator.reduce(sums, reduction="sum").tolist()  # the logs since the last entry
-                _save_checkpoint(accelerator, config, {**state, **run_state, "pending_sums": pending, "history": history})
+            if config.checkpoint_every and step % config.checkpoint_every == 0:
+                checkpoint = {**state, **run, "pending_sums": meter.totals(accelerator), "history": history}
+                _save_checkpoint(accelerator, config, checkpoint)
             if step >= total_steps:
                 break
     progress.close()
-
-    accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(model)  # a collective under FSDP / DeepSpeed
-    model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-    if accelerator.is_main_process:
-        model.save_pretrained(output_dir, state_dict=state_dict)
-        (output_dir / TRAINING_CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        (output_dir / HISTORY_NAME).write_text(json.dumps(history, indent=2) + "\n")
-        logger.info("saved the trained model to %s", output_dir)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return TrainResult(model=model.eval(), history=history, global_step=state["global_step"], output_dir=output_dir)
+    model = _save_final(accelerator, model, config, history)
+    return TrainResult(
+        model=model, history=history, global_step=state["global_step"], output_dir=Path(config.output_dir)
+    )
 
 
 def _dataset_name(dataset) -> str | None:

@@ -1,5 +1,6 @@
 import copy
 import importlib.util
+import itertools
 import json
 import os
 import subprocess
@@ -28,9 +29,15 @@ _spec.loader.exec_module(tiny)
 
 
 @pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Accelerate keeps process-wide state (mixed precision, accumulation); each test starts from none."""
+def fresh_accelerate_state_and_one_thread():
+    """Accelerate keeps process-wide state (mixed precision, accumulation); each test starts from none. One torch
+    thread: the tiny model gains nothing from more, and a second thread on a busy core slows it 10-30x."""
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
 
@@ -41,14 +48,14 @@ def dataset():
 
 
 def make_config(tmp_path, name="run", **overrides) -> TrainingConfig:
-    settings = dict(
-        output_dir=tmp_path / name,
-        learning_rate=3e-3,
-        per_device_batch_size=8,
-        max_steps=4,
-        log_every=1,
-        disable_tqdm=True,
-    )
+    settings = {
+        "output_dir": tmp_path / name,
+        "learning_rate": 3e-3,
+        "per_device_batch_size": 8,
+        "max_steps": 4,
+        "log_every": 1,
+        "disable_tqdm": True,
+    }
     return TrainingConfig(**{**settings, **overrides})
 
 
@@ -84,7 +91,7 @@ def test_loss_decreases_parts_logged_schedule_and_saved_model(tmp_path):
     # Warmup (the learning rate each step used): 0, 1/3, 2/3 of the peak, then a cosine decay to near zero.
     lrs = [h["lr"] for h in logs]
     assert lrs[:4] == pytest.approx([0.0, 1e-3 / 3, 2e-3 / 3, 1e-3])
-    assert all(a > b for a, b in zip(lrs[3:], lrs[4:])) and lrs[-1] < 1e-5
+    assert all(a > b for a, b in itertools.pairwise(lrs[3:])) and lrs[-1] < 1e-5
     assert result.global_step == 40 and logs[-1]["epoch"] == 40.0  # one batch per epoch
 
     assert torch.equal(model.class_embeddings, head[0]) and torch.equal(model.logit_scale, head[1])
@@ -131,6 +138,19 @@ def test_prediction_only_and_self_explaining_differ(tmp_path, dataset):
     assert "attribution_loss" not in plain.history[0] and plain.global_step == 4
 
 
+def test_torch_datasets_and_transformed_datasets_train(tmp_path, dataset):
+    rows = [dict(row) for row in dataset.with_format("torch").select(range(8))]  # a list of dicts is a torch Dataset
+    assert train(tiny.build_model(), rows, make_config(tmp_path, "rows", max_steps=2)).global_step == 2
+
+    def to_tensors(batch):  # an on-the-fly transform (set_transform) is kept, not replaced by with_format
+        return {
+            k: [torch.tensor(v, dtype=torch.float32 if k != "labels" else torch.long) for v in batch[k]] for k in batch
+        }
+
+    transformed = dataset.with_transform(to_tensors)
+    assert train(tiny.build_model(), transformed, make_config(tmp_path, "tf", max_steps=2)).global_step == 2
+
+
 def test_sampler_is_a_function_of_seed_and_epoch():
     sampler = EpochShuffleSampler(10, seed=3)
     first = list(sampler)
@@ -158,7 +178,7 @@ class KilledAfter(torch.utils.data.Dataset):
 
 def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, dataset):
     # 32 examples, batch 4, accumulation 2: 8 batches and 4 optimizer steps per epoch; 10 steps span 3 epochs.
-    settings = dict(max_steps=10, per_device_batch_size=4, gradient_accumulation_steps=2, checkpoint_every=2)
+    settings = {"max_steps": 10, "per_device_batch_size": 4, "gradient_accumulation_steps": 2, "checkpoint_every": 2}
     straight = train(tiny.build_model(), dataset, make_config(tmp_path, "straight", **settings))
 
     killed_config = make_config(tmp_path, "killed", **settings)
@@ -230,7 +250,7 @@ def test_two_processes_with_accelerate_launch(tmp_path, dataset):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT), *args]
-    completed = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(launch, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     info = json.loads((output_dir / "run_info.json").read_text())
     assert info["num_processes"] == 2 and info["global_step"] == 4
@@ -294,12 +314,12 @@ def test_out_of_range_labels_are_named(tmp_path, dataset):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(alpha=1.5), r"alpha must be a number in \[0, 1\].*1.5"),
-        (dict(alpha=-0.1), "alpha"),
-        (dict(mixed_precision="fp8"), "mixed_precision must be one of"),
-        (dict(gradient_accumulation_steps=0), "gradient_accumulation_steps must be an int >= 1"),
-        (dict(warmup_steps=1.5), "warmup_steps"),
-        (dict(learning_rate=float("nan")), "learning_rate"),
+        ({"alpha": 1.5}, r"alpha must be a number in \[0, 1\].*1.5"),
+        ({"alpha": -0.1}, "alpha"),
+        ({"mixed_precision": "fp8"}, "mixed_precision must be one of"),
+        ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps must be an int >= 1"),
+        ({"warmup_steps": 1.5}, "warmup_steps"),
+        ({"learning_rate": float("nan")}, "learning_rate"),
     ],
 )
 def test_bad_config_values(tmp_path, overrides, message):
@@ -329,7 +349,10 @@ def test_train_twins_gives_the_explainability_vector(tmp_path, dataset):
     for (name, a), b in zip(edited.named_parameters(), self_explaining.parameters()):
         torch.testing.assert_close(a, b, msg=name)
     # Same starting weights and data order: the first step sees the same batch with the same weights.
-    histories = [json.loads((tmp_path / "twins" / n / "history.json").read_text()) for n in ("prediction_only", "self_explaining")]
+    histories = [
+        json.loads((tmp_path / "twins" / n / "history.json").read_text())
+        for n in ("prediction_only", "self_explaining")
+    ]
     assert histories[0][0]["ce_loss"] == histories[1][0]["ce_loss"]
     assert (tmp_path / "twins" / "explainability_vector" / "config.json").is_file()
 
@@ -351,11 +374,17 @@ def test_one_step_on_the_real_vit_b32_architecture(tmp_path):
     model = SelfExplainingCLIPVision(config)
     assert model.num_patches == 49
     data = datasets.Dataset.from_dict(
-        {"pixel_values": torch.randn(2, 3, 224, 224).numpy(), "labels": [0, 2], "shap_values": torch.randn(2, 49).numpy()}
+        {
+            "pixel_values": torch.randn(2, 3, 224, 224).numpy(),
+            "labels": [0, 2],
+            "shap_values": torch.randn(2, 49).numpy(),
+        }
     )
     initial = model.vision_model.encoder.layers[0].mlp.fc1.weight.detach().clone()
     head = model.class_embeddings.clone()
-    result = train(model, data, TrainingConfig(tmp_path, max_steps=1, per_device_batch_size=2, log_every=1, disable_tqdm=True))
+    result = train(
+        model, data, TrainingConfig(tmp_path, max_steps=1, per_device_batch_size=2, log_every=1, disable_tqdm=True)
+    )
     assert result.global_step == 1 and {"loss", "ce_loss", "attribution_loss"} <= result.history[0].keys()
     assert not torch.equal(model.vision_model.encoder.layers[0].mlp.fc1.weight, initial)
     assert torch.equal(model.class_embeddings, head)
