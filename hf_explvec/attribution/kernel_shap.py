@@ -11,15 +11,21 @@ the caller's *value function*:
   belongs to (rows of several inputs are mixed in one call);
 - returns `torch.Tensor` of shape `(N,)`, or `(N, K)` to explain ``K`` outputs at once.
 
-Both arguments are on the requested `device`. ``N <= batch_size``; the rows of each input include its
-empty (all ``False``) and full (all ``True``) coalition, so the function needs no special cases. The
-calls run under `torch.inference_mode()`.
+Both arguments are on the requested `device`. ``N <= batch_size``. Rows arrive grouped by input: all rows
+of input 0, then all of input 1, and so on, so a call holds a few runs of consecutive inputs (a value
+function may exploit the runs, as [`~hf_explvec.attribution.mask_patches`] does on CPU, but must not rely
+on them for correctness). The rows of each input include its empty (all ``False``) and full (all
+``True``) coalition, so the function needs no special cases. The calls run under
+`torch.inference_mode()`, and the values it returns are only read before the next call.
 
 Examples of value functions: painting pixels of image patches with a baseline
 ([`~hf_explvec.attribution.patch_kernel_shap`] builds one); replacing a ViT's patch embeddings of absent
-patches by a baseline embedding (exact when the patch grid matches the model's, and the patch
-embedding is computed once per input instead of once per coalition); dropping absent tokens from the
-sequence.
+patches by the embedding of the baseline patch (the same game as painting pixels when the grids match,
+since the patch embedding is a per-patch linear map, and the embedding is computed once per input instead
+of once per coalition); dropping absent tokens from the sequence (a different game: no baseline).
+
+Memory: the coalition stream of all ``B`` inputs is built up front, ``B * num_samples * M`` bools on
+`device` plus one int64 index per row; explain very large batches in slices.
 """
 
 from __future__ import annotations
@@ -115,8 +121,9 @@ def kernel_shap(
     Coalitions are sampled by the Shapley kernel with paired (antithetic) sampling, the size pairs whose
     every coalition fits in the budget are enumerated (as ``shap.KernelExplainer`` does; with
     ``num_samples >= 2**M`` the result is the exact Shapley value), and the weighted least squares is
-    solved with efficiency imposed exactly. See [`~hf_explvec.attribution.sampling`] and
-    [`~hf_explvec.attribution.solver`] for the math.
+    solved with efficiency imposed exactly. Sampled coalitions carry equal regression weights (their sizes
+    are already drawn from the kernel), enumerated ones their exact kernel weight. See
+    [`~hf_explvec.attribution.sampling`] and [`~hf_explvec.attribution.solver`] for the math.
 
     Args:
         value_fn (`Callable[[torch.BoolTensor, torch.LongTensor], torch.Tensor]`):
@@ -145,6 +152,8 @@ def kernel_shap(
     bsz = _check_int("num_inputs", num_inputs, 1)
     num_samples = _check_num_samples(num_samples, m)
     batch_size = _check_int("batch_size", batch_size, 1)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
     device = torch.device("cpu") if device is None else torch.device(device)
 
     plan = plan_coalitions(m, num_samples - 2)
