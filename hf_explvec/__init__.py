@@ -7,6 +7,8 @@ transformers' `AutoConfig`, `AutoModel` and `AutoModelForImageClassification`.
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 from .configuration import SelfExplainingCLIPVisionConfig
+from .attribution import kernel_shap, patch_kernel_shap
+from .explain import model_kernel_shap
 from .heads import DEFAULT_TEMPLATES, build_class_embeddings
 from .arithmetic import IncompatibleKeysError
 from .evaluation import (
@@ -50,7 +52,10 @@ __all__ = [
     "fidelity_sparsity_auc",
     "insertion_auc",
     "iou_at_k",
+    "kernel_shap",
     "load_metric",
+    "model_kernel_shap",
+    "patch_kernel_shap",
     "perturbation_curve",
     "select_target",
     "spearman",

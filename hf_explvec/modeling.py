@@ -157,6 +157,33 @@ class SelfExplainingCLIPVision(PreTrainedModel):
                 f"({batch_size}, {self.num_patches}) along with labels."
             )
 
+    def _classify(self, cls_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Projected [CLS] embeddings (N, P) -> logits (N, C), unit image embeddings (N, P), norms (N, 1)."""
+        cls_norm = cls_embeds.norm(p=2, dim=-1, keepdim=True)
+        image_embeds = cls_embeds / cls_norm
+        logits = torch.matmul(image_embeds, self.class_embeddings.to(cls_embeds.dtype).t())
+        return logits * self.logit_scale.exp().to(cls_embeds.dtype), image_embeds, cls_norm
+
+    def logits_from_embeddings(
+        self, embeddings: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        r"""
+        Class logits from input token embeddings, skipping the patch embedding: the path that embedding-level
+        masking for Kernel SHAP takes (see [`hf_explvec.explain`]).
+
+        Args:
+            embeddings (`torch.FloatTensor` of shape `(batch_size, 1 + num_patches, hidden_size)`):
+                [CLS] and patch embeddings with position embeddings added, as `vision_model.embeddings` returns them.
+            attention_mask (`torch.FloatTensor` of shape `(batch_size, 1, 1, 1 + num_patches)`, *optional*):
+                Additive mask: 0 for tokens to attend to, a large negative value for tokens to ignore.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, num_classes)`: the same logits `forward` gives.
+        """
+        vision = self.vision_model
+        hidden = vision.encoder(inputs_embeds=vision.pre_layrnorm(embeddings), attention_mask=attention_mask)
+        return self._classify(self.visual_projection(vision.post_layernorm(hidden.last_hidden_state[:, 0])))[0]
+
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -184,11 +211,9 @@ class SelfExplainingCLIPVision(PreTrainedModel):
         vision_outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
         tokens = self.visual_projection(self.vision_model.post_layernorm(vision_outputs.last_hidden_state))
         cls_embeds, patch_embeds = tokens[:, 0], tokens[:, 1:]
-        cls_norm = cls_embeds.norm(p=2, dim=-1, keepdim=True)
+        logits, image_embeds, cls_norm = self._classify(cls_embeds)
         head = self.class_embeddings.to(tokens.dtype)
         scale = self.logit_scale.exp().to(tokens.dtype)
-        image_embeds = cls_embeds / cls_norm
-        logits = torch.matmul(image_embeds, head.t()) * scale
         # (B, M, P) @ (P, C) -> (B, M, C) -> (B, C, M)
         patch_attributions = torch.matmul(patch_embeds, head.t()).transpose(1, 2)
         patch_attributions = patch_attributions * (scale / self.num_patches) / cls_norm.unsqueeze(-1)
