@@ -95,7 +95,8 @@ def _evaluate(value_fn: ValueFunction, coalitions: torch.Tensor, index: torch.Te
                     f"{stop - start} coalitions, got {tuple(chunk.shape)}"
                 )
             if out is None:
-                out = torch.empty((total,) + tuple(chunk.shape[1:]), dtype=torch.float32, device=chunk.device)
+                dtype = torch.promote_types(chunk.dtype, torch.float32)  # keeps float64 values in float64
+                out = torch.empty((total,) + tuple(chunk.shape[1:]), dtype=dtype, device=chunk.device)
             elif chunk.shape[1:] != out.shape[1:]:
                 raise ValueError(
                     f"value_fn returned shape {tuple(chunk.shape)} after {tuple(out.shape[1:])} per row before"
