@@ -5,7 +5,9 @@ The loss is the model's own: `alpha * CE + (1 - alpha) * MSE(attributions of the
 `alpha = 1` for a prediction-only model and `alpha = 0.8` for the paper's self-explaining models. The head (class
 embeddings, logit scale) is made of buffers: the optimizer never sees it and it never changes.
 
-The same script runs on one CPU, under `accelerate launch --num_processes N` (CPU or GPUs) and on several nodes.
+The same script runs in one process, under `accelerate launch --multi_gpu --num_processes N` and on several nodes.
+For several CPU processes set `ACCELERATE_USE_CPU=1` as well: `accelerate launch --cpu` alone starts one process
+(Accelerate 1.15 runs several only through MPI there), and `train` warns when `WORLD_SIZE` says otherwise.
 Training is deterministic given the seed: the data order of each epoch is a permutation drawn from `(seed, epoch)`
 alone, so a run stopped after a checkpoint and resumed with `resume_from` ends with the same weights as a run that
 never stopped (same number of processes, batch size and accumulation).
@@ -340,12 +342,6 @@ def _check_resumable(saved: dict, current: dict, path: Path) -> None:
     if mismatched:
         details = ", ".join(f"{k}: checkpoint {a!r} vs this run {b!r}" for k, (a, b) in mismatched.items())
         raise ValueError(f"cannot resume from {path}: the run differs in {details}; resume needs the same settings.")
-    if saved.get("total_steps") != current["total_steps"]:
-        logger.warning(
-            "resuming with %s total steps instead of %s: the learning-rate schedule changes.",
-            current["total_steps"],
-            saved.get("total_steps"),
-        )
 
 
 def _save_checkpoint(accelerator: Accelerator, config: TrainingConfig, state: dict) -> Path:
@@ -497,6 +493,16 @@ def train(model: SelfExplainingCLIPVision, train_dataset, config: TrainingConfig
     resume_path, saved = _resolve_resume(config)
 
     accelerator = _make_accelerator(config)
+    run = {
+        "num_examples": len(train_data),
+        "num_processes": accelerator.num_processes,
+        "per_device_batch_size": config.per_device_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "seed": config.seed,
+        "alpha": config.alpha,
+    }
+    if resume_path is not None:
+        _check_resumable(saved, run, resume_path)  # before the model is touched
     set_seed(config.seed)
     model.config.alpha = config.alpha
     if config.gradient_checkpointing:
@@ -526,20 +532,17 @@ def train(model: SelfExplainingCLIPVision, train_dataset, config: TrainingConfig
         get_cosine_schedule_with_warmup(raw_optimizer, min(warmup, total_steps), total_steps)
     )
 
-    run = {
-        "num_examples": len(train_data),
-        "num_processes": accelerator.num_processes,
-        "per_device_batch_size": config.per_device_batch_size,
-        "gradient_accumulation_steps": config.gradient_accumulation_steps,
-        "seed": config.seed,
-        "alpha": config.alpha,
-        "total_steps": total_steps,
-    }
+    run["total_steps"] = total_steps
     state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0}
     history: list[dict] = []
     meter = _LossMeter(accelerator.device, collate.use_shap)
     if resume_path is not None:
-        _check_resumable(saved, run, resume_path)
+        if saved.get("total_steps") != total_steps:
+            logger.warning(
+                "resuming with %d steps in all instead of %s: the schedule changes.",
+                total_steps,
+                saved.get("total_steps"),
+            )
         accelerator.load_state(os.fspath(resume_path))
         state, history = {k: int(saved[k]) for k in state}, list(saved["history"])
         if accelerator.is_main_process:  # the sums since the last log, over all processes, at the checkpoint

@@ -1,7 +1,9 @@
 """Train a tiny self-explaining CLIP on a synthetic SHAP-labelled data set built in code (offline, CPU, seconds).
 
     python scripts/train_tiny.py --output_dir outputs/tiny --max_steps 20
-    accelerate launch --num_processes 2 --cpu scripts/train_tiny.py --output_dir outputs/tiny --max_steps 4
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 scripts/train_tiny.py --output_dir outputs/tiny
+
+(On CPU, `accelerate launch --cpu --num_processes 2` starts a single process; the line above starts two, on gloo.)
 
 The task: 32x32 images of noise where class c (of 4) is the column of the grid holding one bright 8x8 patch; the
 "SHAP values" are the patch's brightness excess at that patch and zero elsewhere (analytic, no Kernel SHAP run).

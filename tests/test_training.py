@@ -202,8 +202,13 @@ def test_resume_refuses_other_settings_and_missing_checkpoints(tmp_path, dataset
     train(tiny.build_model(), dataset, make_config(tmp_path, max_steps=2, checkpoint_every=2))
     checkpoint = tmp_path / "run" / "checkpoints" / "step_00000002"
     model = tiny.build_model()
+    initial = parameters(model)
     with pytest.raises(ValueError, match="per_device_batch_size: checkpoint 8 vs this run 4"):
         train(model, dataset, make_config(tmp_path, "other", per_device_batch_size=4, resume_from=checkpoint))
+    with pytest.raises(ValueError, match="alpha: checkpoint 0.8 vs this run 1.0"):
+        train(model, dataset, make_config(tmp_path, "other", alpha=1.0, resume_from=checkpoint))
+    assert model.config.alpha == 1.0 and not model.training  # untouched (from_clip builds it in eval mode)
+    assert_same_parameters(model, initial)
     with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
         train(model, dataset, make_config(tmp_path, "other", resume_from=tmp_path / "nowhere"))
     # "latest" with no checkpoint yet starts from scratch.
