@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from hf_explvec import SelfExplainingCLIPVision, SelfExplainingCLIPVisionConfig, model_kernel_shap
 from hf_explvec.attribution import patch_kernel_shap
 
 try:
@@ -40,17 +41,31 @@ except ImportError as err:  # pragma: no cover - the script's own message
     raise SystemExit("captum is needed for this benchmark: pip install captum (the 'bench' extra)") from err
 
 
+def tiny_vision_config(image_size: int, patch_size: int) -> CLIPVisionConfig:
+    return CLIPVisionConfig(
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+    )
+
+
+def tiny_self_explaining(num_classes: int = 10) -> SelfExplainingCLIPVision:
+    """The same tower as TinyCLIPClassifier(224, 32), as a SelfExplainingCLIPVision (projection 64, text head)."""
+    config = SelfExplainingCLIPVisionConfig(
+        vision_config=tiny_vision_config(224, 32).to_dict(),
+        projection_dim=64,
+        class_names=[f"class {i}" for i in range(num_classes)],
+    )
+    return SelfExplainingCLIPVision(config).eval()
+
+
 class TinyCLIPClassifier(nn.Module):
     def __init__(self, image_size: int, patch_size: int, num_classes: int = 10):
         super().__init__()
-        config = CLIPVisionConfig(
-            image_size=image_size,
-            patch_size=patch_size,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-        )
+        config = tiny_vision_config(image_size, patch_size)
         self.vision = CLIPVisionModel(config)
         self.head = nn.Linear(config.hidden_size, num_classes)
 
@@ -138,19 +153,23 @@ def exact_shapley(model, image: torch.Tensor, target: int, patch: int, batch: in
 def speed(args) -> dict:
     torch.manual_seed(0)
     model = TinyCLIPClassifier(224, 32).eval()
+    clip_model = tiny_self_explaining()
     images = load_images(args.images, 224)
     with torch.inference_mode():
         target = model(images).argmax(-1)
+        clip_target = clip_model(images).logits.argmax(-1)
     n, bsz = args.num_samples, args.batch_size
     count = images.shape[0]
     calls = math.ceil(count * n / 64)
     limit_batch = torch.randn(64, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     forward_limit(model, limit_batch, 64)  # warm-up
-    times = {"limit": [], "ours": [], "captum": []}
+    forward_limit(clip_model, limit_batch, 64)
+    times = {"limit": [], "ours": [], "captum": [], "clip_limit": [], "clip_embedding": []}
     for r in range(args.rounds):
-        wall, cpu = timed(lambda: forward_limit(model, limit_batch, count * n))
-        # the limit explains count images in the time of count * n forwards (whole batches were run)
-        times["limit"].append((wall * count * n / (calls * 64), cpu * count * n / (calls * 64)))
+        for key, forward in (("limit", model), ("clip_limit", clip_model)):
+            wall, cpu = timed(lambda forward=forward: forward_limit(forward, limit_batch, count * n))
+            # the limit explains count images in the time of count * n forwards (whole batches were run)
+            times[key].append((wall * count * n / (calls * 64), cpu * count * n / (calls * 64)))
 
         def ours(r=r):
             with torch.inference_mode():
@@ -160,8 +179,12 @@ def speed(args) -> dict:
             torch.manual_seed(r)
             run_captum(model, images, target, 32, n, bsz)
 
+        def clip_embedding(r=r):
+            model_kernel_shap(clip_model, images, clip_target, num_samples=n, batch_size=bsz, seed=r)
+
         times["ours"].append(timed(ours))
         times["captum"].append(timed(captum))
+        times["clip_embedding"].append(timed(clip_embedding))
     wall = {k: count / statistics.median(t[0] for t in v) for k, v in times.items()}
     cpu = {k: count / statistics.median(t[1] for t in v) for k, v in times.items()}
     return {"wall": wall, "cpu": cpu}
@@ -211,7 +234,7 @@ def main() -> None:
     print(
         f"speed: tiny CLIP ViT image 224 patch 32 (M=49), {args.images} images, num_samples={args.num_samples}, "
         f"batch_size={args.batch_size}, "
-        f"{args.rounds} interleaved rounds (limit, ours, captum), median round"
+        f"{args.rounds} interleaved rounds (limit, ours, captum, CLIP limit, CLIP embedding), median round"
     )
     s = speed(args)
     for clock, label in (("wall", "images/s (wall clock)"), ("cpu", "images per CPU-second (process time)")):
@@ -222,6 +245,9 @@ def main() -> None:
         print(f"    captum KernelShap                       : {r['captum']:8.3f}")
         print(f"    ours / limit  = {r['ours'] / r['limit']:.2f}   (goal >= 0.8)")
         print(f"    ours / captum = {r['ours'] / r['captum']:.2f}   (goal >= 3)")
+        print(f"    SelfExplainingCLIPVision, same tower: forward limit {r['clip_limit']:8.3f}")
+        print(f"    hf_explvec model_kernel_shap (embedding masking): {r['clip_embedding']:8.3f}")
+        print(f"    embedding / limit = {r['clip_embedding'] / r['clip_limit']:.2f}   (goal >= 1.0)")
     print(
         f"accuracy: tiny CLIP ViT image 64 patch 16 (M=16), exact Shapley from 2**16 coalitions, "
         f"{args.rmse_images} images x {args.seeds} seeds, num_samples={args.rmse_samples} each"
