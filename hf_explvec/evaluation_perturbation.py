@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .attribution.patches import make_baseline, mask_patches
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -148,7 +150,7 @@ def apply_patch_mask(
     pixel_values: torch.Tensor,
     keep: torch.Tensor,
     patch_size: int,
-    baseline: float | torch.Tensor = 0.0,
+    baseline: float | str | torch.Tensor = 0.0,
 ) -> torch.Tensor:
     """Replaces the pixels of the patches not kept by `baseline`.
 
@@ -159,8 +161,9 @@ def apply_patch_mask(
             `True` keeps patch `m` of image `n`; `M = (H // patch_size) * (W // patch_size)`, row-major.
         patch_size (`int`):
             Side of a square patch in pixels.
-        baseline (`float` or `torch.Tensor`, *optional*, defaults to 0.0):
-            Value of masked pixels; a tensor must broadcast to `(N, C, H, W)`.
+        baseline (`float`, `str` or `torch.Tensor`, *optional*, defaults to 0.0):
+            What masked patches show: a number, `"mean"`, `"blur"` or a tensor broadcastable to `(N, C, H, W)`
+            (see [`~hf_explvec.attribution.make_baseline`]).
 
     Returns:
         `torch.Tensor` of shape `(N, C, H, W)`: a new tensor; the inputs are not modified.
@@ -173,48 +176,10 @@ def apply_patch_mask(
     expected = (pixel_values.shape[0], grid_h * grid_w)
     if tuple(keep.shape) != expected:
         raise ValueError(f"`keep` must have shape {expected}, got {tuple(keep.shape)}.")
-    baseline = _as_baseline(baseline, pixel_values)
-    return _mask_pixels(pixel_values, keep, patch_size, grid_h, grid_w, baseline)
-
-
-def _as_baseline(baseline: Any, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Returns the baseline expanded (a view, no copy) to the shape of `pixel_values`."""
-    if isinstance(baseline, bool):
-        raise TypeError("`baseline` must be a float or a tensor, got a bool.")
-    if isinstance(baseline, (int, float)):
-        baseline = torch.tensor(float(baseline))
-    elif not isinstance(baseline, torch.Tensor):
-        raise TypeError(f"`baseline` must be a float or a torch.Tensor, got {type(baseline).__name__}.")
-    try:
-        shape = torch.broadcast_shapes(baseline.shape, pixel_values.shape)
-    except RuntimeError:
-        shape = None
-    if shape != pixel_values.shape:
-        raise ValueError(
-            f"`baseline` must broadcast to the pixel values' shape {tuple(pixel_values.shape)}, "
-            f"got {tuple(baseline.shape)}."
-        )
-    baseline = baseline.to(device=pixel_values.device, dtype=pixel_values.dtype)
-    return baseline.expand(pixel_values.shape)
-
-
-def _mask_pixels(
-    pixel_values: torch.Tensor,
-    keep: torch.Tensor,
-    patch_size: int,
-    grid_h: int,
-    grid_w: int,
-    baseline: torch.Tensor,
-) -> torch.Tensor:
-    """`torch.where` over a `(N, 1, H, W)` pixel mask obtained from `keep` `(N, M)` by reshape and expand."""
-    n = keep.shape[0]
-    pixel_keep = (
-        keep.to(pixel_values.device)
-        .view(n, 1, grid_h, 1, grid_w, 1)
-        .expand(n, 1, grid_h, patch_size, grid_w, patch_size)
-        .reshape(n, 1, grid_h * patch_size, grid_w * patch_size)
+    rows = torch.arange(keep.shape[0], device=pixel_values.device)
+    return mask_patches(
+        pixel_values.contiguous(), keep.to(pixel_values.device), rows, make_baseline(pixel_values, baseline, patch_size), patch_size
     )
-    return torch.where(pixel_keep, pixel_values, baseline)
 
 
 def _patch_ranks(attributions: torch.Tensor) -> torch.Tensor:
@@ -282,8 +247,8 @@ def _prepare_inputs(
             f"{num_patches}) for {tuple(pixel_values.shape[-2:])} images with patch_size={patch_size}, "
             f"got {tuple(attributions.shape)}."
         )
-    baseline = _as_baseline(baseline, pixel_values)
-    return pixel_values, _patch_ranks(attributions), target, patch_size, grid_h, grid_w, baseline
+    baseline = make_baseline(pixel_values, baseline, patch_size)
+    return pixel_values.contiguous(), _patch_ranks(attributions), target, patch_size, grid_h, grid_w, baseline
 
 
 @torch.no_grad()
@@ -295,7 +260,7 @@ def _masked_target_probs(
     patch_size: int,
     grid_h: int,
     grid_w: int,
-    baseline: torch.Tensor,
+    baseline: float | torch.Tensor,
     batch_size: int,
     apply_softmax: bool,
 ) -> torch.Tensor:
@@ -310,14 +275,7 @@ def _masked_target_probs(
     for start in range(0, total, batch_size):
         rows = torch.arange(start, min(start + batch_size, total), device=device)
         image_idx = rows // num_masks
-        masked = _mask_pixels(
-            pixel_values[image_idx],
-            flat_keep[start : start + len(rows)],
-            patch_size,
-            grid_h,
-            grid_w,
-            baseline[image_idx],
-        )
+        masked = mask_patches(pixel_values, flat_keep[start : start + len(rows)].to(device), image_idx, baseline, patch_size)
         logits = _extract_logits(forward_fn(masked))
         if logits.ndim != 2 or logits.shape[0] != len(rows):
             raise ValueError(
@@ -372,7 +330,7 @@ def perturbation_curve(
     *,
     patch_size: int,
     mode: str = "deletion",
-    baseline: float | torch.Tensor = 0.0,
+    baseline: float | str | torch.Tensor = 0.0,
     steps: int | None = None,
     batch_size: int = 64,
     apply_softmax: bool = True,
@@ -402,9 +360,9 @@ def perturbation_curve(
             Side of a square patch in pixels; `M = (H // patch_size) * (W // patch_size)`, row-major.
         mode (`str`, *optional*, defaults to `"deletion"`):
             `"deletion"` or `"insertion"`.
-        baseline (`float` or `torch.Tensor`, *optional*, defaults to 0.0):
-            Value of masked pixels; a tensor must broadcast to `(B, C, H, W)` (use a blurred copy of the images
-            for the original RISE insertion).
+        baseline (`float`, `str` or `torch.Tensor`, *optional*, defaults to 0.0):
+            What masked patches show: a number, `"mean"`, `"blur"` (the original RISE insertion starts from a
+            blurred image) or a tensor broadcastable to `(B, C, H, W)` (see [`~hf_explvec.attribution.make_baseline`]).
         steps (`int`, *optional*):
             Number of steps `S' <= M`; several patches per step when `S' < M`. Default: one patch per step.
         batch_size (`int`, *optional*, defaults to 64):
@@ -441,7 +399,7 @@ def deletion_auc(
     target: torch.Tensor | int,
     *,
     patch_size: int,
-    baseline: float | torch.Tensor = 0.0,
+    baseline: float | str | torch.Tensor = 0.0,
     steps: int | None = None,
     batch_size: int = 64,
     apply_softmax: bool = True,
@@ -473,7 +431,7 @@ def insertion_auc(
     target: torch.Tensor | int,
     *,
     patch_size: int,
-    baseline: float | torch.Tensor = 0.0,
+    baseline: float | str | torch.Tensor = 0.0,
     steps: int | None = None,
     batch_size: int = 64,
     apply_softmax: bool = True,
@@ -554,7 +512,7 @@ def fidelity_sparsity_auc(
     target: torch.Tensor | int,
     *,
     patch_size: int,
-    baseline: float | torch.Tensor = 0.0,
+    baseline: float | str | torch.Tensor = 0.0,
     sparsity_levels: int | Sequence[float] = 10,
     batch_size: int = 64,
     apply_softmax: bool = True,
