@@ -26,7 +26,8 @@ from .evaluation import (
     spearman,
 )
 from .modeling import SelfExplainingCLIPVision, SelfExplainingOutput, attribution_map
-from .task_vector import TaskVector, TaskVectorConfig
+from .task_vector import TaskVector, TaskVectorConfig, transfer
+from .training import DatasetFormatError, TrainingConfig, TrainResult, TwinsResult, train, train_twins
 
 __version__ = "0.1.0.dev0"
 
@@ -36,6 +37,7 @@ AutoModelForImageClassification.register(SelfExplainingCLIPVisionConfig, SelfExp
 
 __all__ = [
     "DEFAULT_TEMPLATES",
+    "DatasetFormatError",
     "FidelityResult",
     "PerturbationCurve",
     "IncompatibleKeysError",
@@ -44,6 +46,9 @@ __all__ = [
     "SelfExplainingOutput",
     "TaskVector",
     "TaskVectorConfig",
+    "TrainResult",
+    "TrainingConfig",
+    "TwinsResult",
     "accuracy",
     "attribution_map",
     "build_class_embeddings",
@@ -59,4 +64,7 @@ __all__ = [
     "perturbation_curve",
     "select_target",
     "spearman",
+    "train",
+    "train_twins",
+    "transfer",
 ]

@@ -477,6 +477,38 @@ class TaskVector(
         return vector
 
 
+def transfer(
+    base: nn.Module,
+    target: nn.Module,
+    vector: TaskVector,
+    lam: float = 1.0,
+    lam_target: float = 1.0,
+    inplace: bool = False,
+) -> nn.Module:
+    r"""
+    The explainability transfer of the paper: θ̃ = θ_base + λ1·(θ_T − θ_base) + λ2·τ_S.
+
+    With `lam_target=1` this is the target model plus `lam` times the source vector, `target + lam * vector`.
+
+    Args:
+        base (`nn.Module`): The shared pretrained model θ_base (any CLIP model class).
+        target (`nn.Module`): The prediction-only model fine-tuned on the target domain, θ_T; the result has its
+            class and head.
+        vector ([`TaskVector`]): The explainability vector τ_S of the source domain.
+        lam (`float`, *optional*, defaults to 1.0): λ2, the weight of τ_S.
+        lam_target (`float`, *optional*, defaults to 1.0): λ1, the weight of the target task vector θ_T − θ_base.
+        inplace (`bool`, *optional*, defaults to `False`): Edit `target` itself instead of a copy.
+
+    Returns:
+        `nn.Module`: θ̃, with `target`'s class, head and dtype.
+    """
+    if lam_target == 1.0:
+        return vector.apply_to(target, lam=lam, inplace=inplace)
+    # θ_T + (λ1 − 1)(θ_T − θ_base) + λ2 τ_S is the same point, reached from the target in one update.
+    combined = (lam_target - 1.0) * TaskVector.from_models(base, target) + lam * vector
+    return combined.apply_to(target, inplace=inplace)
+
+
 def _add_scaled(target: torch.Tensor, delta: torch.Tensor, lam: float) -> None:
     """`target += lam * delta`, computed in float32 and written in `target`'s dtype, in place."""
     if target.dtype == torch.float32:
@@ -536,4 +568,4 @@ def load_vector_folder(folder: str | os.PathLike) -> TaskVector:
     return vector
 
 
-__all__ = ["TaskVector", "TaskVectorConfig", "load_vector_folder"]
+__all__ = ["TaskVector", "TaskVectorConfig", "load_vector_folder", "transfer"]

@@ -398,3 +398,22 @@ def test_vit_b32_architecture_vector():
     vector.apply_to(model, lam=1.0)
     for (name, p), q in zip(model.named_parameters(), finetuned.parameters()):
         torch.testing.assert_close(p, q, msg=name)
+
+
+# ------------------------------------------------------------------------------------------------ transfer formula
+@pytest.mark.parametrize("lam_target, lam", [(1.0, 0.8), (0.5, 0.3), (0.0, 1.0)])
+def test_transfer_formula(base, finetuned, lam_target, lam):
+    """θ̃ = θ_base + λ1 (θ_T − θ_base) + λ2 τ_S, with the target's class and head."""
+    from hf_explvec.task_vector import transfer
+
+    source_vector = TaskVector.from_models(base, tiny_clip_model(seed=4))
+    target = self_explaining(finetuned)
+    head = target.class_embeddings.clone()
+    before = snapshot(target)
+    result = transfer(self_explaining(base), target, source_vector, lam=lam, lam_target=lam_target)
+    assert_unchanged(target, before)  # inplace=False
+    assert isinstance(result, SelfExplainingCLIPVision) and torch.equal(result.class_embeddings, head)
+    theta_base, theta_t = vision_params(base), vision_params(finetuned)
+    for name, value in vision_params(result).items():
+        expected = theta_base[name] + lam_target * (theta_t[name] - theta_base[name]) + lam * source_vector.state_dict()[name]
+        torch.testing.assert_close(value, expected, atol=1e-5, rtol=1e-5)
