@@ -1,0 +1,489 @@
+"""The machinery of [`~hf_explvec.data.label_dataset`]: images to pixels, per-example Kernel SHAP, the split of the
+work between processes, and the on-disk shard store.
+
+A labelling run owns one directory:
+
+    output_dir/
+      manifest.json          {"format", "fingerprint", "shard_size", "num_patches", "provenance"}
+      shard-00000.parquet    rows [0, shard_size): index (int64), shap_values (M float32), shap_target (int64)
+      shard-00001.parquet    rows [shard_size, 2 shard_size) ...
+
+Each shard is written to a hidden temporary name in the same directory, flushed to disk and moved into place with
+`os.replace`, so a shard file either is complete or does not exist, whenever the job is killed. Its Parquet schema
+metadata records the run's fingerprint and a SHA-256 of the inputs it was computed from. A finished shard is
+recognised by its name, its fingerprint and its row count, without reading its values; one that cannot be read is
+recomputed. Only SHAP values are stored here, never the images.
+
+Process `r` of `P` labels shards `r, r + P, r + 2P, ...`: a fixed assignment, so that processes that list the
+finished shards at different moments never disagree about who does what.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from accelerate import PartialState
+from PIL import Image
+from tqdm.auto import tqdm
+
+__all__ = ["SHAP_COLUMNS", "STORE_FORMAT", "ShardStore", "example_seed", "weights_fingerprint"]
+
+logger = logging.getLogger(__name__)
+
+STORE_FORMAT = 1
+SHAP_COLUMNS = ("shap_values", "shap_target")
+_META_KEY = b"hf_explvec"
+
+
+@dataclass(frozen=True)
+class ShardStore:
+    r"""The shard files of one labelling run.
+
+    Args:
+        directory (`Path`): where the manifest and the shards live.
+        fingerprint (`str`): the run's fingerprint (provenance + inputs); a directory holds one run only.
+        shard_size (`int`): rows per shard (the last one may be shorter).
+        num_patches (`int`): ``M``, values per row.
+    """
+
+    directory: Path
+    fingerprint: str
+    shard_size: int
+    num_patches: int
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / "manifest.json"
+
+    def path(self, shard: int) -> Path:
+        """`directory / "shard-{shard:05d}.parquet"`."""
+        return self.directory / f"shard-{shard:05d}.parquet"
+
+    # -- the run's directory --------------------------------------------------------------------------------------
+    @classmethod
+    def read_manifest(cls, directory: Path) -> dict | None:
+        """The manifest of `directory`, or `None` when there is none."""
+        path = Path(directory) / "manifest.json"
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise ValueError(f"cannot read the labelling manifest {path}: {error}") from error
+
+    def prepare(self, provenance: dict, *, resume: bool) -> None:
+        """Create the directory and its manifest (main process only, before any shard is written).
+
+        With `resume=False`, shards of an earlier run are deleted. Temporary files left by a killed run are removed.
+
+        Raises:
+            `ValueError`: `resume=True` and the directory holds shards of another run (another fingerprint).
+        """
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for stale in self.directory.glob(".shard-*.tmp"):
+            stale.unlink(missing_ok=True)
+        manifest = self.read_manifest(self.directory)
+        if manifest is not None and resume and manifest.get("fingerprint") != self.fingerprint:
+            raise ValueError(
+                f"output_dir {self.directory} holds SHAP values of another labelling run (fingerprint "
+                f"{manifest.get('fingerprint')!r}, expected {self.fingerprint!r}: another model, data set or "
+                "settings). Use another output_dir, or resume=False to overwrite it."
+            )
+        if not resume:
+            for shard in self.directory.glob("shard-*.parquet"):
+                shard.unlink()
+        if manifest is None or not resume:
+            record = {
+                "format": STORE_FORMAT,
+                "fingerprint": self.fingerprint,
+                "shard_size": self.shard_size,
+                "num_patches": self.num_patches,
+                "provenance": provenance,
+            }
+            _atomic_write_bytes(self.manifest_path, json.dumps(record, indent=2, sort_keys=True).encode())
+
+    # -- shards ---------------------------------------------------------------------------------------------------
+    def _metadata(self, shard: int) -> tuple[dict, int] | None:
+        path = self.path(shard)
+        if not path.is_file():
+            return None
+        try:
+            parquet = pq.ParquetFile(path)
+            meta = json.loads(parquet.schema_arrow.metadata[_META_KEY])
+            return meta, parquet.metadata.num_rows
+        except (OSError, ValueError, KeyError, TypeError) as error:  # a truncated or foreign file: recomputed
+            logger.warning("cannot read %s (%s); it will be recomputed.", path, error)
+            return None
+
+    def is_done(self, shard: int, num_rows: int, input_sha256: str | None = None) -> bool:
+        """Whether shard `shard` is on disk, complete (`num_rows` rows) and of this run (and, when `input_sha256`
+        is given, computed from those inputs)."""
+        found = self._metadata(shard)
+        if found is None:
+            return False
+        meta, rows = found
+        if meta.get("fingerprint") != self.fingerprint or rows != num_rows:
+            logger.warning("%s belongs to another run or is incomplete; it will be recomputed.", self.path(shard))
+            return False
+        if input_sha256 is not None and meta.get("input_sha256") != input_sha256:
+            raise ValueError(
+                f"{self.path(shard)} was computed from other inputs than rows {shard * self.shard_size}.."
+                f"{shard * self.shard_size + num_rows - 1} of this data set (input SHA-256 {meta.get('input_sha256')}"
+                f", now {input_sha256}): the data set changed or is not iterated in a fixed order. Use another "
+                "output_dir, or resume=False."
+            )
+        return True
+
+    def write(
+        self, shard: int, indices: np.ndarray, values: np.ndarray, targets: np.ndarray, input_sha256: str
+    ) -> Path:
+        r"""Write one shard atomically.
+
+        Args:
+            shard (`int`): the shard number.
+            indices (`np.ndarray` of shape `(n,)`): row indices in the data set.
+            values (`np.ndarray` of shape `(n, M)`): SHAP values, stored as float32.
+            targets (`np.ndarray` of shape `(n,)`): the explained class of each row.
+            input_sha256 (`str`): hash of the rows' inputs, checked when the shard is skipped on resume.
+        """
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        if values.shape != (len(indices), self.num_patches):
+            raise ValueError(f"shard values must have shape ({len(indices)}, {self.num_patches}), got {values.shape}")
+        meta = {"fingerprint": self.fingerprint, "shard": shard, "input_sha256": input_sha256}
+        table = pa.table(
+            {
+                "index": pa.array(np.asarray(indices, dtype=np.int64)),
+                "shap_values": pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), self.num_patches),
+                "shap_target": pa.array(np.asarray(targets, dtype=np.int64)),
+            }
+        ).replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
+        path = self.path(shard)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(temporary, "wb") as handle:
+                pq.write_table(table, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+        return path
+
+    def read(self, num_shards: int, num_rows: int) -> tuple[np.ndarray, np.ndarray]:
+        r"""Read shards `0 .. num_shards - 1` back in row order.
+
+        Returns:
+            `tuple(np.ndarray, np.ndarray)`: values of shape `(num_rows, M)` float32 and targets of shape
+            `(num_rows,)` int64.
+
+        Raises:
+            `FileNotFoundError`: a shard is missing (a process of the run failed before writing it).
+            `ValueError`: the shards do not cover rows `0 .. num_rows - 1` exactly once.
+        """
+        values = np.empty((num_rows, self.num_patches), dtype=np.float32)
+        targets = np.empty(num_rows, dtype=np.int64)
+        seen = 0
+        for shard in range(num_shards):
+            path = self.path(shard)
+            if not path.is_file():
+                raise FileNotFoundError(f"shard {path} is missing: a process of the labelling run did not finish it.")
+            table = pq.read_table(path)
+            index = table.column("index").to_numpy()
+            start = shard * self.shard_size
+            if not np.array_equal(index, np.arange(start, start + len(index))):
+                raise ValueError(f"{path} holds rows {index[:1]}..{index[-1:]}, expected rows from {start} in order")
+            flat = table.column("shap_values").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            values[start : start + len(index)] = flat.reshape(len(index), self.num_patches)
+            targets[start : start + len(index)] = table.column("shap_target").to_numpy()
+            seen += len(index)
+        if seen != num_rows:
+            raise ValueError(f"the shards in {self.directory} hold {seen} rows, expected {num_rows}")
+        return values, targets
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+# -- seeds and the explained model ------------------------------------------------------------------------------
+def example_seed(seed: int, index: int) -> int:
+    """The Kernel SHAP seed of example `index` in a run seeded with `seed`: 63 bits of SHA-256 over both, so that
+    nearby seeds and indices give unrelated coalitions."""
+    digest = hashlib.sha256(f"hf_explvec:{int(seed)}:{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+@dataclass
+class _Subject:
+    """What is explained: the forward function, and what the model's config says about it."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    module: torch.nn.Module | None
+    patch_size: int
+    image_size: int | None
+    num_classes: int | None
+    num_classes_source: str
+    device: torch.device
+    identity: dict
+
+
+def _forward_of(model_or_forward_fn) -> Callable[[torch.Tensor], torch.Tensor]:
+    if isinstance(model_or_forward_fn, torch.nn.Module):
+        model = model_or_forward_fn
+
+        def forward(pixel_values: torch.Tensor) -> torch.Tensor:
+            output = model(pixel_values=pixel_values)
+            return getattr(output, "logits", output)
+
+        return forward
+    if callable(model_or_forward_fn):
+        return model_or_forward_fn
+    raise TypeError(
+        f"model_or_forward_fn must be a torch.nn.Module or a callable (N, C, H, W) -> (N, num_classes), got "
+        f"{type(model_or_forward_fn).__name__}"
+    )
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 over a model's state dict (names, dtypes, shapes and bytes, in name order), streamed one tensor at a
+    time: the identity of the weights whatever the repo name."""
+    hasher = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        hasher.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
+        hasher.update(memoryview(flat.view(torch.uint8).numpy()))
+    return hasher.hexdigest()
+
+
+def _config_value(config, name: str):
+    value = getattr(getattr(config, "vision_config", None), name, None)
+    return value if value is not None else getattr(config, name, None)
+
+
+def _resolve_subject(model_or_forward_fn, patch_size, model_id, model_revision, device) -> _Subject:
+    forward = _forward_of(model_or_forward_fn)
+    module = model_or_forward_fn if isinstance(model_or_forward_fn, torch.nn.Module) else None
+    config = getattr(module, "config", None)
+    image_size = num_classes = None
+    if config is not None:
+        patch_size = patch_size if patch_size is not None else _config_value(config, "patch_size")
+        image_size = _config_value(config, "image_size")
+        if type(module).__name__ == "SelfExplainingCLIPVision" or type(module).__name__.endswith(
+            "ForImageClassification"
+        ):
+            num_classes = config.num_labels
+    if patch_size is None:
+        raise ValueError("patch_size is required: it is read from the model's config only for transformers models")
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+        raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+    if module is None and not model_id:
+        raise ValueError(
+            "model_id is required with a forward function (and model_revision where there is one): it identifies "
+            "the model in the provenance and in the cache key; with a torch module, its weights are hashed instead"
+        )
+    identity: dict[str, Any] = {"model": model_id, "model_revision": model_revision}
+    if module is not None:
+        identity["model"] = model_id or getattr(config, "_name_or_path", None) or type(module).__name__
+        identity["model_revision"] = model_revision or getattr(config, "_commit_hash", None)
+        identity["weights_sha256"] = weights_fingerprint(module)
+        parameter = next(module.parameters(), None)
+        device = parameter.device if parameter is not None else torch.device(device or "cpu")
+    return _Subject(
+        forward=forward,
+        module=module,
+        patch_size=patch_size,
+        image_size=image_size,
+        num_classes=num_classes,
+        num_classes_source=f"the config of {type(module).__name__}" if num_classes is not None else "",
+        device=torch.device(device or "cpu"),
+        identity=identity,
+    )
+
+
+# -- images --------------------------------------------------------------------------------------------------------
+def _to_rgb(value, column: str, index: int) -> Image.Image:
+    """A PIL RGB image from what a `datasets` image column holds (decoded image, `{"bytes", "path"}`, or an array)."""
+    if isinstance(value, dict) and ("bytes" in value or "path" in value):
+        value = datasets.Image().decode_example(value)
+    if isinstance(value, (list, np.ndarray, torch.Tensor)):
+        array = np.asarray(value)
+        if (
+            array.dtype != np.uint8
+            or array.ndim not in (2, 3)
+            or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4))
+        ):
+            raise TypeError(
+                f"column {column!r}, row {index}: an array image must be uint8 of shape (H, W) or (H, W, 1|3|4), "
+                f"got {array.dtype} of shape {array.shape}"
+            )
+        value = Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
+    if not isinstance(value, Image.Image):
+        raise TypeError(f"column {column!r}, row {index}: expected an image, got {type(value).__name__}")
+    return value if value.mode == "RGB" else value.convert("RGB")
+
+
+def _preprocess(image_processor, images: list[Image.Image]) -> torch.Tensor:
+    pixels = image_processor(images=images, return_tensors="pt")["pixel_values"]
+    if not isinstance(pixels, torch.Tensor) or pixels.dim() != 4:
+        raise ValueError(
+            "image_processor must turn images into one (B, C, H, W) tensor (images of different sizes need "
+            f"do_resize / do_center_crop), got {type(pixels).__name__}"
+        )
+    return pixels.float()
+
+
+def _rows_sha256(images: list[Image.Image], labels: list | None) -> str:
+    hasher = hashlib.sha256()
+    for i, image in enumerate(images):
+        hasher.update(f"{image.size}|{labels[i] if labels is not None else ''}|".encode())
+        hasher.update(image.tobytes())
+    return hasher.hexdigest()
+
+
+# -- rows ----------------------------------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """Everything one shard computation needs."""
+
+    subject: _Subject
+    explainer: Callable[..., torch.Tensor]
+    image_processor: Any
+    image_column: str
+    label_column: str | None
+    target: str
+    explainer_kwargs: dict
+    seed: int
+    pixel_shape: tuple[int, int, int]
+    num_patches: int
+
+
+def _check_labels(labels, start: int, run: _Run) -> list[int]:
+    checked = []
+    for offset, label in enumerate(labels):
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+            raise TypeError(
+                f"column {run.label_column!r}, row {start + offset}: labels must be int class indices, got "
+                f"{type(label).__name__} {label!r}"
+            )
+        num_classes = run.subject.num_classes
+        if label < 0 or (num_classes is not None and label >= num_classes):
+            raise ValueError(
+                f"column {run.label_column!r}, row {start + offset}: label {int(label)} is out of range: expected "
+                f"[0, {num_classes if num_classes is not None else 'num_classes'}) (num_classes = {num_classes} from "
+                f"{run.subject.num_classes_source or 'nowhere'})"
+            )
+        checked.append(int(label))
+    return checked
+
+
+def _label_rows(rows: dict, start: int, run: _Run, progress) -> tuple[np.ndarray, np.ndarray, str]:
+    """Explain rows `start .. start + n - 1`; returns values `(n, M)`, targets `(n,)` and the inputs' hash."""
+    images = [_to_rgb(v, run.image_column, start + i) for i, v in enumerate(rows[run.image_column])]
+    labels = _check_labels(rows[run.label_column], start, run) if run.label_column else None
+    pixels = _preprocess(run.image_processor, images).to(run.subject.device)
+    if tuple(pixels.shape[1:]) != run.pixel_shape:
+        raise ValueError(
+            f"rows {start}..{start + len(images) - 1}: image_processor gave images of shape {tuple(pixels.shape[1:])}"
+            f", expected {run.pixel_shape} like row 0"
+        )
+    values = np.empty((len(images), run.num_patches), dtype=np.float32)
+    targets = np.empty(len(images), dtype=np.int64)
+    for i in range(len(images)):
+        image = pixels[i : i + 1]
+        if run.target == "prediction":
+            with torch.inference_mode():
+                scores = run.subject.forward(image)
+            target = int(getattr(scores, "logits", scores).argmax(dim=-1)[0])
+        else:
+            target = labels[i]
+        explained = run.explainer(
+            image,
+            torch.tensor([target], device=run.subject.device),
+            seed=example_seed(run.seed, start + i),
+            **run.explainer_kwargs,
+        )
+        if not isinstance(explained, torch.Tensor) or tuple(explained.shape) != (1, run.num_patches):
+            got = tuple(explained.shape) if isinstance(explained, torch.Tensor) else type(explained).__name__
+            raise ValueError(f"the explainer must return a (1, {run.num_patches}) tensor for one image, got {got}")
+        values[i] = explained.detach().float().cpu().numpy()[0]
+        targets[i] = target
+        progress.update(1)
+    return values, targets, _rows_sha256(images, labels)
+
+
+def _iterate_shards(dataset, columns: list[str], shard_size: int) -> Iterator[tuple[int, dict]]:
+    """Consecutive `shard_size`-row chunks of an `IterableDataset`, as column dicts."""
+    shard, batch = 0, {column: [] for column in columns}
+    for row in dataset.select_columns(columns).with_format(None):
+        for column in columns:
+            batch[column].append(row[column])
+        if len(batch[columns[0]]) == shard_size:
+            yield shard, batch
+            shard, batch = shard + 1, {column: [] for column in columns}
+    if batch[columns[0]]:
+        yield shard, batch
+
+
+def _compute_shards(dataset, run: _Run, store: ShardStore, state: PartialState, show_progress: bool) -> int:
+    """Compute this process's missing shards; returns the number of rows of the data set."""
+    rank, world = state.process_index, state.num_processes
+    columns = [run.image_column] + ([run.label_column] if run.label_column else [])
+    streaming = isinstance(dataset, datasets.IterableDataset)
+    size = store.shard_size
+    if streaming:
+        total = None
+    else:
+        num_rows = len(dataset)
+        mine = [s for s in range(rank, math.ceil(num_rows / size), world)]
+        todo = [s for s in mine if not store.is_done(s, min(size, num_rows - s * size))]
+        total = sum(min(size, num_rows - s * size) for s in todo)
+        logger.info(
+            "process %d/%d: %d of its %d shards to label (%d rows) in %s",
+            rank, world, len(todo), len(mine), total, store.directory,
+        )  # fmt: skip
+    disable = not (show_progress and state.is_local_main_process)
+    with tqdm(total=total, desc="Kernel SHAP", unit="img", disable=disable) as progress:
+        if streaming:
+            num_rows = 0
+            for shard, rows in _iterate_shards(dataset, columns, size):
+                count = len(rows[run.image_column])
+                num_rows += count
+                if shard % world != rank:
+                    continue
+                images = [_to_rgb(v, run.image_column, shard * size + i) for i, v in enumerate(rows[run.image_column])]
+                labels = _check_labels(rows[run.label_column], shard * size, run) if run.label_column else None
+                if store.is_done(shard, count, _rows_sha256(images, labels)):
+                    continue
+                store.write(
+                    shard,
+                    np.arange(shard * size, shard * size + count),
+                    *_label_rows(rows, shard * size, run, progress),
+                )
+        else:
+            view = dataset.select_columns(columns).with_format(None)
+            for shard in todo:
+                start, stop = shard * size, min((shard + 1) * size, num_rows)
+                values, targets, digest = _label_rows(view[start:stop], start, run, progress)
+                store.write(shard, np.arange(start, stop), values, targets, digest)
+    return num_rows
