@@ -273,3 +273,13 @@ def test_model_from_config_has_unit_head():
     model = SelfExplainingCLIPVision(config)
     torch.testing.assert_close(model.class_embeddings.norm(dim=-1), torch.ones(3))
     assert float(model.logit_scale) == pytest.approx(2.6592)
+
+
+def test_from_clip_loads_model_and_tokenizer_by_path(clip, tokenizer, tmp_path):
+    clip.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    by_path = SelfExplainingCLIPVision.from_clip(str(tmp_path), NAMES)
+    by_object = SelfExplainingCLIPVision.from_clip(clip, NAMES, tokenizer=tokenizer)
+    x = pixels()
+    torch.testing.assert_close(by_path(x).logits, by_object(x).logits)
+    assert by_path.config.clip_name_or_path == str(tmp_path)
