@@ -46,11 +46,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import io
 import logging
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,54 +70,49 @@ _PLATE = 0.35  # a digit's cells are darkened to this fraction of the background
 _DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Pixel sources
-# ----------------------------------------------------------------------------------------------------------------
+# Pixel sources ------------------------------------------------------------------------------------------------------
 
 
-def _require(module: str, package: str):
+# Source name → (package, image). Texture names are also the texture class names.
+_TEXTURES = {
+    "brick wall": ("skimage", "brick"),
+    "grass": ("skimage", "grass"),
+    "gravel": ("skimage", "gravel"),
+    "star field": ("skimage", "hubble_deep_field"),
+    "stained tissue": ("skimage", "immunohistochemistry"),
+}
+_PHOTOS = {
+    "china": ("sklearn", 0),
+    "flower": ("sklearn", 1),
+    **{name: ("skimage", name) for name in ("coffee", "chelsea", "astronaut", "rocket")},
+}
+
+
+def _import(module: str):
+    """Import the package that ships the pixels, with an install hint when it is missing."""
     try:
-        return __import__(module, fromlist=["_"])
+        return importlib.import_module(module)
     except ImportError as error:  # pragma: no cover - depends on the environment
+        package = "scikit-learn" if module.startswith("sklearn") else "scikit-image"
         raise ImportError(f"hf_explvec.domains takes its pixels from {package}: `pip install {package}`") from error
 
 
-def _skimage(name: str) -> Callable[[], np.ndarray]:
-    return lambda: getattr(_require("skimage.data", "scikit-image"), name)()
-
-
-def _sklearn_photo(index: int) -> Callable[[], np.ndarray]:
-    return lambda: _require("sklearn.datasets", "scikit-learn").load_sample_images().images[index]
-
-
-# Texture class name → loader. Tiles in texture_tiles; the first three are also digits_on_textures' backgrounds.
-_TEXTURES: dict[str, Callable[[], np.ndarray]] = {
-    "brick wall": _skimage("brick"),
-    "grass": _skimage("grass"),
-    "gravel": _skimage("gravel"),
-    "star field": _skimage("hubble_deep_field"),
-    "stained tissue": _skimage("immunohistochemistry"),
-}
-_PHOTOS: dict[str, Callable[[], np.ndarray]] = {
-    "china": _sklearn_photo(0),
-    "flower": _sklearn_photo(1),
-    "coffee": _skimage("coffee"),
-    "chelsea": _skimage("chelsea"),
-    "astronaut": _skimage("astronaut"),
-    "rocket": _skimage("rocket"),
-}
+def _load(package: str, image) -> np.ndarray:
+    if package == "sklearn":
+        return _import("sklearn.datasets").load_sample_images().images[image]
+    return getattr(_import("skimage.data"), image)()
 
 
 @functools.cache
 def _source(name: str) -> np.ndarray:
     """A source image as read-only float32 RGB `(H, W, 3)` in [0, 255]; textures are made grey."""
     if name in _TEXTURES:
-        pixels = np.asarray(_TEXTURES[name](), dtype=np.float32)
+        pixels = np.asarray(_load(*_TEXTURES[name]), dtype=np.float32)
         if pixels.ndim == 3:
             pixels = pixels[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
         pixels = np.repeat(pixels[..., None], 3, axis=-1)
     else:
-        pixels = np.asarray(_PHOTOS[name](), dtype=np.float32)[..., :3]
+        pixels = np.asarray(_load(*_PHOTOS[name]), dtype=np.float32)[..., :3]
     pixels.setflags(write=False)
     return pixels
 
@@ -132,7 +128,7 @@ def _band(pixels: np.ndarray, split: str) -> np.ndarray:
 @functools.cache
 def _digits() -> tuple[np.ndarray, np.ndarray]:
     """All 1,797 digits as float32 ink coverage in [0, 1] `(N, 8, 8)`, and their classes `(N,)`."""
-    bunch = _require("sklearn.datasets", "scikit-learn").load_digits()
+    bunch = _import("sklearn.datasets").load_digits()
     return (np.asarray(bunch.images, dtype=np.float32) / 16.0).clip(0.0, 1.0), bunch.target.astype(np.int64)
 
 
@@ -166,9 +162,7 @@ def digit_split_indices(split: str) -> np.ndarray:
     return _digit_splits()[SPLITS.index(split)].copy()
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Domain specifications and argument checks
-# ----------------------------------------------------------------------------------------------------------------
+# Domain specifications and argument checks --------------------------------------------------------------------------
 
 
 def _check_split(split: str) -> None:
@@ -318,9 +312,7 @@ def _check_geometry(spec: DomainSpec, image_size, patch_size) -> int:
     return grid
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Composition
-# ----------------------------------------------------------------------------------------------------------------
+# Composition --------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -492,9 +484,7 @@ def generate_domain(
     )
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# datasets
-# ----------------------------------------------------------------------------------------------------------------
+# datasets -----------------------------------------------------------------------------------------------------------
 
 
 def _png(image: np.ndarray) -> dict:
