@@ -121,6 +121,12 @@ class SelfExplainingCLIPVision(PreTrainedModel):
         self.register_buffer("logit_scale", torch.empty(()))
         self.post_init()
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained` with `use_safetensors=True` by default: pickled `.bin` weights are refused."""
+        kwargs.setdefault("use_safetensors", True)
+        return super().from_pretrained(*args, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module):
         if module is self:

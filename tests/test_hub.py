@@ -163,3 +163,15 @@ def test_server_refusing_connections(tmp_path):
     with hub_client_env(endpoint, tmp_path / "hf_home"):
         error = expect_error(ConnectionError, endpoint, "'org/vec'", pretrained_model_name_or_path="org/vec")
     assert "cannot reach" in str(error)
+
+
+def test_model_with_only_pickled_weights_is_refused(local_hub, tmp_path):
+    model = SelfExplainingCLIPVision.from_clip(tiny_clip_model(), ["cat", "dog"], class_embeddings=torch.randn(2, 16))
+    model.config.save_pretrained(tmp_path)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04 a pickle that must never be loaded")
+    HfApi().create_repo("org/pickled-model")
+    HfApi().upload_folder(folder_path=tmp_path, repo_id="org/pickled-model")
+    with pytest.raises(OSError, match="safetensors"):
+        AutoModel.from_pretrained("org/pickled-model")
+    with pytest.raises(Exception):  # the pickle was never even downloaded
+        hf_hub_download("org/pickled-model", "pytorch_model.bin", local_files_only=True)

@@ -5,7 +5,8 @@ setting environment variables is not enough when they are already imported:
 
 1. Environment variables (for modules imported later and for worker processes that `datasets` spawns):
    `HF_ENDPOINT`, `HF_HUB_DISABLE_XET=1` (uploads would otherwise go through Xet whenever `hf_xet` is importable),
-   `HF_HUB_DISABLE_TELEMETRY=1`, `HF_UPDATE_DOWNLOAD_COUNTS=0` (else `datasets`/`evaluate` send a HEAD request to
+   `HF_HUB_DISABLE_TELEMETRY=1`, `DISABLE_SAFETENSORS_CONVERSION=1` (no conversion bot answers here),
+   `HF_UPDATE_DOWNLOAD_COUNTS=0` (else `datasets`/`evaluate` send a HEAD request to
    S3), `NO_PROXY`/`no_proxy` extended with 127.0.0.1 and localhost, a fake `HF_TOKEN`, and a fresh `HF_HOME`
    with `HF_HUB_CACHE`, `HF_ASSETS_CACHE`, `HF_XET_CACHE`, `HF_TOKEN_PATH`, `HF_DATASETS_CACHE` and
    `HF_MODULES_CACHE` under it. `HF_HUB_OFFLINE`, `TRANSFORMERS_OFFLINE`, `HF_DATASETS_OFFLINE`,
@@ -56,7 +57,9 @@ def _client_environ(endpoint: str, home: Path, token: str) -> dict[str, str | No
     paths.update(HF_DATASETS_CACHE="datasets", HF_MODULES_CACHE="modules")
     env: dict[str, str | None] = {**dict.fromkeys(_UNSET), **{key: str(home / sub) for key, sub in paths.items()}}
     env.update(HF_ENDPOINT=endpoint, HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1")
-    env.update(HF_UPDATE_DOWNLOAD_COUNTS="0")
+    # No safetensors conversion bot runs here: without this, transformers asks for one when a repo has only
+    # pickled weights instead of failing with its clear "no model.safetensors" error.
+    env.update(HF_UPDATE_DOWNLOAD_COUNTS="0", DISABLE_SAFETENSORS_CONVERSION="1")
     env.update(NO_PROXY=no_proxy, no_proxy=no_proxy, HF_TOKEN=token, HF_HOME=str(home))
     return env
 

@@ -215,6 +215,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json(self.store.repo_info(repo_type, repo_id, revision, _flag(self.query, "blobs")))
         if method == "GET" and action == "refs":
             return self._refs(repo_type, repo_id)
+        if method == "GET" and action == "discussions" and not tail:
+            # No discussions are kept (pull requests are refs only); transformers lists them to look for a
+            # safetensors conversion PR when a repo has only pickled weights.
+            self.store.repo_info(repo_type, repo_id, "main", False)  # 404 RepoNotFound for an unknown repo
+            return self._send_json({"discussions": [], "count": 0, "start": 0, "numClosedDiscussions": 0})
         if method in ("POST", "DELETE") and action in ("branch", "tag") and tail:
             return self._ref(method, action, repo_type, repo_id, "/".join(unquote(s) for s in tail))
         handlers = {
