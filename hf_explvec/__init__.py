@@ -11,6 +11,7 @@ from .attribution import kernel_shap, patch_kernel_shap
 from .explain import model_kernel_shap
 from .heads import DEFAULT_TEMPLATES, build_class_embeddings
 from .arithmetic import IncompatibleKeysError
+from .domains import DEFAULT_TRANSFER, DOMAINS, DomainSpec, build_domain, build_domain_dict, generate_domain
 from .evaluation import (
     FidelityResult,
     PerturbationCurve,
@@ -37,6 +38,9 @@ AutoModelForImageClassification.register(SelfExplainingCLIPVisionConfig, SelfExp
 
 __all__ = [
     "DEFAULT_TEMPLATES",
+    "DEFAULT_TRANSFER",
+    "DOMAINS",
+    "DomainSpec",
     "DatasetFormatError",
     "FidelityResult",
     "PerturbationCurve",
@@ -52,9 +56,12 @@ __all__ = [
     "accuracy",
     "attribution_map",
     "build_class_embeddings",
+    "build_domain",
+    "build_domain_dict",
     "deletion_auc",
     "e_rmse",
     "fidelity_sparsity_auc",
+    "generate_domain",
     "insertion_auc",
     "iou_at_k",
     "kernel_shap",
