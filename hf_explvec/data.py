@@ -352,7 +352,9 @@ def _fingerprint(run: _Run, dataset, provenance: dict, image_processor, batch_si
         "batch_size": batch_size,
         "image_processor": processor,
     }
-    return Hasher.hash(json.dumps(key, sort_keys=True, default=str))
+    text = json.dumps(key, sort_keys=True, default=str)
+    logger.debug("fingerprint key: %s", text)
+    return Hasher.hash(text)
 
 
 def _attach(dataset, values: np.ndarray, targets: np.ndarray, fingerprint: str, provenance: dict):

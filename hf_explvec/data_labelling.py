@@ -328,14 +328,17 @@ def _to_rgb(value, column: str, index: int) -> Image.Image:
         value = datasets.Image().decode_example(value)
     if isinstance(value, (list, np.ndarray, torch.Tensor)):
         array = np.asarray(value)
+        if array.dtype != np.uint8 and np.issubdtype(array.dtype, np.integer) and array.size:
+            if array.min() >= 0 and array.max() <= 255:  # e.g. lists of ints from a datasets Sequence column
+                array = array.astype(np.uint8)
         if (
             array.dtype != np.uint8
             or array.ndim not in (2, 3)
             or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4))
         ):
             raise TypeError(
-                f"column {column!r}, row {index}: an array image must be uint8 of shape (H, W) or (H, W, 1|3|4), "
-                f"got {array.dtype} of shape {array.shape}"
+                f"column {column!r}, row {index}: an array image must hold integers in [0, 255] with shape (H, W) or "
+                f"(H, W, 1|3|4), got {array.dtype} of shape {array.shape}"
             )
         value = Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
     if not isinstance(value, Image.Image):
