@@ -11,12 +11,14 @@ How a run is made reproducible, resumable and parallel:
 - **Provenance and fingerprint.** Every setting that changes the values (model name, revision and a SHA-256 of its
   weights, explainer, `num_samples`, `seed`, `baseline`, `value`, target mode, patch size, `M`) is recorded in a
   provenance dict. The run's fingerprint is [`datasets.fingerprint.Hasher`] over that provenance, the input data
-  set's `_fingerprint`, the columns, the forward `batch_size` and the image processor's configuration; it is the
-  new dataset's `_fingerprint` (passed as `new_fingerprint`, never derived from a closure) and names the default
-  output directory, so a second call with the same arguments computes nothing.
+  set's `_fingerprint`, the columns, the forward `batch_size` and the image processor's configuration. It names the
+  default output directory, so a second call with the same arguments computes nothing, and it is the labelled
+  dataset's `_fingerprint` (passed as `new_fingerprint`, never derived from a closure). The columns are attached with
+  `Dataset.add_column`, which concatenates them to the existing Arrow table: unlike `Dataset.map`, it does not
+  rewrite the images into a new cache file, and the shard store is a cache for in-memory and streamed data sets too.
 - **Per-example seeds.** Example `i` is explained alone with the seed `example_seed(seed, i)`, so its values depend
   neither on batching, nor on sharding, nor on the number of processes.
-- **Shards.** Values are written shard by shard to `output_dir` (see [`~hf_explvec.data_shards.ShardStore`]),
+- **Shards.** Values are written shard by shard to `output_dir` (see [`~hf_explvec.data_labelling.ShardStore`]),
   atomically; a killed job restarted with the same arguments skips the finished shards.
 - **Processes.** Under `accelerate launch`, process `r` of `P` labels shards `r, r + P, r + 2P, ...`; after a barrier
   every process reads all shards and returns the whole labelled data set, in the original order.
@@ -47,7 +49,12 @@ from datasets.fingerprint import Hasher
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
-from .attribution import VALUE_OPTIONS, min_num_samples, patch_kernel_shap
+from .attribution import (
+    VALUE_OPTIONS,
+    make_baseline,
+    min_num_samples,
+    patch_kernel_shap,
+)
 from .data_labelling import (
     SHAP_COLUMNS,
     STORE_FORMAT,
@@ -226,32 +233,11 @@ def label_dataset(
     if not streaming and len(dataset) == 0:
         raise ValueError("the data set is empty")
 
-    # The first image fixes the pixel shape, hence M; check everything that can fail before any computation.
-    first = next(iter(dataset.select_columns([image_column]).with_format(None)), None)
-    if first is None:
-        raise ValueError("the data set is empty")
-    pixel_shape = tuple(_preprocess(image_processor, [_to_rgb(first[image_column], image_column, 0)]).shape[1:])
-    height, width = pixel_shape[1:]
+    pixel_shape, num_patches = _measure(dataset, image_column, image_processor, subject, num_samples, baseline)
     p = subject.patch_size
-    if height % p or width % p:
-        raise ValueError(
-            f"patch_size={p} does not divide the processed images of {height}x{width} pixels "
-            f"(image_processor output {pixel_shape}); expected a divisor of both"
-        )
-    if subject.image_size is not None and (height, width) != (subject.image_size, subject.image_size):
-        raise ValueError(
-            f"image_processor gives {height}x{width} images but the model expects "
-            f"{subject.image_size}x{subject.image_size}; set the processor's size / crop_size"
-        )
-    num_patches = (height // p) * (width // p)
-    if num_samples < min_num_samples(num_patches):
-        raise ValueError(
-            f"num_samples={num_samples} is too small for M={num_patches} patches: need at least "
-            f"{min_num_samples(num_patches)} (2 M)"
-        )
     run = _Run(
         subject=subject,
-        explainer=explainer if explainer is not None else default_explainer(subject.forward, patch_size=p),
+        explainer=explainer if explainer is not None else default_explainer(model_or_forward_fn, patch_size=p),
         image_processor=image_processor,
         image_column=image_column,
         label_column=label_column,
@@ -271,17 +257,7 @@ def label_dataset(
     if output_dir is None:
         output_dir = Path(datasets.config.HF_DATASETS_CACHE) / "hf_explvec_shap" / fingerprint
     state = _process_state()
-    store = ShardStore(Path(output_dir), fingerprint, shard_size, num_patches)
-    if state.is_main_process:
-        manifest = ShardStore.read_manifest(store.directory)
-        if resume and manifest and manifest.get("fingerprint") == fingerprint:
-            store = ShardStore(store.directory, fingerprint, int(manifest["shard_size"]), num_patches)
-        store.prepare(provenance, resume=resume)
-    state.wait_for_everyone()
-    store = ShardStore(store.directory, fingerprint, int(ShardStore.read_manifest(store.directory)["shard_size"]),
-                       num_patches)  # fmt: skip
-    if store.shard_size != shard_size:
-        logger.info("resuming with shard_size=%d, as recorded in %s", store.shard_size, store.directory)
+    store = _open_store(Path(output_dir), fingerprint, shard_size, num_patches, provenance, resume, state)
 
     module = subject.module
     was_training = module.training if module is not None else False
@@ -295,6 +271,50 @@ def label_dataset(
     state.wait_for_everyone()
     values, targets = store.read(math.ceil(num_rows / store.shard_size), num_rows)
     return _attach(dataset, values, targets, fingerprint, provenance)
+
+
+def _measure(dataset, image_column, image_processor, subject, num_samples, baseline) -> tuple[tuple, int]:
+    """Preprocess the first image: its shape `(C, H, W)` fixes `M`. Checks the patch size, the model's image size,
+    `num_samples` and the baseline, so that bad settings fail before any work."""
+    first = next(iter(dataset.select_columns([image_column]).with_format(None)), None)
+    if first is None:
+        raise ValueError("the data set is empty")
+    pixels = _preprocess(image_processor, [_to_rgb(first[image_column], image_column, 0)])
+    height, width = pixels.shape[2:]
+    p = subject.patch_size
+    if height % p or width % p:
+        raise ValueError(
+            f"patch_size={p} does not divide the processed images of {height}x{width} pixels "
+            f"(image_processor output {tuple(pixels.shape[1:])}); expected a divisor of both"
+        )
+    if subject.image_size is not None and (height, width) != (subject.image_size, subject.image_size):
+        raise ValueError(
+            f"image_processor gives {height}x{width} images but the model expects "
+            f"{subject.image_size}x{subject.image_size}; set the processor's size / crop_size"
+        )
+    num_patches = (height // p) * (width // p)
+    if num_samples < min_num_samples(num_patches):
+        raise ValueError(
+            f"num_samples={num_samples} is too small for M={num_patches} patches: need at least "
+            f"{min_num_samples(num_patches)} (2 M)"
+        )
+    make_baseline(pixels, baseline, p)  # raises on an unknown option or a tensor of the wrong shape
+    return tuple(pixels.shape[1:]), num_patches
+
+
+def _open_store(directory: Path, fingerprint, shard_size, num_patches, provenance, resume, state) -> ShardStore:
+    """The main process prepares the directory (adopting the shard size of a run it resumes); then every process
+    opens it with the recorded shard size."""
+    if state.is_main_process:
+        manifest = ShardStore.read_manifest(directory)
+        if resume and manifest and manifest.get("fingerprint") == fingerprint:
+            shard_size = int(manifest["shard_size"])
+        ShardStore(directory, fingerprint, shard_size, num_patches).prepare(provenance, resume=resume)
+    state.wait_for_everyone()
+    recorded = int(ShardStore.read_manifest(directory)["shard_size"])
+    if recorded != shard_size:
+        logger.info("resuming with shard_size=%d, as recorded in %s", recorded, directory)
+    return ShardStore(directory, fingerprint, recorded, num_patches)
 
 
 def _process_state() -> PartialState:
@@ -380,8 +400,7 @@ def _attach(dataset, values: np.ndarray, targets: np.ndarray, fingerprint: str, 
             return {"shap_values": values[indices].tolist(), "shap_target": targets[indices].tolist()}
 
         full = datasets.Features({**dataset.features, **features}) if dataset.features is not None else None
-        labelled = dataset.map(add, with_indices=True, batched=True, features=full)
-        labelled._info = labelled.info.copy()
+        labelled = dataset.map(add, with_indices=True, batched=True, features=full)  # info is copied
     labelled.info.description = description
     return labelled
 

@@ -328,9 +328,9 @@ def _to_rgb(value, column: str, index: int) -> Image.Image:
         value = datasets.Image().decode_example(value)
     if isinstance(value, (list, np.ndarray, torch.Tensor)):
         array = np.asarray(value)
-        if array.dtype != np.uint8 and np.issubdtype(array.dtype, np.integer) and array.size:
-            if array.min() >= 0 and array.max() <= 255:  # e.g. lists of ints from a datasets Sequence column
-                array = array.astype(np.uint8)
+        integers = array.dtype != np.uint8 and np.issubdtype(array.dtype, np.integer) and array.size
+        if integers and array.min() >= 0 and array.max() <= 255:  # e.g. lists of ints from a Sequence column
+            array = array.astype(np.uint8)
         if (
             array.dtype != np.uint8
             or array.ndim not in (2, 3)
@@ -465,7 +465,7 @@ def _compute_shards(dataset, run: _Run, store: ShardStore, state: PartialState, 
             "process %d/%d: %d of its %d shards to label (%d rows) in %s",
             rank, world, len(todo), len(mine), total, store.directory,
         )  # fmt: skip
-    disable = not (show_progress and state.is_local_main_process)
+    disable = not (show_progress and state.is_local_main_process) or total == 0
     with tqdm(total=total, desc="Kernel SHAP", unit="img", disable=disable) as progress:
         if streaming:
             num_rows = 0

@@ -220,17 +220,30 @@ def _int_labels(digits, labels):
         (lambda d: _int_labels(d, [0, 12]), {}, ValueError, r"row 1: label 12 is out of range: expected \[0, 10\)"),
         (lambda d: _int_labels(d, ["0", "7"]), {}, TypeError, r"row 0: labels must be int class indices, got str"),
         (
-            lambda d: d.cast_column("label", datasets.Value("int64")).map(lambda r, i: {"label": -1 if i else 0},
-                                                                          with_indices=True),
+            lambda d: d.cast_column("label", datasets.Value("int64")).map(
+                lambda r, i: {"label": -1 if i else 0}, with_indices=True
+            ),
             {},
             ValueError,
             r"row 1: label -1 is out of range",
         ),
         (lambda d: d, {"num_samples": 16}, ValueError, r"num_samples=16 is too small for M=16 .*at least 32"),
-        (lambda d: d.add_column("shap_values", [[0.0]] * 8), {}, ValueError, r"already has column\(s\) \['shap_values'\]"),
+        (
+            lambda d: d.add_column("shap_values", [[0.0]] * 8),
+            {},
+            ValueError,
+            r"already has column\(s\) \['shap_values'\]",
+        ),
         (lambda d: d, {"target": "argmax"}, ValueError, r"target must be one of \('label', 'prediction'\)"),
         (lambda d: d, {"value": "margin"}, ValueError, r"value must be one of"),
         (lambda d: d, {"seed": 1.5}, TypeError, r"seed must be an int, got float"),
+        (lambda d: d, {"baseline": "zeros"}, ValueError, r"baseline must be a float, one of \('mean', 'blur'\)"),
+        (
+            lambda d: datasets.Dataset.from_dict({"image": ["cat.png"], "label": [0]}),
+            {},
+            TypeError,
+            r"column 'image', row 0: expected an image, got str",
+        ),
         (lambda d: d.to_pandas(), {}, TypeError, r"must be a datasets.Dataset or IterableDataset, got DataFrame"),
     ],
 )
@@ -262,6 +275,21 @@ def test_bad_model_processor_or_output_dir(tmp_path, model, processor, digits):
     assert shap_provenance(overwritten)["seed"] == 1
 
 
+def test_damaged_shard_is_recomputed_and_a_changed_stream_is_refused(tmp_path, model, processor, digits):
+    reference = label(digits, model, processor, tmp_path / "run")
+    damaged = tmp_path / "run" / "shard-00001.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:50])  # e.g. a disk filled up outside our atomic write
+    untouched = (tmp_path / "run" / "shard-00000.parquet").stat().st_mtime_ns
+    assert label(digits, model, processor, tmp_path / "run")["shap_values"][:] == reference["shap_values"][:]
+    assert (tmp_path / "run" / "shard-00000.parquet").stat().st_mtime_ns == untouched
+
+    # A stream has no fingerprint: each shard records a hash of its inputs, checked when it is skipped.
+    label(digits.to_iterable_dataset(), model, processor, tmp_path / "stream")
+    reversed_rows = digits.select(range(7, -1, -1)).flatten_indices().to_iterable_dataset()
+    with pytest.raises(ValueError, match=r"shard-00000.parquet was computed from other inputs than rows 0..2"):
+        label(reversed_rows, model, processor, tmp_path / "stream")
+
+
 # ---------------------------------------------------------------------------------- processes: kill, launch
 def _script_env(tmp_path):
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_CACHE": str(tmp_path / "sub_cache")}
@@ -285,7 +313,7 @@ def test_killed_run_resumes_without_recomputing_finished_shards(tmp_path, model,
     assert 1 <= len(finished) < 4, finished
     assert not result.exists()
 
-    rerun = subprocess.run(command, env=_script_env(tmp_path), capture_output=True, text=True, timeout=120)
+    rerun = subprocess.run(command, check=False, env=_script_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"{4 - len(finished)} of its 4 shards to label" in rerun.stderr
     assert {name: (out / name).stat().st_mtime_ns for name in finished} == finished  # not rewritten
@@ -305,7 +333,7 @@ def test_two_processes_with_accelerate_launch(tmp_path, model, processor):
     launch += ["--output_dir", str(out), "--result", str(result), "--num_examples", "10", "--shard_size", "2"]
     launch += ["--num_samples", str(NUM_SAMPLES)]
     env = {**_script_env(tmp_path), "ACCELERATE_USE_CPU": "1"}
-    completed = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(launch, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "process 0/2: 3 of its 3 shards" in completed.stderr and "process 1/2: 2 of its 2 shards" in completed.stderr
 
