@@ -64,6 +64,7 @@ from .data_labelling import (
     _forward_of,
     _preprocess,
     _resolve_subject,
+    _rows_sha256,
     _Run,
     _to_rgb,
     example_seed,
@@ -158,8 +159,9 @@ def label_dataset(
         dataset (`datasets.Dataset` or `datasets.IterableDataset`): images and labels. An `IterableDataset` must
             iterate in a fixed order (not shuffled); it is read once per process.
         model_or_forward_fn (`torch.nn.Module` or `Callable`): the classifier, e.g. a [`SelfExplainingCLIPVision`]
-            or `CLIPForImageClassification` (called as `model(pixel_values=x).logits`, in eval mode, on its device),
-            or any function mapping images `(N, C, H, W)` to class scores `(N, num_classes)`.
+            or `CLIPForImageClassification` (called as `model(pixel_values=x).logits`, in eval mode, on its device;
+            under `accelerate launch` on GPUs, move it to `PartialState().device` first), or any function mapping
+            images `(N, C, H, W)` to class scores `(N, num_classes)`.
         image_processor (`CLIPImageProcessor` or any callable `(images=..., return_tensors="pt")`): turns RGB PIL
             images into `pixel_values` `(B, C, H, W)`. Images of any size and mode (`"L"`, `"P"`, `"RGBA"`, ...)
             are converted to RGB first (alpha is dropped), then resized and cropped by the processor.
@@ -233,7 +235,9 @@ def label_dataset(
     if not streaming and len(dataset) == 0:
         raise ValueError("the data set is empty")
 
-    pixel_shape, num_patches = _measure(dataset, image_column, image_processor, subject, num_samples, baseline)
+    pixel_shape, num_patches, first_sha = _measure(
+        dataset, image_column, image_processor, subject, num_samples, baseline
+    )
     p = subject.patch_size
     run = _Run(
         subject=subject,
@@ -253,7 +257,7 @@ def label_dataset(
         _check_labels(dataset.with_format(None)[label_column], 0, run)  # all at once, before any work
 
     provenance = _provenance(run, dataset, baseline, value, num_samples, seed, target)
-    fingerprint = _fingerprint(run, dataset, provenance, image_processor, batch_size)
+    fingerprint = _fingerprint(run, dataset, provenance, image_processor, batch_size, first_sha)
     if output_dir is None:
         output_dir = Path(datasets.config.HF_DATASETS_CACHE) / "hf_explvec_shap" / fingerprint
     state = _process_state()
@@ -273,13 +277,15 @@ def label_dataset(
     return _attach(dataset, values, targets, fingerprint, provenance)
 
 
-def _measure(dataset, image_column, image_processor, subject, num_samples, baseline) -> tuple[tuple, int]:
+def _measure(dataset, image_column, image_processor, subject, num_samples, baseline) -> tuple[tuple, int, str]:
     """Preprocess the first image: its shape `(C, H, W)` fixes `M`. Checks the patch size, the model's image size,
-    `num_samples` and the baseline, so that bad settings fail before any work."""
+    `num_samples` and the baseline, so that bad settings fail before any work. Returns the pixel shape, `M` and a
+    hash of the first image (part of a stream's fingerprint)."""
     first = next(iter(dataset.select_columns([image_column]).with_format(None)), None)
     if first is None:
         raise ValueError("the data set is empty")
-    pixels = _preprocess(image_processor, [_to_rgb(first[image_column], image_column, 0)])
+    image = _to_rgb(first[image_column], image_column, 0)
+    pixels = _preprocess(image_processor, [image])
     height, width = pixels.shape[2:]
     p = subject.patch_size
     if height % p or width % p:
@@ -299,7 +305,7 @@ def _measure(dataset, image_column, image_processor, subject, num_samples, basel
             f"{min_num_samples(num_patches)} (2 M)"
         )
     make_baseline(pixels, baseline, p)  # raises on an unknown option or a tensor of the wrong shape
-    return tuple(pixels.shape[1:]), num_patches
+    return tuple(pixels.shape[1:]), num_patches, _rows_sha256([image], None)
 
 
 def _open_store(directory: Path, fingerprint, shard_size, num_patches, provenance, resume, state) -> ShardStore:
@@ -356,12 +362,13 @@ def _provenance(run: _Run, dataset, baseline, value, num_samples, seed, target) 
     }
 
 
-def _fingerprint(run: _Run, dataset, provenance: dict, image_processor, batch_size: int) -> str:
+def _fingerprint(run: _Run, dataset, provenance: dict, image_processor, batch_size: int, first_sha: str) -> str:
     if isinstance(dataset, datasets.Dataset):
         source = dataset._fingerprint
-    else:  # no fingerprint for a stream: its description here, and each shard checks the hash of its inputs
+    else:  # no fingerprint for a stream: its description and first image here; each shard checks its inputs' hash
         features = dataset.features.to_dict() if dataset.features is not None else None
-        source = {"stream": [dataset.info.dataset_name, dataset.info.config_name, str(dataset.split), features]}
+        info = dataset.info
+        source = {"stream": [info.dataset_name, info.config_name, str(dataset.split), features, first_sha]}
     to_json = getattr(image_processor, "to_json_string", None)
     processor = to_json() if callable(to_json) else repr(image_processor)
     key = {
