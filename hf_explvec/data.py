@@ -70,15 +70,17 @@ from .data_labelling import (
     example_seed,
     weights_fingerprint,
 )
+from .explain import model_kernel_shap
 from .hub import (
     BASE_TAGS,
     LIBRARY_NAME,
-    _reraise,
     describe_repo,
     load_remote_card,
     merge_cards,
+    raise_hub_error,
     render_card,
 )
+from .modeling import SelfExplainingCLIPVision
 
 __all__ = [
     "Explainer",
@@ -105,8 +107,15 @@ and patch size bound is one."""
 
 # -- model and explainer ------------------------------------------------------------------------------------------
 def default_explainer(model_or_forward_fn, *, patch_size: int) -> Explainer:
-    """The explainer [`label_dataset`] uses when none is given: [`patch_kernel_shap`] over the model's forward
-    (`model(pixel_values=x).logits`) or the given forward function, absent patches painted with the baseline."""
+    """The explainer [`label_dataset`] uses when none is given. For a [`SelfExplainingCLIPVision`] whose patch grid
+    is `patch_size`: [`model_kernel_shap`], which masks at the patch-embedding level (the same values as painting the
+    baseline, without running the patch embedding per coalition). Otherwise [`patch_kernel_shap`] over the model's
+    forward (`model(pixel_values=x).logits`) or the given forward function, absent patches painted with the
+    baseline."""
+    if isinstance(model_or_forward_fn, SelfExplainingCLIPVision) and (
+        model_or_forward_fn.config.vision_config.patch_size == patch_size
+    ):
+        return functools.partial(model_kernel_shap, model_or_forward_fn)
     return functools.partial(patch_kernel_shap, _forward_of(model_or_forward_fn), patch_size=patch_size)
 
 
@@ -594,4 +603,4 @@ def push_shap_dataset(
             commit_message="hf_explvec card: SHAP provenance",
         )
     except HfHubHTTPError as error:
-        _reraise(error, repo_id, "dataset", revision)
+        raise_hub_error(error, repo_id, "dataset", revision)

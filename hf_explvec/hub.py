@@ -85,7 +85,7 @@ def describe_repo(repo_id: str, repo_type: str, revision: str | None) -> str:
     return f"{repo_type} repo {repo_id!r} at revision {revision or 'main'!r} on {constants.ENDPOINT}"
 
 
-def _reraise(error: Exception, repo_id: str, repo_type: str, revision: str | None, filename: str | None = None):
+def raise_hub_error(error: Exception, repo_id: str, repo_type: str, revision: str | None, filename: str | None = None):
     """Raise a built-in error type that names the repo, revision and endpoint, chained to the client's error."""
     where = describe_repo(repo_id, repo_type, revision)
     if isinstance(error, RevisionNotFoundError):
@@ -129,7 +129,7 @@ def download_snapshot(
             )
         )
     except Exception as error:  # mapped to typed errors below
-        _reraise(error, repo_id, repo_type, revision)
+        raise_hub_error(error, repo_id, repo_type, revision)
 
 
 def load_remote_card(repo_id: str, *, repo_type: str = "model", revision: str | None = None, token=None):
@@ -182,7 +182,7 @@ def push_folder(
                 delete_patterns=delete_patterns,
             )
     except HfHubHTTPError as error:
-        _reraise(error, repo_id, repo_type, revision)
+        raise_hub_error(error, repo_id, repo_type, revision)
 
 
 __all__ = [
@@ -194,6 +194,7 @@ __all__ = [
     "load_remote_card",
     "merge_cards",
     "push_folder",
+    "raise_hub_error",
     "render_card",
     "template_path",
 ]
