@@ -11,6 +11,7 @@ from .attribution import kernel_shap, patch_kernel_shap
 from .explain import model_kernel_shap
 from .heads import DEFAULT_TEMPLATES, build_class_embeddings
 from .arithmetic import IncompatibleKeysError
+from .data import label_dataset, load_split, push_shap_dataset, shap_provenance
 from .domains import DEFAULT_TRANSFER, DOMAINS, DomainSpec, build_domain, build_domain_dict, generate_domain
 from .evaluation import (
     FidelityResult,
@@ -64,12 +65,16 @@ __all__ = [
     "generate_domain",
     "insertion_auc",
     "iou_at_k",
+    "label_dataset",
     "kernel_shap",
     "load_metric",
+    "load_split",
     "model_kernel_shap",
     "patch_kernel_shap",
     "perturbation_curve",
+    "push_shap_dataset",
     "select_target",
+    "shap_provenance",
     "spearman",
     "train",
     "train_twins",
