@@ -56,6 +56,7 @@ __all__ = [
     "insertion_auc",
     "iou_at_k",
     "load_metric",
+    "metric_info",
     "metric_path",
     "perturbation_curve",
     "select_target",
@@ -319,6 +320,38 @@ def metric_path(name: str) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"The metric script {path} is missing from the installed package.")
     return str(path)
+
+
+PAPER_CITATION = """\
+@article{yoshikawa2025transferring,
+  title={Transferring Visual Explainability of Self-Explaining Models through Task Arithmetic},
+  author={Yoshikawa, Yuya and Shimizu, Ryotaro and Kawashima, Takahiro and Saito, Yuki},
+  journal={arXiv preprint arXiv:2507.04380},
+  year={2025}
+}
+"""
+
+
+def metric_info(description: str, inputs_description: str, per_example: str = "sequence"):
+    """The `evaluate.MetricInfo` shared by the shipped metric scripts.
+
+    Args:
+        description (`str`): What the metric measures.
+        inputs_description (`str`): The arguments of `compute`.
+        per_example (`str`, *optional*, defaults to `"sequence"`): `"sequence"` for M floats per example
+            (attribution metrics), `"label"` for one class id per example (accuracy).
+    """
+    import datasets
+    import evaluate
+
+    value = datasets.List(datasets.Value("float64")) if per_example == "sequence" else datasets.Value("int64")
+    return evaluate.MetricInfo(
+        description=description,
+        citation=PAPER_CITATION,
+        inputs_description=inputs_description,
+        features=datasets.Features({"predictions": value, "references": value}),
+        reference_urls=["https://arxiv.org/abs/2507.04380"],
+    )
 
 
 def load_metric(name: str, **load_kwargs: Any):

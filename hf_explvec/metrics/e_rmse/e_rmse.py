@@ -1,9 +1,8 @@
 """E-RMSE: root-mean-square error between model patch attributions and Kernel SHAP values (hf_explvec)."""
 
-import datasets
 import evaluate
 
-from hf_explvec.evaluation import e_rmse
+from hf_explvec.evaluation import e_rmse, metric_info
 
 _DESCRIPTION = """\
 Explanation RMSE, as reported in "Transferring Visual Explainability of Self-Explaining Models through
@@ -20,39 +19,18 @@ Args:
 Returns:
     e_rmse (`float`): mean over examples of the per-example RMSE.
 Examples:
-    >>> from hf_explvec.evaluation import load_metric
+    >>> from hf_explvec.evaluation import load_metric, metric_info
     >>> metric = load_metric("e_rmse")
     >>> metric.compute(predictions=[[1.0, 2.0]], references=[[1.0, 0.0]])
     {'e_rmse': 1.4142135623730951}
 """
-
-_CITATION = """\
-@article{yoshikawa2025transferring,
-  title={Transferring Visual Explainability of Self-Explaining Models through Task Arithmetic},
-  author={Yoshikawa, Yuya and Shimizu, Ryotaro and Kawashima, Takahiro and Saito, Yuki},
-  journal={arXiv preprint arXiv:2507.04380},
-  year={2025}
-}
-"""
-
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class ERMSE(evaluate.Metric):
     """Explanation RMSE between attributions and Kernel SHAP values."""
 
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Value("float64")),
-                    "references": datasets.Sequence(datasets.Value("float64")),
-                }
-            ),
-            reference_urls=["https://arxiv.org/abs/2507.04380"],
-        )
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references, normalize=None):
         return {"e_rmse": e_rmse(predictions, references, normalize=normalize)}

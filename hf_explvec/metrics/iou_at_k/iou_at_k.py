@@ -1,9 +1,8 @@
 """IoU@K: overlap of the top-K patches of model attributions and Kernel SHAP values (hf_explvec)."""
 
-import datasets
 import evaluate
 
-from hf_explvec.evaluation import iou_at_k
+from hf_explvec.evaluation import iou_at_k, metric_info
 
 _DESCRIPTION = """\
 Intersection over union of the index sets of the K largest model attributions and the K largest Kernel
@@ -20,21 +19,11 @@ Args:
 Returns:
     iou_at_k (`float`): mean over examples of the IoU of the top-K sets, in [0, 1].
 Examples:
-    >>> from hf_explvec.evaluation import load_metric
+    >>> from hf_explvec.evaluation import load_metric, metric_info
     >>> metric = load_metric("iou_at_k")
     >>> metric.compute(predictions=[[3.0, 2.0, 1.0]], references=[[3.0, 1.0, 2.0]], k=2)
     {'iou_at_k': 0.3333333333333333}
 """
-
-_CITATION = """\
-@article{yoshikawa2025transferring,
-  title={Transferring Visual Explainability of Self-Explaining Models through Task Arithmetic},
-  author={Yoshikawa, Yuya and Shimizu, Ryotaro and Kawashima, Takahiro and Saito, Yuki},
-  journal={arXiv preprint arXiv:2507.04380},
-  year={2025}
-}
-"""
-
 
 def _required_k(k):
     if k is None:
@@ -47,18 +36,7 @@ class IoUAtK(evaluate.Metric):
     """Intersection over union of the top-K patch sets."""
 
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Value("float64")),
-                    "references": datasets.Sequence(datasets.Value("float64")),
-                }
-            ),
-            reference_urls=["https://arxiv.org/abs/2507.04380"],
-        )
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references, k=None, absolute=False):
         return {"iou_at_k": iou_at_k(predictions, references, _required_k(k), absolute=absolute)}
