@@ -84,6 +84,7 @@ from .modeling import SelfExplainingCLIPVision
 
 __all__ = [
     "Explainer",
+    "image_processor_for",
     "default_explainer",
     "example_seed",
     "label_dataset",
@@ -136,6 +137,20 @@ def _check_columns(dataset, image_column: str, label_column: str | None) -> None
     clash = [c for c in SHAP_COLUMNS if c in names]
     if clash:
         raise ValueError(f"the data set already has column(s) {clash}; remove them first (dataset.remove_columns)")
+
+
+def image_processor_for(model, name_or_path: str | None = None, **kwargs):
+    """The image processor of a model: the one saved with it (`preprocessor_config.json` in `name_or_path`), else
+    a `CLIPImageProcessor` with CLIP's normalisation that resizes and center-crops to the model's image size."""
+    from transformers import AutoImageProcessor, CLIPImageProcessor
+
+    if name_or_path is not None:
+        try:
+            return AutoImageProcessor.from_pretrained(name_or_path, **kwargs)
+        except OSError:
+            logger.info("no image processor saved with %s; using CLIP's, sized to the model", name_or_path)
+    size = model.config.vision_config.image_size
+    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
 # -- the public function -------------------------------------------------------------------------------------------
