@@ -28,6 +28,7 @@ import copy
 import dataclasses
 import functools
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,7 @@ class DemoConfig:
         seed (`int`, defaults to 0): every seed derives from it (see `SEED_OFFSETS`).
         num_threads (`int`, defaults to 1): torch intra-op threads. One: the tiny model gains little from two, and a
             second thread on a busy core makes it several times slower; a fixed count also keeps runs bit-identical.
+        device (`str`, *optional*): where the models run; CUDA when available, else CPU.
         clip (`str`, *optional*): name or path of a pretrained `CLIPModel` (e.g. `"openai/clip-vit-base-patch32"`);
             it is the base and the base stage is skipped. By default a small CLIP is built in code.
         hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, projection_dim, image_size,
@@ -75,7 +77,8 @@ class DemoConfig:
         base, source (`str`): domains of [`~hf_explvec.domains.DOMAINS`] or Hub data sets (`"name"` or
             `"name:config"`); `base=None` skips the base stage.
         targets (`tuple[str, ...]`): the target domains or data sets.
-        image_column, label_column (`str`): columns of Hub data sets.
+        image_column, label_column (`str`, *optional*): columns of Hub data sets; by default the first `Image`
+            column and the `ClassLabel` column `label` (or the first `ClassLabel` column).
         base_train_size, train_size, validation_size, test_size (`int`): images per split.
         pretrain_steps, pretrain_batch_size (`int`), pretrain_learning_rate (`float`): the base stage.
         learning_rate (`float`), num_train_epochs, batch_size (`int`): every fine-tuning run (both twins alike).
@@ -84,6 +87,8 @@ class DemoConfig:
             for the reference values of the evaluation.
         comparison_num_samples (`tuple[int, ...]`): Kernel SHAP budgets compared as explainers (another seed).
         shap_batch_size (`int`): coalitions per forward pass.
+        shap_value (`str`, defaults to `"logit"`): the explained score of Kernel SHAP, for labels and references
+            alike: `"logit"` (the units the model's attributions are defined in), `"log_prob"` or `"prob"`.
         lambdas (`tuple[float, ...]`): the λ2 grid (0 is the prediction-only target). lam_target (`float`): λ1.
         max_accuracy_drop (`float`, defaults to 0.04): the λ rule's accuracy tolerance on validation.
         top_k (`int`, defaults to 2): K of IoU@K. num_heatmaps (`int`): test images in the overlays.
@@ -93,6 +98,7 @@ class DemoConfig:
     output_dir: str = "reports/demo"
     seed: int = 0
     num_threads: int = 1
+    device: str | None = None
     clip: str | None = None
     hidden_size: int = 64
     num_hidden_layers: int = 2
@@ -104,11 +110,11 @@ class DemoConfig:
     base: str | None = "base"
     source: str = "digits_on_textures"
     targets: tuple[str, ...] = ("digits_on_photos", "texture_tiles")
-    image_column: str = "image"
-    label_column: str = "label"
+    image_column: str | None = None
+    label_column: str | None = None
     base_train_size: int = 3000
     train_size: int = 600
-    validation_size: int = 120
+    validation_size: int = 240
     test_size: int = 300
     pretrain_steps: int = 600
     pretrain_batch_size: int = 64
@@ -121,7 +127,8 @@ class DemoConfig:
     eval_num_samples: int = 500
     comparison_num_samples: tuple[int, ...] = (150, 500)
     shap_batch_size: int = 256
-    lambdas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+    shap_value: str = "logit"
+    lambdas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
     lam_target: float = 1.0
     max_accuracy_drop: float = 0.04
     top_k: int = 2
@@ -134,6 +141,8 @@ class DemoConfig:
         self.targets = tuple(self.targets)
         self.lambdas = tuple(float(lam) for lam in self.lambdas)
         self.comparison_num_samples = tuple(int(n) for n in self.comparison_num_samples)
+        if self.shap_value not in ("logit", "log_prob", "prob"):
+            raise ValueError(f"shap_value must be 'logit', 'log_prob' or 'prob', got {self.shap_value!r}.")
         if not self.targets:
             raise ValueError("targets is empty: the demo needs at least one target domain.")
         if 0.0 not in self.lambdas:
@@ -154,12 +163,13 @@ class DemoConfig:
 
 def quick_config(output_dir: str = "reports/demo-quick", **overrides) -> DemoConfig:
     """Toy sizes: the whole pipeline in well under a minute on 2 cores (for tests and smoke runs, not for figures)."""
-    settings = dict(
-        output_dir=output_dir, hidden_size=32, intermediate_size=64, base_train_size=240, train_size=48,
-        validation_size=16, test_size=16, pretrain_steps=30, num_train_epochs=2, batch_size=16, label_num_samples=64,
-        eval_num_samples=96, comparison_num_samples=(64, 96), lambdas=(0.0, 0.5, 1.0), num_heatmaps=2,
-        note="toy sizes (--quick): a smoke run of the pipeline, its figures mean nothing",
-    )  # fmt: skip
+    settings = {
+        "output_dir": output_dir, "hidden_size": 32, "intermediate_size": 64, "base_train_size": 240,
+        "train_size": 48, "validation_size": 16, "test_size": 16, "pretrain_steps": 30, "num_train_epochs": 2,
+        "batch_size": 16, "label_num_samples": 64, "eval_num_samples": 96, "comparison_num_samples": (64, 96),
+        "lambdas": (0.0, 0.5, 1.0), "num_heatmaps": 2,
+        "note": "toy sizes (--quick): a smoke run of the pipeline, its figures mean nothing",
+    }  # fmt: skip
     return DemoConfig(**{**settings, **overrides})
 
 
@@ -183,7 +193,7 @@ class DemoSplit:
 
 @dataclass
 class Domain:
-    """A domain's class names, prompt templates, role (`base`, `source`, `related`, `unrelated`, `target`) and splits."""
+    """A domain: class names, prompt templates, role (`base`, `source`, `related`, `unrelated`, `target`), splits."""
 
     name: str
     role: str
@@ -241,21 +251,39 @@ def _process(dataset, processor, image_size: int, patch_size: int) -> DemoSplit:
 
 def _hub_splits(name: str, sizes: dict, config: DemoConfig):
     """A Hub data set (`"name"` or `"name:config"`) as train/validation/test `image`/`label` splits of the sizes
-    asked (seeded subsets; validation is cut from train when the data set has none)."""
+    asked: seeded subsets; a validation or test split the data set lacks is cut from its training split."""
     import datasets
 
     path, _, subset = name.partition(":")
     loaded = datasets.load_dataset(path, subset or None)
-    renames = {config.image_column: "image", config.label_column: "label"}
+    if "train" not in loaded:
+        raise ValueError(f"data set {name!r} has no train split; its splits are {list(loaded)}.")
+    features = loaded["train"].features
+    renames = {_column(name, features, config.image_column, datasets.Image, "image"): "image",
+               _column(name, features, config.label_column, datasets.ClassLabel, "label"): "label"}  # fmt: skip
     loaded = {split: ds.select_columns(list(renames)).rename_columns({k: v for k, v in renames.items() if k != v})
               for split, ds in loaded.items()}  # fmt: skip
     train = loaded["train"].shuffle(seed=config.seed)
-    if "validation" not in loaded:
-        cut = min(sizes.get("validation", 0), len(train) // 5)
-        loaded["validation"], train = train.select(range(cut)), train.select(range(cut, len(train)))
+    for split in ("validation", "test"):
+        if split in sizes and split not in loaded:
+            cut = min(sizes[split], len(train) // 5)
+            loaded[split], train = train.select(range(cut)), train.select(range(cut, len(train)))
     loaded["train"] = train
     return {split: loaded[split].shuffle(seed=config.seed).select(range(min(n, len(loaded[split]))))
             for split, n in sizes.items()}  # fmt: skip
+
+
+def _column(name: str, features, column: str | None, kind: type, preferred: str) -> str:
+    """The column of `kind` (`datasets.Image` or `datasets.ClassLabel`) to use: `column` when given, else
+    `preferred` when it has that kind, else the first column of that kind."""
+    if column is not None:
+        if column not in features:
+            raise ValueError(f"data set {name!r} has no column {column!r}; its columns are {list(features)}.")
+        return column
+    matching = [key for key, feature in features.items() if isinstance(feature, kind)]
+    if not matching:
+        raise ValueError(f"data set {name!r} has no {kind.__name__} column (columns {list(features)}); name one.")
+    return preferred if preferred in matching else matching[0]
 
 
 def load_domain(name: str, role: str, sizes: dict, config: DemoConfig, image_size: int, patch_size: int, data=None):
@@ -265,7 +293,8 @@ def load_domain(name: str, role: str, sizes: dict, config: DemoConfig, image_siz
     if data is not None and name in data:
         splits, origin = {s: data[name][s] for s in sizes if s in data[name]}, "in memory"
     elif name in DOMAINS:
-        splits = build_domain_dict(name, sizes, image_size=image_size, patch_size=patch_size, seed=_seed(config, "data"))
+        geometry = {"image_size": image_size, "patch_size": patch_size}
+        splits = build_domain_dict(name, sizes, **geometry, seed=_seed(config, "data"))
         origin = "hf_explvec.domains (offline)"
     else:
         splits, origin = _hub_splits(name, sizes, config), "datasets.load_dataset"
@@ -293,7 +322,8 @@ def load_domains(config: DemoConfig, image_size: int, patch_size: int, data=None
     if config.base is not None and config.pretrain_steps > 0:
         base = load_domain(config.base, "base", {"train": config.base_train_size}, config, image_size, patch_size, data)
     source = load_domain(config.source, "source", sizes, config, image_size, patch_size, data)
-    targets = [load_domain(t, _role(t, config.source), sizes, config, image_size, patch_size, data) for t in config.targets]
+    targets = [load_domain(target, _role(target, config.source), sizes, config, image_size, patch_size, data)
+               for target in config.targets]
     return Domains(base, source, targets)
 
 
@@ -314,9 +344,9 @@ def build_clip(config: DemoConfig, clip=None, tokenizer=None):
         return CLIPModel.from_pretrained(config.clip).eval(), CLIPTokenizer.from_pretrained(config.clip)
     from .testing import tiny_clip_model, tiny_clip_tokenizer
 
-    vision = dict(image_size=config.image_size, patch_size=config.patch_size, hidden_size=config.hidden_size,
-                  intermediate_size=config.intermediate_size, num_hidden_layers=config.num_hidden_layers,
-                  num_attention_heads=config.num_attention_heads)  # fmt: skip
+    vision = {"image_size": config.image_size, "patch_size": config.patch_size, "hidden_size": config.hidden_size,
+              "intermediate_size": config.intermediate_size, "num_hidden_layers": config.num_hidden_layers,
+              "num_attention_heads": config.num_attention_heads}  # fmt: skip
     return tiny_clip_model(_seed(config, "model_init"), config.projection_dim, **vision), tiny_clip_tokenizer()
 
 
@@ -343,23 +373,25 @@ def pretrain_clip(clip, tokenizer, split: DemoSplit, class_names, templates, con
     steps = config.pretrain_steps
     generator = torch.Generator().manual_seed(_seed(config, "pretrain"))
     max_length = clip.config.text_config.max_position_embeddings
+    device = clip.logit_scale.device
     prompts = [tokenizer([t.format(name) for name in class_names], padding=True, truncation=True,
-                         max_length=max_length, return_tensors="pt") for t in templates]  # fmt: skip
+                         max_length=max_length, return_tensors="pt").to(device) for t in templates]  # fmt: skip
     optimizer = torch.optim.AdamW(clip.parameters(), lr=config.pretrain_learning_rate, weight_decay=0.1)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * s / steps))
     )
-    rows = torch.arange(len(class_names))
+    rows = torch.arange(len(class_names), device=device)
     history, clip = [], clip.train()
     for step in tqdm(range(steps), desc="base stage", disable=not config.show_progress):
         index = torch.randint(0, len(split), (config.pretrain_batch_size,), generator=generator)
-        choice = torch.randint(0, len(templates), (len(class_names),), generator=generator)
+        pixel_values, labels = split.pixel_values[index].to(device), split.labels[index].to(device)
+        choice = torch.randint(0, len(templates), (len(class_names),), generator=generator).to(device)
         text = torch.stack([_text_features(clip, inputs) for inputs in prompts], dim=1)[rows, choice]
-        image = clip.get_image_features(pixel_values=split.pixel_values[index])
+        image = clip.get_image_features(pixel_values=pixel_values)
         image = F.normalize(image if isinstance(image, torch.Tensor) else image.pooler_output, dim=-1)
         logits = clip.logit_scale.exp() * image @ text.t()
-        loss = F.cross_entropy(logits, split.labels[index])
+        loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
@@ -367,7 +399,7 @@ def pretrain_clip(clip, tokenizer, split: DemoSplit, class_names, templates, con
         schedule.step()
         if (step + 1) % 50 == 0 or step + 1 == steps:
             history.append({"step": step + 1, "loss": float(loss.detach()),
-                            "accuracy": accuracy(logits.detach(), split.labels[index])})
+                            "accuracy": accuracy(logits.detach(), labels)})
     logger.info("base stage: %s", history[-1] if history else "skipped")
     clip.eval()
     return history
@@ -382,10 +414,13 @@ def start_model(clip, tokenizer, domain: Domain) -> SelfExplainingCLIPVision:
 
 
 # --------------------------------------------------------------------------------------------------------- training
-def _training_config(config: DemoConfig, work: Path, name: str, alpha: float) -> TrainingConfig:
+def _training_config(config: DemoConfig, work: Path, name: str, alpha: float, num_examples: int) -> TrainingConfig:
+    """One fine-tuning run: AdamW, cosine schedule with a warmup of 10% of the steps (rounded down: a run of under
+    ten steps has none, so that a one-step run does take a step)."""
+    steps = config.num_train_epochs * math.ceil(num_examples / config.batch_size)
     return TrainingConfig(
         work / name, alpha=alpha, learning_rate=config.learning_rate, num_train_epochs=config.num_train_epochs,
-        per_device_batch_size=config.batch_size, warmup_steps=0.1, seed=_seed(config, "training"),
+        per_device_batch_size=config.batch_size, warmup_steps=int(0.1 * steps), seed=_seed(config, "training"),
         log_every=10_000, disable_tqdm=not config.show_progress,
     )  # fmt: skip
 
@@ -407,12 +442,18 @@ def shap_labels(model, split: DemoSplit, config: DemoConfig, work: Path, name: s
     labelled = label_dataset(
         split.dataset, model, split.processor, num_samples=config.label_num_samples, seed=_seed(config, "labels"),
         batch_size=config.shap_batch_size, explainer=functools.partial(model_kernel_shap, model),
+        value=config.shap_value,
         output_dir=work / "shap_labels" / name, resume=False, show_progress=config.show_progress,
         model_id=f"hf_explvec.demo/{name}", image_column="image", label_column="label",
     )  # fmt: skip
     if labelled["shap_target"] != split.labels.tolist():
         raise RuntimeError(f"label_dataset explained other classes than the labels for {name}.")
     return torch.tensor(np.asarray(labelled["shap_values"], dtype=np.float32))
+
+
+def _cosine(a: TaskVector, b: TaskVector) -> float | None:
+    """Cosine similarity of two task vectors; `None` when one of them is zero (a run that did not move)."""
+    return a.cosine_similarity(b) if a.norm() > 0 and b.norm() > 0 else None
 
 
 def _same_weights(a, b) -> bool:
@@ -436,19 +477,19 @@ class _Clock:
 def _evaluate(model, split, config: DemoConfig, seed_name: str, desc: str, perturbation: bool = True):
     return evaluate_model(model, split, num_samples=config.eval_num_samples, seed=_seed(config, seed_name),
                           batch_size=config.shap_batch_size, top_k=config.top_k, perturbation=perturbation,
-                          desc=desc if config.show_progress else None)  # fmt: skip
+                          value=config.shap_value, desc=desc if config.show_progress else None)  # fmt: skip
 
 
 def _source_stage(clip, tokenizer, source: Domain, config: DemoConfig, work: Path, clock: _Clock) -> dict:
     """θ_S, its Kernel SHAP labels, the twins from θ_base and τ_S; the twins' figures on the source test split."""
     t = time.perf_counter()
     base = start_model(clip, tokenizer, source)
-    run = _training_config(config, work, "source_prediction_only", 1.0)
+    run = _training_config(config, work, "source_prediction_only", 1.0, len(source.train))
     prediction_only = train(copy.deepcopy(base), _training_set(source.train), run).model
     t = clock.lap("source: prediction-only training", t)
     labels = shap_labels(prediction_only, source.train, config, work, f"{source.name}-train")
     t = clock.lap("source: Kernel SHAP labels", t)
-    run = _training_config(config, work, "source_twins", config.alpha)
+    run = _training_config(config, work, "source_twins", config.alpha, len(source.train))
     twins = train_twins(base, _training_set(source.train, labels), run, source_dataset=source.name)
     t = clock.lap("source: twins training", t)
     identical = _same_weights(twins.prediction_only, prediction_only)
@@ -458,7 +499,8 @@ def _source_stage(clip, tokenizer, source: Domain, config: DemoConfig, work: Pat
     for name, model in (("prediction_only", twins.prediction_only), ("self_explaining", twins.self_explaining)):
         metrics[name], _ = _evaluate(model, source.test, config, "test_shap", f"source {name}", perturbation=False)
     clock.lap("source: evaluation", t)
-    return {"twins": twins, "vector_pred": TaskVector.from_models(base, twins.prediction_only), "metrics": metrics,
+    vector_pred = TaskVector.from_models(base, twins.prediction_only).to(device="cpu")
+    return {"twins": twins, "vector_pred": vector_pred, "metrics": metrics,
             "labels_rms": float(labels.pow(2).mean().sqrt()), "identical": identical}  # fmt: skip
 
 
@@ -468,6 +510,7 @@ def _hub_round_trip(vector: TaskVector, source: Domain, clock: _Clock) -> tuple[
 
     t = time.perf_counter()
     repo_id = f"demo/{source.name.replace('_', '-').replace(':', '-').replace('/', '-')}-explainability-vector"
+    vector = vector.to(device="cpu")
     with LocalHub() as hub, hub_client_env(hub.endpoint):
         commit = vector.push_to_hub(repo_id, commit_message=f"explainability vector of {source.name} (hf-explvec demo)")
         pulled = TaskVector.from_pretrained(repo_id)
@@ -487,12 +530,12 @@ def _target_stage(clip, tokenizer, target: Domain, source: dict, vector: TaskVec
     """θ_T, θ*_T, the λ2 sweep on validation and test, the λ2 rule, Kernel SHAP as an explainer, heatmap arrays."""
     name, t = target.name, time.perf_counter()
     base = start_model(clip, tokenizer, target)
-    run = _training_config(config, work, f"{name}_prediction_only", 1.0)
+    run = _training_config(config, work, f"{name}_prediction_only", 1.0, len(target.train))
     prediction_only = train(copy.deepcopy(base), _training_set(target.train), run).model
-    tau_target = TaskVector.from_models(base, prediction_only)
+    tau_target = TaskVector.from_models(base, prediction_only).to(device="cpu")
     t = clock.lap(f"{name}: prediction-only training", t)
     labels = shap_labels(prediction_only, target.train, config, work, f"{name}-train")
-    run = _training_config(config, work, f"{name}_self_explaining", config.alpha)
+    run = _training_config(config, work, f"{name}_self_explaining", config.alpha, len(target.train))
     direct = train(copy.deepcopy(base), _training_set(target.train, labels), run).model
     t = clock.lap(f"{name}: self-explaining model trained on the target (labels + training)", t)
 
@@ -514,10 +557,11 @@ def _target_stage(clip, tokenizer, target: Domain, source: dict, vector: TaskVec
     for n in config.comparison_num_samples:
         desc = f"Kernel SHAP N={n}" if config.show_progress else None
         values, seconds = kernel_shap_values(prediction_only, target.test, n, _seed(config, "comparison_shap"),
-                                             config.shap_batch_size, desc)  # fmt: skip
+                                             config.shap_batch_size, desc, value=config.shap_value)  # fmt: skip
         metrics = explanation_metrics(prediction_only, target.test, values, reference["reference"], top_k=config.top_k)
         base_accuracy = next(entry for entry in sweep["test"] if entry["lam"] == 0.0)["accuracy"]
-        comparison.append({"num_samples": n, "accuracy": base_accuracy, "explain_seconds_per_image": seconds, **metrics})
+        comparison.append({"num_samples": n, "accuracy": base_accuracy, "explain_seconds_per_image": seconds,
+                           **metrics})
     clock.lap(f"{name}: Kernel SHAP as the explainer", t)
 
     count = min(config.num_heatmaps, len(target.test))
@@ -528,8 +572,8 @@ def _target_stage(clip, tokenizer, target: Domain, source: dict, vector: TaskVec
                 "with_vector": arrays[chosen, "test"]["attributions"][:count],
                 "direct": arrays["direct", "test"]["attributions"][:count]}  # fmt: skip
     result = {"domain": name, "role": target.role, "class_names": list(target.class_names),
-              "cosine_tau_source_prediction_vs_tau_target": source["vector_pred"].cosine_similarity(tau_target),
-              "cosine_tau_source_explainability_vs_tau_target": vector.cosine_similarity(tau_target),
+              "cosine_tau_source_prediction_vs_tau_target": _cosine(source["vector_pred"], tau_target),
+              "cosine_tau_source_explainability_vs_tau_target": _cosine(vector, tau_target),
               "norm_tau_target": tau_target.norm(), "labels_rms": float(labels.pow(2).mean().sqrt()),
               "sweep": sweep, "chosen_lam": chosen, "direct": direct_metrics, "kernel_shap": comparison}  # fmt: skip
     return result, heatmaps
@@ -599,13 +643,18 @@ def _run(config: DemoConfig, clip, tokenizer, data) -> dict:
     torch.manual_seed(config.seed)
     t = time.perf_counter()
     clip, tokenizer = build_clip(config, clip, tokenizer)
+    clip.to(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     image_size, patch_size = clip.config.vision_config.image_size, clip.config.vision_config.patch_size
     domains = load_domains(config, image_size, patch_size, data)
     t = clock.lap("data", t)
 
     history = []
     if domains.base is not None:
-        templates = sorted({template for domain in domains.all() for template in domain.templates})
+        from .domains import DOMAINS
+
+        # The prompt templates of every registered domain (and of the domains in use): the base stage does not
+        # depend on which targets are chosen, as CLIP's pretraining does not.
+        templates = sorted({template for d in [*DOMAINS.values(), *domains.all()] for template in d.templates})
         history = pretrain_clip(clip, tokenizer, domains.base.train, domains.base.class_names, templates, config)
     zero_shot = {}
     for domain in [domains.source, *domains.targets]:
@@ -627,12 +676,12 @@ def _run(config: DemoConfig, clip, tokenizer, data) -> dict:
         "seeds": {name: _seed(config, name) for name in SEED_OFFSETS},
         "model": {"clip": config.clip or "small CLIP built in code (hf_explvec.testing.tiny_clip_model)",
                   "image_size": image_size, "patch_size": patch_size, "num_patches": (image_size // patch_size) ** 2,
-                  "vision_parameters": sum(p.numel() for p in clip.vision_model.parameters())},  # fmt: skip
+                  "vision_parameters": sum(p.numel() for p in clip.vision_model.parameters())},
         "domains": domains.describe(),
         "base_stage": {"history": history, "zero_shot_validation_accuracy": zero_shot},
         "source": {"domain": domains.source.name, "labels_rms": source["labels_rms"], "test": source["metrics"],
                    "twins_identical_to_labelled_model": source["identical"], "vector_norm": twins.vector.norm(),
-                   "vector_pred_norm": source["vector_pred"].norm()},  # fmt: skip
+                   "vector_pred_norm": source["vector_pred"].norm()},
         "hub": hub,
         "targets": targets,
         "timings_seconds": {**clock.stages, "total": round(time.perf_counter() - clock.start, 3)},

@@ -1,0 +1,302 @@
+"""The offline demo: a whole run at toy sizes (report folder, tables, PNGs, results.json, Hub commit), the λ rule, the
+report builders, the command line, the Hub data-set path, and the ViT-B/32 architecture (slow)."""
+
+import dataclasses
+import json
+import re
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from PIL import Image
+
+from hf_explvec import cli
+from hf_explvec import demo as demo_module
+from hf_explvec.demo import DemoConfig, quick_config, run
+from hf_explvec.demo_report import (
+    markdown_table,
+    select_lambda,
+    target_table,
+    transfer_summary,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ROW_KINDS = (
+    "prediction-only θ_T (no vector)",
+    "θ_T + λ2·τ_S",
+    "✓ chosen on validation",
+    "self-explaining θ*_T trained on target (lower bound)",
+    "Kernel SHAP N=64 on θ_T",
+    "Kernel SHAP N=96 on θ_T",
+)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One --quick run of the whole pipeline (base stage, twins, LocalHub, two targets, report): ~10-20 s."""
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    output_dir = tmp_path_factory.mktemp("demo") / "report"
+    results = run(quick_config(str(output_dir), show_progress=False))
+    return output_dir, results
+
+
+# ------------------------------------------------------------------------------------------------- the whole run
+def test_quick_run_writes_the_report_folder(quick_run):
+    output_dir, results = quick_run
+    names = {path.name for path in output_dir.iterdir()}
+    targets = [target["domain"] for target in results["targets"]]
+    assert targets == ["digits_on_photos", "texture_tiles"]
+    assert {"report.md", "results.json", "lambda_sweep.png"} | {f"heatmaps_{t}.png" for t in targets} <= names
+    for name in ["lambda_sweep.png"] + [f"heatmaps_{t}.png" for t in targets]:
+        assert (output_dir / name).read_bytes()[:8] == PNG_MAGIC
+        with Image.open(output_dir / name) as image:
+            assert image.width > 300 and image.height > 200
+    assert results["timings_seconds"]["total"] < 90
+
+
+def test_quick_run_report_has_every_row_kind_per_target_and_the_hub_commit(quick_run):
+    output_dir, results = quick_run
+    report = (output_dir / "report.md").read_text()
+    sections = report.split("## Target ")[1:]
+    assert [s.split("`")[1] for s in sections] == ["digits_on_photos", "texture_tiles"]
+    for section in sections:
+        test_table = section.split("**Test**")[1].split("**Validation**")[0]
+        for kind in ROW_KINDS:
+            assert kind in test_table, kind
+        for column in ("Accuracy", "E-RMSE", "IoU@K", "Spearman", "Deletion AUC", "Insertion AUC", "s/image",
+                       "cos(τ_S,pred, τ_T)", "ΔE-RMSE", "ΔAcc (pts)"):  # fmt: skip
+            assert column in test_table
+        assert test_table.count("✓") == 1
+    sha = results["hub"]["commit_sha"]
+    assert re.fullmatch(r"[0-9a-f]{40}", sha) and results["hub"]["pulled_commit"] == sha
+    assert sha in report and results["hub"]["repo_id"].startswith("demo/")
+    assert results["hub"]["max_abs_difference"] == 0.0
+    for heading in ("## Summary", "## Definitions", "## Setup", "## λ sweep", "## Timings", "## What we tried"):
+        assert heading in report
+    assert "toy sizes" in report  # the quick run says its figures mean nothing
+
+
+def test_quick_run_results_json_holds_figures_config_seeds_and_timings(quick_run):
+    output_dir, _results = quick_run
+    saved = json.loads((output_dir / "results.json").read_text())
+    config = quick_config()
+    assert saved["config"]["lambdas"] == list(config.lambdas) and saved["config"]["seed"] == 0
+    assert saved["seeds"]["labels"] == 1000 and saved["default_config"] is False
+    assert saved["source"]["twins_identical_to_labelled_model"] is True
+    for target in saved["targets"]:
+        assert target["role"] in ("related", "unrelated")
+        assert target["chosen_lam"] in config.lambdas
+        for split in ("validation", "test"):
+            assert [entry["lam"] for entry in target["sweep"][split]] == list(config.lambdas)
+            for entry in target["sweep"][split]:
+                assert 0 <= entry["accuracy"] <= 1 and entry["e_rmse"] >= 0 and "deletion_auc" in entry
+        assert [row["num_samples"] for row in target["kernel_shap"]] == list(config.comparison_num_samples)
+        assert -1 <= target["cosine_tau_source_prediction_vs_tau_target"] <= 1
+        assert target["summary"]["lam"] == target["chosen_lam"]
+    assert saved["timings_seconds"]["total"] > 0 and "hub push and pull" in saved["timings_seconds"]
+
+
+def test_quick_run_is_deterministic_in_what_it_measures(quick_run, tmp_path):
+    _, first = quick_run
+    second = run(quick_config(str(tmp_path / "again"), show_progress=False, targets=("digits_on_photos",)))
+    a, b = first["targets"][0]["sweep"]["validation"], second["targets"][0]["sweep"]["validation"]
+    assert [(e["accuracy"], e["e_rmse"]) for e in a] == [(e["accuracy"], e["e_rmse"]) for e in b]
+
+
+# ---------------------------------------------------------------------------------------------------- the λ rule
+def sweep(*entries):
+    return [{"lam": lam, "accuracy": acc, "e_rmse": err} for lam, acc, err in entries]
+
+
+def test_select_lambda_lowest_validation_e_rmse_within_the_accuracy_tolerance():
+    entries = sweep((0.0, 0.90, 3.0), (0.25, 0.89, 2.7), (0.5, 0.87, 2.2), (1.0, 0.60, 1.0))
+    assert select_lambda(entries) == 0.5  # 1.0 has the lowest E-RMSE but loses 30 points
+    assert select_lambda(entries, max_accuracy_drop=0.02) == 0.25
+    assert select_lambda(entries, max_accuracy_drop=0.5) == 1.0
+
+
+def test_select_lambda_keeps_zero_when_the_vector_does_not_help_and_breaks_ties_by_the_smaller_lambda():
+    assert select_lambda(sweep((0.0, 0.7, 1.0), (0.5, 0.7, 1.2), (1.0, 0.5, 0.4))) == 0.0
+    assert select_lambda(sweep((0.0, 0.7, 1.0), (0.5, 0.7, 0.8), (0.25, 0.7, 0.8))) == 0.25
+    # exactly the tolerance is within it; an accuracy gain is always fine
+    assert select_lambda(sweep((0.0, 0.50, 1.0), (0.5, 0.46, 0.9))) == 0.5
+    assert select_lambda(sweep((0.0, 0.50, 1.0), (0.5, 0.60, 0.9))) == 0.5
+
+
+def test_select_lambda_rejects_bad_sweeps():
+    with pytest.raises(ValueError, match="lam = 0"):
+        select_lambda(sweep((0.5, 0.9, 1.0)))
+    with pytest.raises(ValueError, match="e_rmse"):
+        select_lambda([{"lam": 0.0, "accuracy": 0.9}])
+    with pytest.raises(ValueError, match="max_accuracy_drop"):
+        select_lambda(sweep((0.0, 0.9, 1.0)), max_accuracy_drop=-0.1)
+
+
+# ----------------------------------------------------------------------------------------------- report builders
+def test_markdown_table_aligns_escapes_and_checks_row_lengths():
+    table = markdown_table(["Model", "E-RMSE"], [["a|b", "1.000"]])
+    assert table.splitlines() == ["| Model | E-RMSE |", "|:---|---:|", "| a\\|b | 1.000 |"]
+    with pytest.raises(ValueError, match="2 cells"):
+        markdown_table(["Model", "E-RMSE"], [["only one"]])
+
+
+def metrics(accuracy, e_rmse, **extra):
+    return {"accuracy": accuracy, "e_rmse": e_rmse, "e_rmse_l2": 0.3, "iou_at_k": 0.2, "spearman": 0.1,
+            "shap_rms": 2.0, "explain_seconds_per_image": 1e-4, "deletion_auc": 0.4, "insertion_auc": 0.5,
+            **extra}  # fmt: skip
+
+
+def synthetic_target(role="related", chosen=0.5):
+    sweep = {split: [{"lam": 0.0, **metrics(0.90, 2.0)}, {"lam": 0.5, **metrics(0.88, 1.6)},
+                     {"lam": 1.0, **metrics(0.50, 1.0)}] for split in ("validation", "test")}  # fmt: skip
+    return {"domain": "d", "role": role, "sweep": sweep, "chosen_lam": chosen,
+            "direct": {"validation": metrics(0.91, 0.5), "test": metrics(0.92, 0.4)},
+            "kernel_shap": [{"num_samples": 150, **metrics(0.90, 0.1, explain_seconds_per_image=0.01)}],
+            "cosine_tau_source_prediction_vs_tau_target": 0.125}  # fmt: skip
+
+
+def test_target_table_rows_changes_and_chosen_mark():
+    lines = target_table(synthetic_target(), "test").splitlines()
+    assert len(lines) == 2 + 1 + 2 + 1 + 1  # header, rule, prediction-only, two λ, direct, Kernel SHAP
+    chosen = [line for line in lines if "✓" in line]
+    assert len(chosen) == 1 and "| 0.5 |" in chosen[0] and "-20.0%" in chosen[0] and "| -2.0 |" in chosen[0]
+    assert "| 0.125 |" in lines[2] and "+0.0%" in lines[2]
+    assert "Kernel SHAP N=150 on θ_T" in lines[-1] and "10.00 ms" in lines[-1] and "-95.0%" in lines[-1]
+    assert "+2.0" in lines[-2] and "-80.0%" in lines[-2]  # the direct model
+    assert "Kernel SHAP" not in target_table(synthetic_target(), "validation")
+
+
+def test_transfer_summary_against_the_papers_related_result():
+    summary = transfer_summary(synthetic_target())
+    assert summary["lam"] == 0.5 and summary["relative_e_rmse"] == pytest.approx(-0.2)
+    assert summary["accuracy_change"] == pytest.approx(-0.02) and summary["meets_related_goal"]
+    assert not transfer_summary(synthetic_target(chosen=1.0))["meets_related_goal"]  # -40 points
+    assert not transfer_summary(synthetic_target(chosen=0.0))["meets_related_goal"]  # no gain
+
+
+def test_demo_config_checks():
+    with pytest.raises(ValueError, match="0.0"):
+        DemoConfig(lambdas=(0.5, 1.0))
+    with pytest.raises(ValueError, match="alpha"):
+        DemoConfig(alpha=1.0)
+    with pytest.raises(ValueError, match="targets"):
+        DemoConfig(targets=())
+    with pytest.raises(ValueError, match="train_size"):
+        DemoConfig(train_size=0)
+
+
+# --------------------------------------------------------------------------------------------------- command line
+def test_cli_demo_maps_arguments_to_the_config(monkeypatch, capsys):
+    seen = {}
+
+    def fake_run(config):
+        seen["config"] = config
+        target = synthetic_target()
+        return {"report": "r/report.md", "hub": {"repo_id": "demo/x", "commit_sha": "0" * 40},
+                "targets": [target], "timings_seconds": {"total": 1.0}}  # fmt: skip
+
+    monkeypatch.setattr(demo_module, "run", fake_run)
+    cli.main(["demo", "--quick", "--output-dir", "out", "--lambdas", "0", "0.5", "--target-dataset", "texture_tiles",
+              "--alpha", "0.7", "--threads", "2", "--no-progress"])  # fmt: skip
+    config = seen["config"]
+    assert config.output_dir == "out" and config.lambdas == (0.0, 0.5) and config.targets == ("texture_tiles",)
+    assert config.alpha == 0.7 and config.num_threads == 2 and not config.show_progress
+    assert config.train_size == quick_config().train_size and config.command.startswith("hf-explvec demo --quick")
+    assert "wall time: 1.0 s" in capsys.readouterr().out
+    cli.main(["demo", "--clip", "openai/clip-vit-base-patch32", "--source-dataset", "cifar10"])
+    config = seen["config"]
+    assert config.clip == "openai/clip-vit-base-patch32" and config.base is None and config.source == "cifar10"
+    assert config.output_dir == "reports/demo"
+
+
+# --------------------------------------------------------------------------------------- data sets by name / in memory
+def image_dataset(num: int, names: list[str], seed: int, size: int = 32, image="image", label="label"):
+    rng = np.random.default_rng(seed)
+    features = datasets.Features({image: datasets.Image(), label: datasets.ClassLabel(names=names)})
+    images = [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(num)]
+    return datasets.Dataset.from_dict({image: images, label: [i % len(names) for i in range(num)]}, features=features)
+
+
+def test_hub_data_set_path_renames_columns_and_cuts_validation_from_train(monkeypatch, tmp_path):
+    hub_like = {
+        "src": datasets.DatasetDict({"train": image_dataset(24, ["a", "b"], 0, image="img", label="fine_label"),
+                                     "test": image_dataset(8, ["a", "b"], 1, image="img", label="fine_label")}),
+        "tgt": datasets.DatasetDict({"train": image_dataset(24, ["c", "d", "e"], 2, image="img", label="fine_label"),
+                                     "test": image_dataset(8, ["c", "d", "e"], 3, image="img", label="fine_label")}),
+    }  # fmt: skip
+    calls = []
+
+    def fake_load_dataset(path, name=None):
+        calls.append((path, name))
+        return hub_like[path]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    config = quick_config(str(tmp_path / "r"), show_progress=False, base=None, pretrain_steps=0, source="src",
+                          targets=("tgt:cfg",), train_size=12, validation_size=4, test_size=6)  # fmt: skip
+    domains = demo_module.load_domains(config, 32, 8)  # columns found by kind: img (Image), fine_label (ClassLabel)
+    assert calls == [("src", None), ("tgt", "cfg")]
+    assert domains.base is None and domains.targets[0].class_names == ("c", "d", "e")
+    assert [len(domains.source.train), len(domains.source.validation), len(domains.source.test)] == [12, 4, 6]
+    assert domains.source.train.evidence is None
+    assert domains.targets[0].role == "target" and domains.source.train.pixel_values.shape == (12, 3, 32, 32)
+    with pytest.raises(ValueError, match="no column 'label'"):
+        demo_module.load_domains(dataclasses.replace(config, label_column="label"), 32, 8)
+
+
+def test_in_memory_data_without_evidence_runs_end_to_end(tmp_path):
+    data = {
+        "src": datasets.DatasetDict({s: image_dataset(n, ["a", "b"], i) for i, (s, n) in
+                                     enumerate([("train", 16), ("validation", 8), ("test", 8)])}),
+        "tgt": datasets.DatasetDict({s: image_dataset(n, ["c", "d"], 10 + i) for i, (s, n) in
+                                     enumerate([("train", 16), ("validation", 8), ("test", 8)])}),
+    }  # fmt: skip
+    config = quick_config(str(tmp_path / "r"), show_progress=False, base=None, source="src", targets=("tgt",),
+                          train_size=16, validation_size=8, test_size=8)  # fmt: skip
+    results = run(config, data=data)
+    assert results["base_stage"]["history"] == [] and results["targets"][0]["role"] == "target"
+    assert "pointing" not in results["targets"][0]["sweep"]["test"][0]
+    assert (tmp_path / "r" / "heatmaps_tgt.png").is_file()
+
+
+# ------------------------------------------------------------------------------------------------------------- slow
+@pytest.mark.slow
+def test_reference_scale_pipeline_runs_on_the_vit_b32_architecture(tmp_path):
+    """The reference-scale configuration (a CLIP ViT-B/32 as the base, data sets by name) with random weights and a
+    tiny in-memory data set: every stage runs once (one optimizer step per training run, Kernel SHAP at 2 M)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from hf_explvec.testing import tiny_clip_tokenizer
+
+    text = {"vocab_size": 514, "bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513}
+    torch.manual_seed(0)
+    clip = CLIPModel(CLIPConfig(text_config=text)).eval()  # the vision tower is CLIPVisionConfig(): ViT-B/32 at 224
+    assert clip.config.vision_config.patch_size == 32 and clip.config.vision_config.hidden_size == 768
+    data = {
+        name: datasets.DatasetDict({split: image_dataset(1, names, seed + i, size=224) for i, split in
+                                    enumerate(("train", "validation", "test"))})
+        for name, names, seed in (("source", ["cat", "dog"], 0), ("target", ["car", "bus"], 10))
+    }  # fmt: skip
+    config = DemoConfig(output_dir=str(tmp_path / "r"), base=None, pretrain_steps=0, source="source",
+                        targets=("target",), train_size=1, validation_size=1, test_size=1, num_train_epochs=1,
+                        batch_size=1, label_num_samples=98, eval_num_samples=98, comparison_num_samples=(98,),
+                        lambdas=(0.0, 1.0), num_heatmaps=1, show_progress=False, num_threads=2,
+                        learning_rate=1e-3)  # fmt: skip
+    results = run(config, clip=clip, tokenizer=tiny_clip_tokenizer(), data=data)
+    assert results["model"]["num_patches"] == 49 and results["model"]["image_size"] == 224
+    assert re.fullmatch(r"[0-9a-f]{40}", results["hub"]["commit_sha"])
+    assert results["hub"]["num_parameters"] == sum(p.numel() for p in clip.vision_model.parameters()) + 768 * 512
+    assert results["source"]["vector_norm"] > 0 and results["source"]["vector_pred_norm"] > 0  # one step each
+    assert results["targets"][0]["cosine_tau_source_prediction_vs_tau_target"] is not None
+    assert (tmp_path / "r" / "report.md").is_file()
