@@ -42,6 +42,7 @@ from .demo_report import (
     evaluate_model,
     explanation_metrics,
     forward_attributions,
+    illustrated_lambda,
     kernel_shap_values,
     select_lambda,
     write_report,
@@ -564,18 +565,19 @@ def _target_stage(clip, tokenizer, target: Domain, source: dict, vector: TaskVec
                            **metrics})
     clock.lap(f"{name}: Kernel SHAP as the explainer", t)
 
-    count = min(config.num_heatmaps, len(target.test))
-    evidence = target.test.evidence
-    heatmaps = {"images": target.test.images[:count], "evidence": None if evidence is None else evidence[:count],
-                "labels": target.test.labels[:count], "class_names": target.class_names, "chosen_lam": chosen,
-                "kernel_shap": reference["reference"][:count], "prediction_only": reference["attributions"][:count],
-                "with_vector": arrays[chosen, "test"]["attributions"][:count],
-                "direct": arrays["direct", "test"]["attributions"][:count]}  # fmt: skip
+    count, evidence = min(config.num_heatmaps, len(target.test)), target.test.evidence
     result = {"domain": name, "role": target.role, "class_names": list(target.class_names),
               "cosine_tau_source_prediction_vs_tau_target": _cosine(source["vector_pred"], tau_target),
               "cosine_tau_source_explainability_vs_tau_target": _cosine(vector, tau_target),
               "norm_tau_target": tau_target.norm(), "labels_rms": float(labels.pow(2).mean().sqrt()),
               "sweep": sweep, "chosen_lam": chosen, "direct": direct_metrics, "kernel_shap": comparison}  # fmt: skip
+    shown, is_chosen = illustrated_lambda(result, config.max_accuracy_drop)
+    heatmaps = {"images": target.test.images[:count], "evidence": None if evidence is None else evidence[:count],
+                "labels": target.test.labels[:count], "class_names": target.class_names, "lam": shown,
+                "chosen": is_chosen, "kernel_shap": reference["reference"][:count],
+                "prediction_only": reference["attributions"][:count],
+                "with_vector": arrays[shown, "test"]["attributions"][:count],
+                "direct": arrays["direct", "test"]["attributions"][:count]}  # fmt: skip
     return result, heatmaps
 
 

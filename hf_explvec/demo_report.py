@@ -333,20 +333,56 @@ def transfer_summary(target: dict) -> dict:
     return out
 
 
+def _validation_note(target: dict) -> str:
+    """What validation says about λ2 > 0: the E-RMSE range when every λ2 > 0 made it worse, else the cost in accuracy
+    of the first λ2 that reaches the paper's 9% (or the deepest E-RMSE cut when none does)."""
+    sweep = target["sweep"]["validation"]
+    base = next(entry for entry in sweep if entry["lam"] == 0.0)
+    changes = [((e["e_rmse"] - base["e_rmse"]) / base["e_rmse"], e["accuracy"] - base["accuracy"], e["lam"])
+               for e in sorted(sweep, key=lambda e: e["lam"]) if e["lam"] > 0]  # fmt: skip
+    if not changes:
+        return ""
+    if all(change >= 0 for change, _, _ in changes):
+        low, high = min(c for c, _, _ in changes), max(c for c, _, _ in changes)
+        return f"on validation every λ2 > 0 raised E-RMSE (by {100 * low:+.1f}% to {100 * high:+.1f}%)"
+    reaching = [c for c in changes if c[0] <= RELATED_GOAL_E_RMSE]
+    change, accuracy_change, lam = reaching[0] if reaching else min(changes)
+    return f"on validation λ2 = {lam:g} gave E-RMSE {100 * change:+.1f}% at {100 * accuracy_change:+.1f} pts"
+
+
 def _verdict(target: dict, summary: dict) -> str:
     change = f"E-RMSE {100 * summary['relative_e_rmse']:+.1f}%, accuracy {100 * summary['accuracy_change']:+.1f} pts"
     if summary["lam"] == 0.0:
         head = "the validation rule kept λ2 = 0 (no λ2 > 0 lowered validation E-RMSE within the accuracy tolerance)"
     else:
         head = f"λ2 = {summary['lam']:g} chosen on validation; on test {change}"
+    note = _validation_note(target)
+    head = f"{head}; {note}" if note else head
     if target["role"] == "related":
         goal = "meets" if summary["meets_related_goal"] else "does not meet"
-        return f"{head}: {goal} the paper's related-domain result (≥ 9% lower E-RMSE, accuracy within 4 points)."
+        paper = "the paper's related-domain result (≥ 9% lower E-RMSE, accuracy within 4 points)"
+        return f"{head}. The chosen λ2 {goal} {paper}."
     if target["role"] == "unrelated":
         gain = -summary["relative_e_rmse"]
         expected = "as the paper reports for unrelated domains" if gain < 0.09 else "unlike the paper's unrelated case"
-        return f"{head}: little or negative gain is expected here; the gain is {100 * gain:.1f}%, {expected}."
+        return f"{head}. Little or negative gain was expected here: {expected}."
     return f"{head}."
+
+
+def illustrated_lambda(target: dict, max_accuracy_drop: float = ACCURACY_TOLERANCE) -> tuple[float, bool]:
+    r"""
+    The λ2 whose attributions the heatmaps show: the chosen one, or, when the rule kept λ2 = 0, the largest λ2 within
+    the validation accuracy tolerance (to show what the vector does; it is marked as not chosen).
+
+    Returns:
+        `(float, bool)`: the λ2 and whether it is the chosen one.
+    """
+    if target["chosen_lam"] != 0.0:
+        return target["chosen_lam"], True
+    sweep = target["sweep"]["validation"]
+    floor = next(e for e in sweep if e["lam"] == 0.0)["accuracy"] - max_accuracy_drop - 1e-9
+    within = [e["lam"] for e in sweep if e["lam"] > 0 and e["accuracy"] >= floor]
+    return (max(within), False) if within else (0.0, True)
 
 
 # ---------------------------------------------------------------------------------------------------------- figures
@@ -369,7 +405,8 @@ def plot_heatmaps(heatmaps: dict, path: str | os.PathLike, title: str = "") -> N
 
     Args:
         heatmaps (`dict`): `images` `(B, H, W, 3)` uint8, `evidence` `(B, M)` bool or `None`, `labels` `(B,)`,
-            `class_names`, `kernel_shap`, `prediction_only`, `with_vector`, `direct` (each `(B, M)`), `chosen_lam`.
+            `class_names`, `kernel_shap`, `prediction_only`, `with_vector`, `direct` (each `(B, M)`), `lam` (the λ2
+            of `with_vector`, see [`illustrated_lambda`]) and `chosen` (whether it is the chosen λ2).
         path (`str` or `os.PathLike`): the PNG to write.
         title (`str`, *optional*): the figure title.
     """
@@ -379,7 +416,8 @@ def plot_heatmaps(heatmaps: dict, path: str | os.PathLike, title: str = "") -> N
     images = np.asarray(heatmaps["images"])
     count, size = images.shape[0], images.shape[1]
     panels = [("Kernel SHAP of θ_T", "kernel_shap"), ("prediction-only θ_T", "prediction_only"),
-              (f"θ_T + {heatmaps['chosen_lam']:g}·τ_S", "with_vector"), ("self-explaining θ*_T", "direct")]  # fmt: skip
+              (f"θ_T + {heatmaps['lam']:g}·τ_S" + ("" if heatmaps["chosen"] else " (not chosen)"), "with_vector"),
+              ("self-explaining θ*_T", "direct")]  # fmt: skip
     grid = round(math.sqrt(np.asarray(heatmaps["kernel_shap"]).shape[1]))
     patch = size // grid
     figure = Figure(figsize=(2.0 * (1 + len(panels)), 2.1 * count + 0.4))
@@ -622,6 +660,7 @@ __all__ = [
     "explanation_metrics",
     "format_summary",
     "forward_attributions",
+    "illustrated_lambda",
     "kernel_shap_values",
     "markdown_table",
     "plot_heatmaps",

@@ -16,6 +16,8 @@ from hf_explvec import cli
 from hf_explvec import demo as demo_module
 from hf_explvec.demo import DemoConfig, quick_config, run
 from hf_explvec.demo_report import (
+    build_report,
+    illustrated_lambda,
     markdown_table,
     select_lambda,
     target_table,
@@ -164,7 +166,8 @@ def synthetic_target(role="related", chosen=0.5):
     return {"domain": "d", "role": role, "sweep": sweep, "chosen_lam": chosen,
             "direct": {"validation": metrics(0.91, 0.5), "test": metrics(0.92, 0.4)},
             "kernel_shap": [{"num_samples": 150, **metrics(0.90, 0.1, explain_seconds_per_image=0.01)}],
-            "cosine_tau_source_prediction_vs_tau_target": 0.125}  # fmt: skip
+            "cosine_tau_source_prediction_vs_tau_target": 0.125, "cosine_tau_source_explainability_vs_tau_target": None,
+            "norm_tau_target": 1.0, "labels_rms": 2.0}  # fmt: skip
 
 
 def test_target_table_rows_changes_and_chosen_mark():
@@ -184,6 +187,26 @@ def test_transfer_summary_against_the_papers_related_result():
     assert summary["accuracy_change"] == pytest.approx(-0.02) and summary["meets_related_goal"]
     assert not transfer_summary(synthetic_target(chosen=1.0))["meets_related_goal"]  # -40 points
     assert not transfer_summary(synthetic_target(chosen=0.0))["meets_related_goal"]  # no gain
+
+
+def test_heatmaps_show_the_chosen_lambda_or_the_largest_one_within_the_tolerance():
+    assert illustrated_lambda(synthetic_target(chosen=0.5)) == (0.5, True)
+    assert illustrated_lambda(synthetic_target(chosen=0.0)) == (0.5, False)  # 1.0 loses 40 points on validation
+    assert illustrated_lambda(synthetic_target(chosen=0.0), max_accuracy_drop=0.01) == (0.0, True)
+
+
+def test_report_summary_says_what_validation_showed(quick_run):
+    _, results = quick_run
+    target = synthetic_target(role="unrelated", chosen=0.0)
+    for split in ("validation", "test"):  # every λ2 > 0 makes E-RMSE worse
+        target["sweep"][split][1]["e_rmse"], target["sweep"][split][2]["e_rmse"] = 2.2, 2.6
+    related = synthetic_target()
+    related["domain"], target["domain"] = "digits_on_photos", "texture_tiles"  # the quick run's domains
+    report = build_report({**results, "targets": [related, target]})
+    summary = report.split("## Summary")[1].split("## Definitions")[0]
+    assert "λ2 = 0.5 chosen on validation; on test E-RMSE -20.0%, accuracy -2.0 pts" in summary
+    assert "The chosen λ2 meets the paper's related-domain result" in summary
+    assert "every λ2 > 0 raised E-RMSE (by +10.0% to +30.0%)" in summary and "as the paper reports" in summary
 
 
 def test_demo_config_checks():
