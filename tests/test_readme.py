@@ -30,5 +30,5 @@ def test_quickstart_has_two_commands_and_ci_runs_the_test_one():
     commands = re.findall(r"```bash\n(.*?)\n```", quickstart, flags=re.S)
     assert len(commands) == 2, commands
     main_job, tests = commands
-    assert "hf-explvec quickstart" in main_job and "pytest" in tests
+    assert "hf-explvec demo" in main_job and "pytest" in tests
     assert tests in (ROOT / ".ci" / "run").read_text()
