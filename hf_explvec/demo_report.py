@@ -364,8 +364,9 @@ def _verdict(target: dict, summary: dict) -> str:
         return f"{head}. The chosen λ2 {goal} {paper}."
     if target["role"] == "unrelated":
         gain = -summary["relative_e_rmse"]
-        expected = "as the paper reports for unrelated domains" if gain < 0.09 else "unlike the paper's unrelated case"
-        return f"{head}. Little or negative gain was expected here: {expected}."
+        if gain < 0.09:
+            return f"{head}. As the paper reports for unrelated domains, the vector does not help here."
+        return f"{head}. Unlike the paper's unrelated case, the vector helps here."
     return f"{head}."
 
 
