@@ -74,7 +74,7 @@ def _add_demo_parser(commands) -> None:
         help="the paper's pipeline end to end on small CLIP models and offline domains; writes a report folder",
         description="Base stage, source twins and explainability vector, Hub round trip, transfer to related and "
         "unrelated targets with a λ sweep chosen on validation, report (tables, heatmaps, λ-sweep plot, results.json). "
-        "Reference scale (internet and a GPU): --clip openai/clip-vit-base-patch32 --base none "
+        "Reference scale (internet and a GPU): --clip openai/clip-vit-base-patch32 --base-dataset none "
         "--source-dataset NAME --target-dataset NAME ... (Hub data sets; see README).",
     )
     demo.add_argument("--output-dir", default=None, help="report folder (default reports/demo, or reports/demo-quick)")
