@@ -14,7 +14,7 @@ never stopped (same number of processes, batch size and accumulation).
 
 Checkpoints (`output_dir/checkpoints/step_00000100/`) are written by `accelerator.save_state`: the model weights in
 safetensors; the optimizer, scheduler and random-number-generator states with `torch.save`, which is pickle-based
-(Accelerate loads them back with `torch.load(weights_only=True)`, the restricted unpickler). The trainer's own
+(Accelerate reads them back with the restricted unpickler, `weights_only=True`). The trainer's own
 counters are in `trainer_state.json`. Resume only from checkpoints you wrote yourself.
 """
 
