@@ -8,11 +8,11 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 from .configuration import SelfExplainingCLIPVisionConfig
 from .attribution import kernel_shap, patch_kernel_shap
-from .explain import model_kernel_shap
+from .attribution.vit import model_kernel_shap
 from .heads import DEFAULT_TEMPLATES, build_class_embeddings
 from .arithmetic import IncompatibleKeysError
 from .data import label_dataset, load_split, push_shap_dataset, shap_provenance
-from .domains import DEFAULT_TRANSFER, DOMAINS, DomainSpec, build_domain, build_domain_dict, generate_domain
+from .demo.domains import DEFAULT_TRANSFER, DOMAINS, DomainSpec, build_domain, build_domain_dict, generate_domain
 from .evaluation import (
     FidelityResult,
     PerturbationCurve,

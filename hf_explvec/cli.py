@@ -112,7 +112,7 @@ _DEMO_OPTIONS = {  # argparse name -> DemoConfig field
 
 def _run_demo(args, argv) -> None:
     from .demo import DemoConfig, quick_config, run
-    from .demo_report import format_summary
+    from .demo.report import format_summary
 
     overrides = {field: getattr(args, name) for name, field in _DEMO_OPTIONS.items() if getattr(args, name) is not None}
     if args.base_dataset is not None:

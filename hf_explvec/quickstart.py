@@ -18,7 +18,7 @@ import torch
 
 from .modeling import SelfExplainingCLIPVision
 from .task_vector import TaskVector, TaskVectorConfig
-from .testing import tiny_clip_model, tiny_clip_tokenizer
+from .demo.clip import tiny_clip_model, tiny_clip_tokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -108,7 +108,7 @@ def test_labels_digits_with_provenance(tmp_path, model, processor, digits):
     expected = {"num_samples": NUM_SAMPLES, "seed": 0, "baseline": 0.0, "value": "logit", "target": "label"}
     assert {key: provenance[key] for key in expected} == expected
     assert (provenance["patch_size"], provenance["num_patches"], provenance["image_size"]) == (8, 16, [32, 32])
-    assert provenance["explainer"] == "hf_explvec.explain.model_kernel_shap"  # embedding-level masking
+    assert provenance["explainer"] == "hf_explvec.attribution.vit.model_kernel_shap"  # embedding-level masking
     assert provenance["source_dataset"] == "sklearn-digits"
     # The input is untouched; the shards are on disk; provenance survives save_to_disk.
     assert digits.column_names == ["image", "label"] and digits.info.description in ("", None)

@@ -15,7 +15,7 @@ from PIL import Image
 from hf_explvec import cli
 from hf_explvec import demo as demo_module
 from hf_explvec.demo import DemoConfig, quick_config, run
-from hf_explvec.demo_report import (
+from hf_explvec.demo.report import (
     build_report,
     illustrated_lambda,
     markdown_table,

@@ -1,4 +1,4 @@
-"""Tests for hf_explvec.domains: the embedded image domains of the offline demo."""
+"""Tests for hf_explvec.demo.domains: the embedded image domains of the offline demo."""
 
 import socket
 
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hf_explvec import domains
-from hf_explvec.domains import (
+from hf_explvec.demo import domains
+from hf_explvec.demo.domains import (
     DEFAULT_TRANSFER,
     DOMAINS,
     SPLITS,

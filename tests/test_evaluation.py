@@ -1,4 +1,4 @@
-"""Tests for hf_explvec.evaluation and hf_explvec.evaluation_perturbation: known answers, batching, evaluate modules."""
+"""Tests for hf_explvec.evaluation and hf_explvec.evaluation.perturbation: known answers, batching, evaluate modules."""
 
 import math
 import socket

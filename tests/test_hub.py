@@ -10,7 +10,7 @@ from transformers import AutoModel
 
 from hf_explvec import SelfExplainingCLIPVision, TaskVector, TaskVectorConfig
 from hf_explvec.testing import tiny_clip_model
-from hf_explvec.testing.hub_server import hub_client_env
+from hf_explvec.testing import hub_client_env
 
 
 def make_vector(seed=0, **provenance):

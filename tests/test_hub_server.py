@@ -1,4 +1,4 @@
-"""Tests for hf_explvec.testing.hub_server: the real huggingface_hub, datasets and transformers clients against it."""
+"""Tests for hf_explvec.hub.loopback: the real huggingface_hub, datasets and transformers clients against it."""
 
 import hashlib
 import json
@@ -28,7 +28,9 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from hf_explvec.testing.hub_server import FAKE_TOKEN, HubError, LocalHub, hub_client_env
+from hf_explvec.hub.loopback import LocalHub, hub_client_env
+from hf_explvec.hub.loopback.env import FAKE_TOKEN
+from hf_explvec.hub.loopback.storage import HubError
 
 
 def _read(path: str) -> bytes:

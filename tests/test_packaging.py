@@ -19,5 +19,5 @@ def test_card_templates_and_metrics_are_package_data():
     cards = files("hf_explvec.hub_cards")
     for name in ("task_vector", "self_explaining_model", "shap_dataset"):
         assert cards.joinpath(f"{name}.md").is_file()
-    metrics = files("hf_explvec").joinpath("metrics")
+    metrics = files("hf_explvec.evaluation").joinpath("metrics")
     assert metrics.joinpath("e_rmse", "e_rmse.py").is_file()

@@ -110,7 +110,7 @@ def test_head_stays_frozen_and_weight_decay_skips_vectors(tmp_path, dataset):
     for name, buffer in model.named_buffers():
         assert torch.equal(buffer, before[name]), name  # class_embeddings, logit_scale, position_ids: bit-identical
 
-    from hf_explvec.training import _parameter_groups
+    from hf_explvec.training.loop import _parameter_groups
 
     decay, no_decay = _parameter_groups(model, 0.1)
     names = {id(p): n for n, p in model.named_parameters()}

@@ -23,9 +23,11 @@ from .patches import (
 )
 from .sampling import CoalitionPlan, make_generator, plan_coalitions, sample_coalitions, shapley_kernel_size_mass
 from .solver import solve_kernel_shap
+from .vit import MASKING_OPTIONS, model_kernel_shap
 
 __all__ = [
     "BASELINE_OPTIONS",
+    "MASKING_OPTIONS",
     "VALUE_OPTIONS",
     "CoalitionPlan",
     "ValueFunction",
@@ -34,6 +36,7 @@ __all__ = [
     "make_baseline",
     "make_generator",
     "mask_patches",
+    "model_kernel_shap",
     "min_num_samples",
     "patch_kernel_shap",
     "plan_coalitions",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .hub_server import LocalHub, hub_client_env
+from ..hub.loopback import LocalHub, hub_client_env
 
 
 __all__ = ["local_hub"]

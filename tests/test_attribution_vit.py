@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hf_explvec import SelfExplainingCLIPVision
-from hf_explvec.explain import model_kernel_shap
+from hf_explvec.attribution import model_kernel_shap
 from hf_explvec.testing import tiny_clip_model
 
 

@@ -42,8 +42,8 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from .modeling import SelfExplainingCLIPVision
-from .task_vector import TaskVector, TaskVectorConfig
+from ..modeling import SelfExplainingCLIPVision
+from ..task_vector import TaskVector, TaskVectorConfig
 
 logger = logging.getLogger(__name__)
 

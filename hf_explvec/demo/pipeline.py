@@ -17,9 +17,9 @@ The pipeline (arXiv 2507.04380 in miniature; every step uses the library's publi
    labels of the target's training split), and the transfer θ̃ = θ_base + λ1 (θ_T − θ_base) + λ2 τ_S
    ([`transfer`]) over a λ2 grid; λ2 is chosen on the validation split only ([`select_lambda`]).
 5. **Evaluation.** Every model is compared with Kernel SHAP values of *that* model (see `demo_report` for the
-   definitions), plus faithfulness metrics, then the report folder is written by [`~hf_explvec.demo_report`].
+   definitions), plus faithfulness metrics, then the report folder is written by [`~hf_explvec.demo.report`].
 
-Train, validation and test never share source pixels ([`~hf_explvec.domains`]); all seeds derive from one seed.
+Train, validation and test never share source pixels ([`~hf_explvec.demo.domains`]); all seeds derive from one seed.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .demo_report import (
+from .report import (
     evaluate_model,
     explanation_metrics,
     forward_attributions,
@@ -47,11 +47,11 @@ from .demo_report import (
     select_lambda,
     write_report,
 )
-from .evaluation import accuracy
-from .explain import model_kernel_shap
-from .modeling import SelfExplainingCLIPVision
-from .task_vector import TaskVector, transfer
-from .training import TrainingConfig, train, train_twins
+from ..evaluation import accuracy
+from ..attribution.vit import model_kernel_shap
+from ..modeling import SelfExplainingCLIPVision
+from ..task_vector import TaskVector, transfer
+from ..training import TrainingConfig, train, train_twins
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class DemoConfig:
             it is the base and the base stage is skipped. By default a small CLIP is built in code.
         hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, projection_dim, image_size,
             patch_size (`int`): the small CLIP built in code (image 32, patch 8: M = 16 patches).
-        base, source (`str`): domains of [`~hf_explvec.domains.DOMAINS`] or Hub data sets (`"name"` or
+        base, source (`str`): domains of [`~hf_explvec.demo.domains.DOMAINS`] or Hub data sets (`"name"` or
             `"name:config"`); `base=None` skips the base stage.
         targets (`tuple[str, ...]`): the target domains or data sets.
         image_column, label_column (`str`, *optional*): columns of Hub data sets; by default the first `Image`
@@ -288,7 +288,7 @@ def _column(name: str, features, column: str | None, kind: type, preferred: str)
 
 
 def load_domain(name: str, role: str, sizes: dict, config: DemoConfig, image_size: int, patch_size: int, data=None):
-    """A [`Domain`]: from `data` (in memory), from [`~hf_explvec.domains`] (offline) or from the Hub, by name."""
+    """A [`Domain`]: from `data` (in memory), from [`~hf_explvec.demo.domains`] (offline) or from the Hub, by name."""
     from .domains import DOMAINS, build_domain_dict
 
     if data is not None and name in data:
@@ -343,7 +343,7 @@ def build_clip(config: DemoConfig, clip=None, tokenizer=None):
         from transformers import CLIPModel, CLIPTokenizer
 
         return CLIPModel.from_pretrained(config.clip).eval(), CLIPTokenizer.from_pretrained(config.clip)
-    from .testing import tiny_clip_model, tiny_clip_tokenizer
+    from .clip import tiny_clip_model, tiny_clip_tokenizer
 
     vision = {"image_size": config.image_size, "patch_size": config.patch_size, "hidden_size": config.hidden_size,
               "intermediate_size": config.intermediate_size, "num_hidden_layers": config.num_hidden_layers,
@@ -438,7 +438,7 @@ def _training_set(split: DemoSplit, shap_values: torch.Tensor | None = None):
 def shap_labels(model, split: DemoSplit, config: DemoConfig, work: Path, name: str) -> torch.Tensor:
     r"""Kernel SHAP labels of `model` (label class) for a training split, through [`~hf_explvec.data.label_dataset`]
     with [`model_kernel_shap`] as the explainer (provenance and fingerprint recorded, shards under `work/`)."""
-    from .data import label_dataset
+    from ..data import label_dataset
 
     labelled = label_dataset(
         split.dataset, model, split.processor, num_samples=config.label_num_samples, seed=_seed(config, "labels"),
@@ -507,7 +507,7 @@ def _source_stage(clip, tokenizer, source: Domain, config: DemoConfig, work: Pat
 
 def _hub_round_trip(vector: TaskVector, source: Domain, clock: _Clock) -> tuple[TaskVector, dict]:
     """Push τ_S to a LocalHub started here (loopback, temporary directory) and pull it back by name."""
-    from .testing import LocalHub, hub_client_env
+    from ..hub.loopback import LocalHub, hub_client_env
 
     t = time.perf_counter()
     repo_id = f"demo/{source.name.replace('_', '-').replace(':', '-').replace('/', '-')}-explainability-vector"

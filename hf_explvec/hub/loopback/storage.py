@@ -13,7 +13,7 @@ A tree maps each file path to `{"oid": git blob id, "size": bytes, "lfs": {"oid"
 For an LFS file the blob id is the one of its git-lfs pointer, as on the Hub. Every write happens under one lock and
 every file is written atomically (temporary file + `os.replace`), so readers never see half-written state.
 
-Besides storage, this module holds the Hub's data model that the HTTP layer (`hub_server`) serialises: repo info,
+Besides storage, this module holds the Hub's data model that the HTTP layer (`server`) serialises: repo info,
 tree and paths-info entries, pre-upload decisions (regular or LFS) and the parsing of NDJSON commit payloads.
 """
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .evaluation import (
+from ..evaluation import (
     accuracy,
     deletion_auc,
     e_rmse,
@@ -31,7 +31,7 @@ from .evaluation import (
     select_target,
     spearman,
 )
-from .explain import model_kernel_shap
+from ..attribution.vit import model_kernel_shap
 
 logger = logging.getLogger(__name__)
 

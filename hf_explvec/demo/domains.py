@@ -94,7 +94,7 @@ def _import(module: str):
         return importlib.import_module(module)
     except ImportError as error:  # pragma: no cover - depends on the environment
         package = "scikit-learn" if module.startswith("sklearn") else "scikit-image"
-        raise ImportError(f"hf_explvec.domains takes its pixels from {package}: `pip install {package}`") from error
+        raise ImportError(f"hf_explvec.demo.domains takes its pixels from {package}: `pip install {package}`") from error
 
 
 def _load(package: str, image) -> np.ndarray:
@@ -516,7 +516,7 @@ def build_domain(name: str, split: str, num_examples: int, *, image_size: int = 
     Example:
 
     ```python
-    >>> from hf_explvec.domains import build_domain
+    >>> from hf_explvec.demo.domains import build_domain
     >>> ds = build_domain("digits_on_textures", "train", 100)
     >>> ds.features["label"].names[:2], len(ds[0]["evidence"])
     (['digit zero', 'digit one'], 16)

@@ -1,6 +1,6 @@
 """A Hub-compatible HTTP server on loopback, for offline tests of code that pushes to and pulls from the Hub.
 
-[`LocalHub`] keeps model, dataset and space repositories on disk (see `_hub_storage`) and speaks enough of the Hub
+[`LocalHub`] keeps model, dataset and space repositories on disk (see `storage`) and speaks enough of the Hub
 HTTP API for the real, unmodified `huggingface_hub`, `transformers` and `datasets` clients: repo creation and
 deletion, pre-upload, NDJSON commits, the Git LFS batch API (basic transfer), `resolve` downloads with `Range`,
 `HEAD` metadata and the Hub's `X-Error-Code` 404s, repo info, `tree` listings (recursive, paginated), `paths-info`,
@@ -8,7 +8,7 @@ refs, commit history, branches, tags and README metadata validation. Commits are
 shas. It binds 127.0.0.1 only and every URL it hands out points back to itself.
 
 ```py
->>> from hf_explvec.testing.hub_server import LocalHub, hub_client_env
+>>> from hf_explvec.testing import LocalHub, hub_client_env
 >>> with LocalHub() as hub, hub_client_env(hub.endpoint):
 ...     from huggingface_hub import HfApi
 ...     HfApi().create_repo("org/model")
@@ -16,7 +16,7 @@ shas. It binds 127.0.0.1 only and every URL it hands out points back to itself.
 
 In pytest, the `local_hub` fixture of `hf_explvec.testing.pytest_plugin` does both, per test.
 
-How the clients are pointed at the server: see [`hf_explvec.testing.hub_env`].
+How the clients are pointed at the server: see [`hf_explvec.hub.loopback.env`].
 """
 
 import contextlib
@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
-from ._hub_storage import LOCAL_USER, HubError, HubStorage, card_data, parse_commit_payload
-from .hub_env import FAKE_TOKEN, hub_client_env
+from .storage import LOCAL_USER, HubError, HubStorage, card_data, parse_commit_payload
+from .env import FAKE_TOKEN, hub_client_env
 
 
 __all__ = ["FAKE_TOKEN", "HubError", "LocalHub", "hub_client_env"]

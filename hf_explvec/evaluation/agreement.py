@@ -6,7 +6,7 @@ Agreement with Kernel SHAP (the reference explanation of the paper, arXiv 2507.0
 - [`iou_at_k`]: intersection over union of the top-K patch sets, mean over images;
 - [`spearman`]: Spearman rank correlation over the patches (average ranks for ties), mean over images.
 
-Faithfulness to the model (perturbation metrics, in `hf_explvec.evaluation_perturbation`, re-exported here):
+Faithfulness to the model (perturbation metrics, in `hf_explvec.evaluation.perturbation`, re-exported here):
 [`deletion_auc`], [`insertion_auc`], [`perturbation_curve`] and [`fidelity_sparsity_auc`].
 
 All functions take batched tensors (`(B, M)`: `B` images, `M` patches; a numpy array or a rectangular list
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .evaluation_perturbation import (
+from .perturbation import (
     FidelityResult,
     PerturbationCurve,
     _as_float_matrix,

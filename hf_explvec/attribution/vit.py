@@ -17,7 +17,8 @@ coalitions, and `"embedding"` and `"pixel"` give the same values up to float rou
 
 import torch
 
-from .attribution import VALUE_OPTIONS, kernel_shap, make_baseline, patch_kernel_shap
+from .kernel_shap import kernel_shap
+from .patches import VALUE_OPTIONS, make_baseline, patch_kernel_shap
 
 MASKING_OPTIONS = ("embedding", "token", "pixel")
 

@@ -18,7 +18,7 @@ How a run is made reproducible, resumable and parallel:
   rewrite the images into a new cache file, and the shard store is a cache for in-memory and streamed data sets too.
 - **Per-example seeds.** Example `i` is explained alone with the seed `example_seed(seed, i)`, so its values depend
   neither on batching, nor on sharding, nor on the number of processes.
-- **Shards.** Values are written shard by shard to `output_dir` (see [`~hf_explvec.data_labelling.ShardStore`]),
+- **Shards.** Values are written shard by shard to `output_dir` (see [`~hf_explvec.data.shards.ShardStore`]),
   atomically; a killed job restarted with the same arguments skips the finished shards.
 - **Processes.** Under `accelerate launch`, process `r` of `P` labels shards `r, r + P, r + 2P, ...`; after a barrier
   every process reads all shards and returns the whole labelled data set, in the original order.
@@ -49,13 +49,13 @@ from datasets.fingerprint import Hasher
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
-from .attribution import (
+from ..attribution import (
     VALUE_OPTIONS,
     make_baseline,
     min_num_samples,
     patch_kernel_shap,
 )
-from .data_labelling import (
+from .shards import (
     SHAP_COLUMNS,
     STORE_FORMAT,
     ShardStore,
@@ -70,8 +70,8 @@ from .data_labelling import (
     example_seed,
     weights_fingerprint,
 )
-from .explain import model_kernel_shap
-from .hub import (
+from ..attribution.vit import model_kernel_shap
+from ..hub import (
     BASE_TAGS,
     LIBRARY_NAME,
     describe_repo,
@@ -80,7 +80,7 @@ from .hub import (
     raise_hub_error,
     render_card,
 )
-from .modeling import SelfExplainingCLIPVision
+from ..modeling import SelfExplainingCLIPVision
 
 __all__ = [
     "Explainer",

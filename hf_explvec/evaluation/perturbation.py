@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .attribution.patches import make_baseline, mask_patches
+from ..attribution.patches import make_baseline, mask_patches
 
 logger = logging.getLogger(__name__)
 
