@@ -6,11 +6,10 @@ transformers' `AutoConfig`, `AutoModel` and `AutoModelForImageClassification`.
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
-from .configuration import SelfExplainingCLIPVisionConfig
+from .arithmetic import IncompatibleKeysError
 from .attribution import kernel_shap, patch_kernel_shap
 from .attribution.vit import model_kernel_shap
-from .heads import DEFAULT_TEMPLATES, build_class_embeddings
-from .arithmetic import IncompatibleKeysError
+from .configuration import SelfExplainingCLIPVisionConfig
 from .data import label_dataset, load_split, push_shap_dataset, shap_provenance
 from .demo.domains import DEFAULT_TRANSFER, DOMAINS, DomainSpec, build_domain, build_domain_dict, generate_domain
 from .evaluation import (
@@ -27,6 +26,7 @@ from .evaluation import (
     select_target,
     spearman,
 )
+from .heads import DEFAULT_TEMPLATES, build_class_embeddings
 from .modeling import SelfExplainingCLIPVision, SelfExplainingOutput, attribution_map
 from .task_vector import TaskVector, TaskVectorConfig, transfer
 from .training import DatasetFormatError, TrainingConfig, TrainResult, TwinsResult, train, train_twins

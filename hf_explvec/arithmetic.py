@@ -102,9 +102,7 @@ def compare_shapes(
     differ, as `(name, expected_shape, actual_shape)`; each sorted by name."""
     missing = sorted(set(expected) - set(actual))
     unexpected = sorted(set(actual) - set(expected))
-    mismatched = [
-        (k, expected[k], actual[k]) for k in sorted(set(expected) & set(actual)) if expected[k] != actual[k]
-    ]
+    mismatched = [(k, expected[k], actual[k]) for k in sorted(set(expected) & set(actual)) if expected[k] != actual[k]]
     return missing, unexpected, mismatched
 
 

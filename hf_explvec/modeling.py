@@ -298,10 +298,14 @@ class SelfExplainingCLIPVision(PreTrainedModel):
         expected_shape = (len(class_names), clip.config.projection_dim)
         if class_embeddings is None:
             if tokenizer is None:
-                raise ValueError("from_clip needs a tokenizer (or precomputed class_embeddings) for a CLIPModel object.")
+                raise ValueError(
+                    "from_clip needs a tokenizer (or precomputed class_embeddings) for a CLIPModel object."
+                )
             class_embeddings = build_class_embeddings(clip, tokenizer, class_names, templates)
         elif not isinstance(class_embeddings, torch.Tensor) or tuple(class_embeddings.shape) != expected_shape:
-            got = tuple(class_embeddings.shape) if isinstance(class_embeddings, torch.Tensor) else type(class_embeddings)
+            got = (
+                tuple(class_embeddings.shape) if isinstance(class_embeddings, torch.Tensor) else type(class_embeddings)
+            )
             raise ValueError(
                 f"class_embeddings must be a tensor of shape (num_classes, projection_dim) = {expected_shape}, got {got}."
             )
@@ -325,7 +329,6 @@ class SelfExplainingCLIPVision(PreTrainedModel):
             model.class_embeddings.copy_(F.normalize(class_embeddings.float(), dim=-1))
             model.logit_scale.copy_(clip.logit_scale.detach())
         return model.eval()
-
 
     def generate_model_card(self, repo_id: str | None = None, eval_results=None):
         """The model's card, rendered from `hub_cards/self_explaining_model.md`.
@@ -401,6 +404,7 @@ class SelfExplainingCLIPVision(PreTrainedModel):
             commit_description=commit_description,
             create_pr=create_pr,
         )
+
 
 def attribution_map(outputs: SelfExplainingOutput, target: int | torch.Tensor | None = None) -> torch.Tensor:
     r"""

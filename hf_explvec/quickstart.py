@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from .demo.clip import tiny_clip_model, tiny_clip_tokenizer
 from .modeling import SelfExplainingCLIPVision
 from .task_vector import TaskVector, TaskVectorConfig
-from .demo.clip import tiny_clip_model, tiny_clip_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,9 @@ def run(output_dir: str | Path = "outputs/quickstart", steps: int = 60, lam: flo
     vector = TaskVector.from_models(
         base,
         explainer,
-        TaskVectorConfig(base_model=base.config.clip_name_or_path, source_dataset="toy-columns", alpha=0.8, recommended_lam=lam),
+        TaskVectorConfig(
+            base_model=base.config.clip_name_or_path, source_dataset="toy-columns", alpha=0.8, recommended_lam=lam
+        ),
     )
     folder = Path(output_dir) / "vector"
     vector.save_pretrained(folder)

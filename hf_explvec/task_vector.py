@@ -56,7 +56,10 @@ class TaskVectorConfig:
 def _merge_provenance(a: TaskVectorConfig, b: TaskVectorConfig) -> TaskVectorConfig:
     """The provenance fields on which two vectors agree; the others become unknown."""
     return TaskVectorConfig(
-        **{f.name: getattr(a, f.name) if getattr(a, f.name) == getattr(b, f.name) else None for f in dataclasses.fields(a)}
+        **{
+            f.name: getattr(a, f.name) if getattr(a, f.name) == getattr(b, f.name) else None
+            for f in dataclasses.fields(a)
+        }
     )
 
 

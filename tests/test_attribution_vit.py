@@ -87,8 +87,10 @@ def test_value_options_follow_the_pixel_path(model, value):
     x = images()
     kwargs = dict(num_samples=64, seed=1, value=value)
     torch.testing.assert_close(
-        model_kernel_shap(model, x, 0, **kwargs), model_kernel_shap(model, x, 0, masking="pixel", **kwargs),
-        atol=1e-5, rtol=1e-5,
+        model_kernel_shap(model, x, 0, **kwargs),
+        model_kernel_shap(model, x, 0, masking="pixel", **kwargs),
+        atol=1e-5,
+        rtol=1e-5,
     )
 
 

@@ -385,7 +385,11 @@ IMGS = torch.ones(2, 1, 4, 4)
         ({"target": -1}, ValueError, r"got values in \[-1, -1\]"),
         ({"target": torch.tensor([0.0, 1.0])}, TypeError, "integer class ids"),
         ({"baseline": torch.zeros(3, 1, 1, 1)}, ValueError, r"\(3, 1, 1, 1\) does not broadcast to .*\(2, 1, 4, 4\)"),
-        ({"baseline": "noise"}, ValueError, "baseline must be a float, one of \\('mean', 'blur'\\) or a tensor, got 'noise'"),
+        (
+            {"baseline": "noise"},
+            ValueError,
+            "baseline must be a float, one of \\('mean', 'blur'\\) or a tensor, got 'noise'",
+        ),
         ({"baseline": [0.0]}, TypeError, "baseline must be a float, 'mean', 'blur' or a torch.Tensor, got list"),
         ({"steps": 5}, ValueError, r"\[1, num_patches=4\], got 5"),
         ({"steps": 0}, ValueError, ">= 1, got 0"),
@@ -441,7 +445,11 @@ def test_string_baselines_match_their_tensors():
 
     x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     keep = torch.tensor([[True, False, False, True], [False, True, True, False]])
-    torch.testing.assert_close(apply_patch_mask(x, keep, 4, baseline="mean"),
-                               apply_patch_mask(x, keep, 4, baseline=x.mean(dim=(2, 3), keepdim=True)))
-    torch.testing.assert_close(apply_patch_mask(x, keep, 4, baseline="blur"),
-                               apply_patch_mask(x, keep, 4, baseline=gaussian_blur(x, sigma=1.0)))
+    torch.testing.assert_close(
+        apply_patch_mask(x, keep, 4, baseline="mean"),
+        apply_patch_mask(x, keep, 4, baseline=x.mean(dim=(2, 3), keepdim=True)),
+    )
+    torch.testing.assert_close(
+        apply_patch_mask(x, keep, 4, baseline="blur"),
+        apply_patch_mask(x, keep, 4, baseline=gaussian_blur(x, sigma=1.0)),
+    )

@@ -9,8 +9,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, hf_hub_download
 from transformers import AutoModel
 
 from hf_explvec import SelfExplainingCLIPVision, TaskVector, TaskVectorConfig
-from hf_explvec.testing import tiny_clip_model
-from hf_explvec.testing import hub_client_env
+from hf_explvec.testing import hub_client_env, tiny_clip_model
 
 
 def make_vector(seed=0, **provenance):
@@ -41,7 +40,7 @@ def test_vector_push_and_load_by_name(local_hub):
     assert card.data.library_name == "hf_explvec"
     assert {"explainability", "task-arithmetic"} <= set(card.data.tags)
     assert card.data.datasets == ["digits"]
-    assert 'lam=0.8' in card.text and "related" in card.text
+    assert "lam=0.8" in card.text and "related" in card.text
 
 
 def test_pin_by_commit_sha_tag_and_branch(local_hub):
@@ -95,8 +94,15 @@ def test_push_keeps_a_readme_the_user_wrote_and_updates_its_metadata(local_hub):
 
 def test_model_push_and_auto_model_from_name(local_hub):
     model = SelfExplainingCLIPVision.from_clip(tiny_clip_model(), ["cat", "dog"], class_embeddings=torch.randn(2, 16))
-    results = [EvalResult(task_type="image-classification", dataset_type="digits", dataset_name="digits",
-                          metric_type="accuracy", metric_value=0.75)]
+    results = [
+        EvalResult(
+            task_type="image-classification",
+            dataset_type="digits",
+            dataset_name="digits",
+            metric_type="accuracy",
+            metric_value=0.75,
+        )
+    ]
     model.push_to_hub("org/self-explaining", eval_results=results)
     loaded = AutoModel.from_pretrained("org/self-explaining")  # no trust_remote_code
     assert isinstance(loaded, SelfExplainingCLIPVision)
@@ -118,11 +124,23 @@ def expect_error(error, *fragments, **kwargs):
 
 
 def test_repo_and_revision_not_found_name_repo_revision_and_endpoint(local_hub):
-    expect_error(FileNotFoundError, "repository not found", "'org/missing'", local_hub.endpoint,
-                 pretrained_model_name_or_path="org/missing")
+    expect_error(
+        FileNotFoundError,
+        "repository not found",
+        "'org/missing'",
+        local_hub.endpoint,
+        pretrained_model_name_or_path="org/missing",
+    )
     make_vector().push_to_hub("org/vec")
-    expect_error(FileNotFoundError, "revision not found", "'org/vec'", "'nope'", local_hub.endpoint,
-                 pretrained_model_name_or_path="org/vec", revision="nope")
+    expect_error(
+        FileNotFoundError,
+        "revision not found",
+        "'org/vec'",
+        "'nope'",
+        local_hub.endpoint,
+        pretrained_model_name_or_path="org/vec",
+        revision="nope",
+    )
 
 
 def test_missing_weights_and_pickles_are_refused(local_hub):
@@ -131,8 +149,13 @@ def test_missing_weights_and_pickles_are_refused(local_hub):
     config = {"vector_type": "clip_vision", "library_name": "hf_explvec"}
     api.upload_file(path_or_fileobj=json.dumps(config).encode(), path_in_repo="config.json", repo_id="org/pickled")
     api.upload_file(path_or_fileobj=b"\x80\x04pickle", path_in_repo="pytorch_model.bin", repo_id="org/pickled")
-    expect_error(FileNotFoundError, "no task_vector.safetensors", "'org/pickled'", local_hub.endpoint,
-                 pretrained_model_name_or_path="org/pickled")
+    expect_error(
+        FileNotFoundError,
+        "no task_vector.safetensors",
+        "'org/pickled'",
+        local_hub.endpoint,
+        pretrained_model_name_or_path="org/pickled",
+    )
     with pytest.raises(Exception):  # the pickle was never downloaded
         hf_hub_download("org/pickled", "pytorch_model.bin", local_files_only=True)
 
@@ -150,8 +173,11 @@ def test_corrupted_and_foreign_vectors_are_refused(local_hub, tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     api.create_repo("org/llama")
     api.upload_folder(folder_path=tmp_path, repo_id="org/llama")
-    api.upload_file(path_or_fileobj=json.dumps({**config, "vector_type": "llama"}).encode(),
-                    path_in_repo="config.json", repo_id="org/llama")
+    api.upload_file(
+        path_or_fileobj=json.dumps({**config, "vector_type": "llama"}).encode(),
+        path_in_repo="config.json",
+        repo_id="org/llama",
+    )
     expect_error(ValueError, "'llama'", "'org/llama'", pretrained_model_name_or_path="org/llama")
 
 

@@ -245,20 +245,28 @@ def test_lfs_upload_accepts_chunked_bodies_and_checks_content(local_hub):
     HfApi().create_repo("org/lfs")
     data = b"chunked LFS content " * 1000
     oid = hashlib.sha256(data).hexdigest()
-    batch = get_session().post(
-        f"{local_hub.endpoint}/org/lfs.git/info/lfs/objects/batch",
-        json={"operation": "upload", "transfers": ["basic"], "objects": [{"oid": oid, "size": len(data)}]},
-    ).json()
+    batch = (
+        get_session()
+        .post(
+            f"{local_hub.endpoint}/org/lfs.git/info/lfs/objects/batch",
+            json={"operation": "upload", "transfers": ["basic"], "objects": [{"oid": oid, "size": len(data)}]},
+        )
+        .json()
+    )
     upload = batch["objects"][0]["actions"]["upload"]["href"]
     bad = get_session().put(upload, content=iter([data[:-1], b"?"]))  # a generator is sent chunked
     assert bad.status_code == 400 and "does not match" in bad.json()["error"]
     assert get_session().put(upload, content=iter([data[:100], data[100:]])).status_code == 200
     verify = batch["objects"][0]["actions"]["verify"]["href"]
     assert get_session().post(verify, json={"oid": oid, "size": len(data)}).status_code == 200
-    again = get_session().post(
-        f"{local_hub.endpoint}/org/lfs.git/info/lfs/objects/batch",
-        json={"operation": "upload", "objects": [{"oid": oid, "size": len(data)}, {"oid": "xyz", "size": 1}]},
-    ).json()["objects"]
+    again = (
+        get_session()
+        .post(
+            f"{local_hub.endpoint}/org/lfs.git/info/lfs/objects/batch",
+            json={"operation": "upload", "objects": [{"oid": oid, "size": len(data)}, {"oid": "xyz", "size": 1}]},
+        )
+        .json()["objects"]
+    )
     assert "actions" not in again[0] and again[1]["error"]["code"] == 422  # already stored; invalid oid
 
 

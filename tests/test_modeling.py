@@ -93,7 +93,9 @@ def test_head_definitions(model):
     scale = model.logit_scale.exp()
     cls_norm = tokens[:, 0].norm(dim=-1)
     expected_logits = scale * tokens[:, 0] @ model.class_embeddings.T / cls_norm[:, None]
-    expected_attr = scale * torch.einsum("bmp,cp->bcm", tokens[:, 1:], model.class_embeddings) / (16 * cls_norm[:, None, None])
+    expected_attr = (
+        scale * torch.einsum("bmp,cp->bcm", tokens[:, 1:], model.class_embeddings) / (16 * cls_norm[:, None, None])
+    )
     torch.testing.assert_close(outputs.logits, expected_logits)
     torch.testing.assert_close(outputs.patch_attributions, expected_attr)
 

@@ -9,9 +9,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_every_subpackage_is_listed():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {
-        ".".join(path.parent.relative_to(ROOT).parts) for path in (ROOT / "hf_explvec").rglob("__init__.py")
-    } | {"hf_explvec.hub_cards"}
+    found = {".".join(path.parent.relative_to(ROOT).parts) for path in (ROOT / "hf_explvec").rglob("__init__.py")} | {
+        "hf_explvec.hub_cards"
+    }
     assert found == listed
 
 

@@ -415,5 +415,7 @@ def test_transfer_formula(base, finetuned, lam_target, lam):
     assert isinstance(result, SelfExplainingCLIPVision) and torch.equal(result.class_embeddings, head)
     theta_base, theta_t = vision_params(base), vision_params(finetuned)
     for name, value in vision_params(result).items():
-        expected = theta_base[name] + lam_target * (theta_t[name] - theta_base[name]) + lam * source_vector.state_dict()[name]
+        expected = (
+            theta_base[name] + lam_target * (theta_t[name] - theta_base[name]) + lam * source_vector.state_dict()[name]
+        )
         torch.testing.assert_close(value, expected, atol=1e-5, rtol=1e-5)

@@ -55,6 +55,17 @@ from ..attribution import (
     min_num_samples,
     patch_kernel_shap,
 )
+from ..attribution.vit import model_kernel_shap
+from ..hub import (
+    BASE_TAGS,
+    LIBRARY_NAME,
+    describe_repo,
+    load_remote_card,
+    merge_cards,
+    raise_hub_error,
+    render_card,
+)
+from ..modeling import SelfExplainingCLIPVision
 from .shards import (
     SHAP_COLUMNS,
     STORE_FORMAT,
@@ -70,17 +81,6 @@ from .shards import (
     example_seed,
     weights_fingerprint,
 )
-from ..attribution.vit import model_kernel_shap
-from ..hub import (
-    BASE_TAGS,
-    LIBRARY_NAME,
-    describe_repo,
-    load_remote_card,
-    merge_cards,
-    raise_hub_error,
-    render_card,
-)
-from ..modeling import SelfExplainingCLIPVision
 
 __all__ = [
     "Explainer",

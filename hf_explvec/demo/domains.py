@@ -94,7 +94,9 @@ def _import(module: str):
         return importlib.import_module(module)
     except ImportError as error:  # pragma: no cover - depends on the environment
         package = "scikit-learn" if module.startswith("sklearn") else "scikit-image"
-        raise ImportError(f"hf_explvec.demo.domains takes its pixels from {package}: `pip install {package}`") from error
+        raise ImportError(
+            f"hf_explvec.demo.domains takes its pixels from {package}: `pip install {package}`"
+        ) from error
 
 
 def _load(package: str, image) -> np.ndarray:
@@ -254,25 +256,43 @@ DOMAINS: dict[str, DomainSpec] = {
     spec.name: spec
     for spec in (
         DomainSpec(
-            "base", "pretraining mixture: digits 0-9 on any background in any ink, and the five texture tiles",
+            "base",
+            "pretraining mixture: digits 0-9 on any background in any ink, and the five texture tiles",
             class_names=tuple(f"digit {word}" for word in _DIGIT_WORDS) + tuple(_TEXTURES),
-            templates=("a photo of {}.",), evidence_kind="mixed", digits=tuple(range(10)),
-            textures=tuple(_TEXTURES), backgrounds=("brick wall", "grass", "gravel", *_PHOTOS), ink="any",
+            templates=("a photo of {}.",),
+            evidence_kind="mixed",
+            digits=tuple(range(10)),
+            textures=tuple(_TEXTURES),
+            backgrounds=("brick wall", "grass", "gravel", *_PHOTOS),
+            ink="any",
         ),
         DomainSpec(
-            "digits_on_textures", "digits 0-4 in white ink on a dark one-cell plate over grey brick, grass or gravel",
-            class_names=tuple(f"digit {word}" for word in _DIGIT_WORDS[:5]), templates=_DIGIT_TEMPLATES,
-            evidence_kind="digit", digits=(0, 1, 2, 3, 4), backgrounds=("brick wall", "grass", "gravel"),
+            "digits_on_textures",
+            "digits 0-4 in white ink on a dark one-cell plate over grey brick, grass or gravel",
+            class_names=tuple(f"digit {word}" for word in _DIGIT_WORDS[:5]),
+            templates=_DIGIT_TEMPLATES,
+            evidence_kind="digit",
+            digits=(0, 1, 2, 3, 4),
+            backgrounds=("brick wall", "grass", "gravel"),
         ),
         DomainSpec(
-            "digits_on_photos", "digits 5-9 in coloured ink on a dark one-cell plate over colour photos",
-            class_names=tuple(f"digit {word}" for word in _DIGIT_WORDS[5:]), templates=_DIGIT_TEMPLATES,
-            evidence_kind="digit", digits=(5, 6, 7, 8, 9), backgrounds=tuple(_PHOTOS), ink="colour",
+            "digits_on_photos",
+            "digits 5-9 in coloured ink on a dark one-cell plate over colour photos",
+            class_names=tuple(f"digit {word}" for word in _DIGIT_WORDS[5:]),
+            templates=_DIGIT_TEMPLATES,
+            evidence_kind="digit",
+            digits=(5, 6, 7, 8, 9),
+            backgrounds=tuple(_PHOTOS),
+            ink="colour",
         ),
         DomainSpec(
-            "texture_tiles", "the texture of a 2x2-cell tile on a plain background; a digit elsewhere is a distractor",
-            class_names=tuple(_TEXTURES), templates=("a photo of {}.", "a patch of {} texture."),
-            evidence_kind="texture", textures=tuple(_TEXTURES), distractor=True,
+            "texture_tiles",
+            "the texture of a 2x2-cell tile on a plain background; a digit elsewhere is a distractor",
+            class_names=tuple(_TEXTURES),
+            templates=("a photo of {}.", "a patch of {} texture."),
+            evidence_kind="texture",
+            textures=tuple(_TEXTURES),
+            distractor=True,
         ),
     )
 }
@@ -476,8 +496,15 @@ def generate_domain(
                     _paste_digit(canvas, alpha, row * patch_size, column * patch_size, ink)
         images[i] = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
 
-    logger.debug("composed %d images of %s/%s (%d px, patch %d) in %.2fs", num_examples, name, split, image_size,
-                 patch_size, time.perf_counter() - start)
+    logger.debug(
+        "composed %d images of %s/%s (%d px, patch %d) in %.2fs",
+        num_examples,
+        name,
+        split,
+        image_size,
+        patch_size,
+        time.perf_counter() - start,
+    )
     flat = (num_examples, grid * grid)
     return DomainArrays(
         images, labels, evidence.reshape(flat), distractor.reshape(flat), digit_indices, spec.class_names

@@ -38,6 +38,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..attribution.vit import model_kernel_shap
+from ..data.images import clip_image_processor
+from ..evaluation import accuracy
+from ..modeling import SelfExplainingCLIPVision
+from ..task_vector import TaskVector, transfer
+from ..training import TrainingConfig, train, train_twins
 from .report import (
     evaluate_model,
     explanation_metrics,
@@ -47,11 +53,6 @@ from .report import (
     select_lambda,
     write_report,
 )
-from ..evaluation import accuracy
-from ..attribution.vit import model_kernel_shap
-from ..modeling import SelfExplainingCLIPVision
-from ..task_vector import TaskVector, transfer
-from ..training import TrainingConfig, train, train_twins
 
 logger = logging.getLogger(__name__)
 
@@ -224,15 +225,6 @@ class Domains:
         return {d.name: d.describe() for d in self.all()}
 
 
-def image_processor(image_size: int):
-    """CLIP's preprocessing (resize, centre crop, CLIP mean/std) at `image_size` (PIL backend: no torchvision)."""
-    try:
-        from transformers import CLIPImageProcessorPil as Processor
-    except ImportError:  # pragma: no cover - older transformers
-        from transformers import CLIPImageProcessor as Processor
-    return Processor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
-
-
 def _process(dataset, processor, image_size: int, patch_size: int) -> DemoSplit:
     pixels = []
     for i in range(0, len(dataset), 256):
@@ -302,7 +294,7 @@ def load_domain(name: str, role: str, sizes: dict, config: DemoConfig, image_siz
     first = next(iter(splits.values()))
     class_names = tuple(first.features["label"].names)
     templates = DOMAINS[name].templates if name in DOMAINS else ("a photo of a {}.",)
-    processor = image_processor(image_size)
+    processor = clip_image_processor(image_size)
     processed = {split: _process(ds, processor, image_size, patch_size) for split, ds in splits.items()}
     return Domain(name, role, class_names, tuple(templates), processed["train"], processed.get("validation"),
                   processed.get("test"), origin)  # fmt: skip
@@ -323,8 +315,10 @@ def load_domains(config: DemoConfig, image_size: int, patch_size: int, data=None
     if config.base is not None and config.pretrain_steps > 0:
         base = load_domain(config.base, "base", {"train": config.base_train_size}, config, image_size, patch_size, data)
     source = load_domain(config.source, "source", sizes, config, image_size, patch_size, data)
-    targets = [load_domain(target, _role(target, config.source), sizes, config, image_size, patch_size, data)
-               for target in config.targets]
+    targets = [
+        load_domain(target, _role(target, config.source), sizes, config, image_size, patch_size, data)
+        for target in config.targets
+    ]
     return Domains(base, source, targets)
 
 
@@ -399,8 +393,9 @@ def pretrain_clip(clip, tokenizer, split: DemoSplit, class_names, templates, con
         optimizer.step()
         schedule.step()
         if (step + 1) % 50 == 0 or step + 1 == steps:
-            history.append({"step": step + 1, "loss": float(loss.detach()),
-                            "accuracy": accuracy(logits.detach(), labels)})
+            history.append(
+                {"step": step + 1, "loss": float(loss.detach()), "accuracy": accuracy(logits.detach(), labels)}
+            )
     logger.info("base stage: %s", history[-1] if history else "skipped")
     clip.eval()
     return history
@@ -561,8 +556,9 @@ def _target_stage(clip, tokenizer, target: Domain, source: dict, vector: TaskVec
                                              config.shap_batch_size, desc, value=config.shap_value)  # fmt: skip
         metrics = explanation_metrics(prediction_only, target.test, values, reference["reference"], top_k=config.top_k)
         base_accuracy = next(entry for entry in sweep["test"] if entry["lam"] == 0.0)["accuracy"]
-        comparison.append({"num_samples": n, "accuracy": base_accuracy, "explain_seconds_per_image": seconds,
-                           **metrics})
+        comparison.append(
+            {"num_samples": n, "accuracy": base_accuracy, "explain_seconds_per_image": seconds, **metrics}
+        )
     clock.lap(f"{name}: Kernel SHAP as the explainer", t)
 
     count, evidence = min(config.num_heatmaps, len(target.test)), target.test.evidence
@@ -676,14 +672,23 @@ def _run(config: DemoConfig, clip, tokenizer, data) -> dict:
         "config": config.to_dict(),
         "default_config": _is_default(config),
         "seeds": {name: _seed(config, name) for name in SEED_OFFSETS},
-        "model": {"clip": config.clip or "small CLIP built in code (hf_explvec.testing.tiny_clip_model)",
-                  "image_size": image_size, "patch_size": patch_size, "num_patches": (image_size // patch_size) ** 2,
-                  "vision_parameters": sum(p.numel() for p in clip.vision_model.parameters())},
+        "model": {
+            "clip": config.clip or "small CLIP built in code (hf_explvec.testing.tiny_clip_model)",
+            "image_size": image_size,
+            "patch_size": patch_size,
+            "num_patches": (image_size // patch_size) ** 2,
+            "vision_parameters": sum(p.numel() for p in clip.vision_model.parameters()),
+        },
         "domains": domains.describe(),
         "base_stage": {"history": history, "zero_shot_validation_accuracy": zero_shot},
-        "source": {"domain": domains.source.name, "labels_rms": source["labels_rms"], "test": source["metrics"],
-                   "twins_identical_to_labelled_model": source["identical"], "vector_norm": twins.vector.norm(),
-                   "vector_pred_norm": source["vector_pred"].norm()},
+        "source": {
+            "domain": domains.source.name,
+            "labels_rms": source["labels_rms"],
+            "test": source["metrics"],
+            "twins_identical_to_labelled_model": source["identical"],
+            "vector_norm": twins.vector.norm(),
+            "vector_pred_norm": source["vector_pred"].norm(),
+        },
         "hub": hub,
         "targets": targets,
         "timings_seconds": {**clock.stages, "total": round(time.perf_counter() - clock.start, 3)},

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..attribution.vit import model_kernel_shap
 from ..evaluation import (
     accuracy,
     deletion_auc,
@@ -31,7 +32,6 @@ from ..evaluation import (
     select_target,
     spearman,
 )
-from ..attribution.vit import model_kernel_shap
 
 logger = logging.getLogger(__name__)
 
@@ -210,8 +210,11 @@ def evaluate_model(model, split, *, num_samples: int, seed: int, batch_size: int
     """
     logits, explained, seconds = forward_attributions(model, split)
     reference, shap_seconds = kernel_shap_values(model, split, num_samples, seed, batch_size, desc, value=value)
-    metrics = {"accuracy": accuracy(logits, split.labels), "explain_seconds_per_image": seconds,
-               "reference_shap_seconds_per_image": shap_seconds}
+    metrics = {
+        "accuracy": accuracy(logits, split.labels),
+        "explain_seconds_per_image": seconds,
+        "reference_shap_seconds_per_image": shap_seconds,
+    }
     metrics.update(explanation_metrics(model, split, explained, reference, top_k=top_k, perturbation=perturbation))
     return metrics, {"attributions": explained, "reference": reference, "logits": logits}
 
@@ -234,6 +237,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     for row in rows:
         if len(row) != len(header):
             raise ValueError(f"every row needs {len(header)} cells like the header, got {len(row)}: {row}.")
+
     def line(cells) -> str:
         return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
 
@@ -511,59 +515,105 @@ def _bullets(results: dict) -> list[str]:
     config, model, hub = results["config"], results["model"], results["hub"]
     history = results["base_stage"]["history"]
     if history:
-        base = (f"{config['pretrain_steps']} steps of cross-entropy over the class prompts of the base domain, both "
-                f"towers trained (last batch accuracy {100 * history[-1]['accuracy']:.0f}%)")
+        base = (
+            f"{config['pretrain_steps']} steps of cross-entropy over the class prompts of the base domain, both "
+            f"towers trained (last batch accuracy {100 * history[-1]['accuracy']:.0f}%)"
+        )
     else:
         base = "none (a pretrained CLIP is the base)"
     zero_shot = results["base_stage"]["zero_shot_validation_accuracy"]
     zero_shot = ", ".join(f"{name} {100 * value:.1f}%" for name, value in zero_shot.items())
     grid = ", ".join(f"{lam:g}" for lam in config["lambdas"])
     return [
-        (f"- Model: {model['clip']}; vision tower {model['vision_parameters']:,} parameters, image "
-        f"{model['image_size']}, patch {model['patch_size']} (M = {model['num_patches']} patches)."),
+        (
+            f"- Model: {model['clip']}; vision tower {model['vision_parameters']:,} parameters, image "
+            f"{model['image_size']}, patch {model['patch_size']} (M = {model['num_patches']} patches)."
+        ),
         f"- Base stage: {base}. Zero-shot validation accuracy of θ_base with each domain's prompt head: {zero_shot}.",
-        (f"- Fine-tuning (every model, twins alike): AdamW, learning rate {config['learning_rate']:g}, "
-        f"{config['num_train_epochs']} epochs, batch {config['batch_size']}, cosine schedule with 10% warmup; "
-        f"self-explaining models α = {config['alpha']}."),
-        (f"- Kernel SHAP: training labels with N = {config['label_num_samples']} (of the prediction-only model of the "
-        f"same domain, label class, through `label_dataset`); evaluation references with N = "
-        f"{config['eval_num_samples']}; explained score: {config.get('shap_value', 'logit')}."),
-        (f"- Transfer: θ̃ = θ_base + λ1·(θ_T − θ_base) + λ2·τ_S with λ1 = {config['lam_target']:g} and λ2 in "
-        f"{{{grid}}}; λ2 is chosen on validation: the lowest validation E-RMSE with validation accuracy within "
-        f"{100 * config['max_accuracy_drop']:g} points of λ2 = 0."),
-        (f"- Hub: τ_S was pushed to a LocalHub on loopback as `{hub['repo_id']}`, **commit `{hub['commit_sha']}`**, "
-        f"and pulled back by name with `TaskVector.from_pretrained` (commit `{hub['pulled_commit']}`, largest "
-        f"difference {hub['max_abs_difference']:.1g}); {hub['num_parameters']:,} parameters, norm {hub['norm']:.3f}."),
+        (
+            f"- Fine-tuning (every model, twins alike): AdamW, learning rate {config['learning_rate']:g}, "
+            f"{config['num_train_epochs']} epochs, batch {config['batch_size']}, cosine schedule with 10% warmup; "
+            f"self-explaining models α = {config['alpha']}."
+        ),
+        (
+            f"- Kernel SHAP: training labels with N = {config['label_num_samples']} (of the prediction-only model of the "
+            f"same domain, label class, through `label_dataset`); evaluation references with N = "
+            f"{config['eval_num_samples']}; explained score: {config.get('shap_value', 'logit')}."
+        ),
+        (
+            f"- Transfer: θ̃ = θ_base + λ1·(θ_T − θ_base) + λ2·τ_S with λ1 = {config['lam_target']:g} and λ2 in "
+            f"{{{grid}}}; λ2 is chosen on validation: the lowest validation E-RMSE with validation accuracy within "
+            f"{100 * config['max_accuracy_drop']:g} points of λ2 = 0."
+        ),
+        (
+            f"- Hub: τ_S was pushed to a LocalHub on loopback as `{hub['repo_id']}`, **commit `{hub['commit_sha']}`**, "
+            f"and pulled back by name with `TaskVector.from_pretrained` (commit `{hub['pulled_commit']}`, largest "
+            f"difference {hub['max_abs_difference']:.1g}); {hub['num_parameters']:,} parameters, norm {hub['norm']:.3f}."
+        ),
         "- Seeds: " + ", ".join(f"{k} {v}" for k, v in results["seeds"].items()) + ".",
     ]
 
 
 def _setup_section(results: dict) -> list[str]:
-    domains = [[name, d["role"], d["origin"], str(len(d["classes"])),
-                ", ".join(f"{k} {v}" for k, v in d["sizes"].items())] for name, d in results["domains"].items()]
+    domains = [
+        [name, d["role"], d["origin"], str(len(d["classes"])), ", ".join(f"{k} {v}" for k, v in d["sizes"].items())]
+        for name, d in results["domains"].items()
+    ]
     source = results["source"]
-    twins = [[name.replace("_", "-"), f"{100 * m['accuracy']:.1f}%", _fmt(m["e_rmse"]), _fmt(m["e_rmse_l2"]),
-              _fmt(m["iou_at_k"]), _fmt(m["spearman"]), _fmt(m.get("pointing")), _fmt(m["shap_rms"])]
-             for name, m in source["test"].items()]
-    return ["## Setup", "", *_bullets(results), "",
-            markdown_table(["Domain", "Role", "Pixels from", "Classes", "Images"], domains), "",
-            (f"Source twins on the source test split ({source['domain']}; RMS of the Kernel SHAP labels "
+    twins = [
+        [
+            name.replace("_", "-"),
+            f"{100 * m['accuracy']:.1f}%",
+            _fmt(m["e_rmse"]),
+            _fmt(m["e_rmse_l2"]),
+            _fmt(m["iou_at_k"]),
+            _fmt(m["spearman"]),
+            _fmt(m.get("pointing")),
+            _fmt(m["shap_rms"]),
+        ]
+        for name, m in source["test"].items()
+    ]
+    return [
+        "## Setup",
+        "",
+        *_bullets(results),
+        "",
+        markdown_table(["Domain", "Role", "Pixels from", "Classes", "Images"], domains),
+        "",
+        (
+            f"Source twins on the source test split ({source['domain']}; RMS of the Kernel SHAP labels "
             f"{source['labels_rms']:.3f}; the prediction-only twin is bit-identical to the model the labels were "
-            f"taken from: {source['twins_identical_to_labelled_model']}):"), "",
-            markdown_table(["Model", "Accuracy", "E-RMSE", "E-RMSE (L2)", "IoU@K", "Spearman", "Pointing",
-                            "SHAP RMS"], twins), ""]
+            f"taken from: {source['twins_identical_to_labelled_model']}):"
+        ),
+        "",
+        markdown_table(
+            ["Model", "Accuracy", "E-RMSE", "E-RMSE (L2)", "IoU@K", "Spearman", "Pointing", "SHAP RMS"], twins
+        ),
+        "",
+    ]
 
 
 def _target_section(results: dict, target: dict) -> list[str]:
     name, sizes = target["domain"], results["domains"][target["domain"]]["sizes"]
     return [
-        f"## Target `{name}` ({target['role']})", "",
-        (f"cos(τ_S,pred, τ_T) = {_fmt(target['cosine_tau_source_prediction_vs_tau_target'])}; cos(τ_S, τ_T) = "
-        f"{_fmt(target['cosine_tau_source_explainability_vs_tau_target'])}; ‖τ_T‖ = {target['norm_tau_target']:.3f}; "
-        f"RMS of the Kernel SHAP labels of the target's training split (for θ*_T only): {target['labels_rms']:.3f}."),
-        "", f"**Test** ({sizes.get('test', '?')} images):", "", target_table(target, "test"), "",
-        f"**Validation** ({sizes.get('validation', '?')} images; λ2 is chosen here):", "",
-        target_table(target, "validation"), "", f"![heatmaps of {name}](heatmaps_{name}.png)", "",
+        f"## Target `{name}` ({target['role']})",
+        "",
+        (
+            f"cos(τ_S,pred, τ_T) = {_fmt(target['cosine_tau_source_prediction_vs_tau_target'])}; cos(τ_S, τ_T) = "
+            f"{_fmt(target['cosine_tau_source_explainability_vs_tau_target'])}; ‖τ_T‖ = {target['norm_tau_target']:.3f}; "
+            f"RMS of the Kernel SHAP labels of the target's training split (for θ*_T only): {target['labels_rms']:.3f}."
+        ),
+        "",
+        f"**Test** ({sizes.get('test', '?')} images):",
+        "",
+        target_table(target, "test"),
+        "",
+        f"**Validation** ({sizes.get('validation', '?')} images; λ2 is chosen here):",
+        "",
+        target_table(target, "validation"),
+        "",
+        f"![heatmaps of {name}](heatmaps_{name}.png)",
+        "",
     ]
 
 
@@ -578,23 +628,41 @@ def build_report(results: dict) -> str:
         `str`: markdown.
     """
     config = results["config"]
-    lines = ["# hf-explvec offline demo: explainability vectors by task arithmetic", "",
-             f"- Date: {results['date']}", f"- Machine: {results['machine']}",
-             f"- Command: `{config.get('command') or 'hf_explvec.demo.run(...)'}`",
-             f"- Wall time: {results['timings_seconds']['total']:.1f} s"]
+    lines = [
+        "# hf-explvec offline demo: explainability vectors by task arithmetic",
+        "",
+        f"- Date: {results['date']}",
+        f"- Machine: {results['machine']}",
+        f"- Command: `{config.get('command') or 'hf_explvec.demo.run(...)'}`",
+        f"- Wall time: {results['timings_seconds']['total']:.1f} s",
+    ]
     if config.get("note"):
         lines.append(f"- **Note: {config['note']}.**")
     lines += ["", "## Summary", ""]
     for target in results["targets"]:
         lines.append(f"- **{target['domain']}** ({target['role']}): {_verdict(target, transfer_summary(target))}")
-    definitions = DEFINITIONS.format(eval_n=config["eval_num_samples"], k=config["top_k"],
-                                     threads=config["num_threads"], value=config.get("shap_value", "logit"))
+    definitions = DEFINITIONS.format(
+        eval_n=config["eval_num_samples"],
+        k=config["top_k"],
+        threads=config["num_threads"],
+        value=config.get("shap_value", "logit"),
+    )
     lines += ["", "## Definitions", "", definitions, "", *_setup_section(results)]
     for target in results["targets"]:
         lines += _target_section(results, target)
     timings = [[stage, f"{seconds:.1f}"] for stage, seconds in results["timings_seconds"].items()]
-    lines += ["## λ sweep", "", "![accuracy against E-RMSE over λ2](lambda_sweep.png)", "",
-              "## Timings", "", markdown_table(["Stage", "Seconds"], timings), "", "## What we tried", ""]
+    lines += [
+        "## λ sweep",
+        "",
+        "![accuracy against E-RMSE over λ2](lambda_sweep.png)",
+        "",
+        "## Timings",
+        "",
+        markdown_table(["Stage", "Seconds"], timings),
+        "",
+        "## What we tried",
+        "",
+    ]
     if results.get("default_config"):
         lines.append(DEVELOPMENT_NOTES)
     else:

@@ -178,7 +178,11 @@ def apply_patch_mask(
         raise ValueError(f"`keep` must have shape {expected}, got {tuple(keep.shape)}.")
     rows = torch.arange(keep.shape[0], device=pixel_values.device)
     return mask_patches(
-        pixel_values.contiguous(), keep.to(pixel_values.device), rows, make_baseline(pixel_values, baseline, patch_size), patch_size
+        pixel_values.contiguous(),
+        keep.to(pixel_values.device),
+        rows,
+        make_baseline(pixel_values, baseline, patch_size),
+        patch_size,
     )
 
 
@@ -275,7 +279,9 @@ def _masked_target_probs(
     for start in range(0, total, batch_size):
         rows = torch.arange(start, min(start + batch_size, total), device=device)
         image_idx = rows // num_masks
-        masked = mask_patches(pixel_values, flat_keep[start : start + len(rows)].to(device), image_idx, baseline, patch_size)
+        masked = mask_patches(
+            pixel_values, flat_keep[start : start + len(rows)].to(device), image_idx, baseline, patch_size
+        )
         logits = _extract_logits(forward_fn(masked))
         if logits.ndim != 2 or logits.shape[0] != len(rows):
             raise ValueError(

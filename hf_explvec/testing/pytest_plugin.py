@@ -22,7 +22,6 @@ import pytest
 
 from ..hub.loopback import LocalHub, hub_client_env
 
-
 __all__ = ["local_hub"]
 
 

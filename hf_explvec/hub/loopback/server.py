@@ -33,9 +33,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
-from .storage import LOCAL_USER, HubError, HubStorage, card_data, parse_commit_payload
 from .env import FAKE_TOKEN, hub_client_env
-
+from .storage import LOCAL_USER, HubError, HubStorage, card_data, parse_commit_payload
 
 __all__ = ["FAKE_TOKEN", "HubError", "LocalHub", "hub_client_env"]
 

@@ -32,7 +32,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
 __all__ = [
     "HubError", "HubStorage", "LFS_SIZE_THRESHOLD", "card_data", "git_blob_id", "lfs_pointer", "parse_commit_payload"
 ]  # fmt: skip
@@ -93,7 +92,7 @@ def lfs_pointer(sha256: str, size: int) -> bytes:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _glob_regex(pattern: str) -> str:

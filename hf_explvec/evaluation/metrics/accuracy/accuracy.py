@@ -22,6 +22,7 @@ Examples:
     {'accuracy': 0.75}
 """
 
+
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Accuracy(evaluate.Metric):
     """Fraction of predicted class ids equal to the labels."""

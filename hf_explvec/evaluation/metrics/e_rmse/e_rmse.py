@@ -25,6 +25,7 @@ Examples:
     {'e_rmse': 1.4142135623730951}
 """
 
+
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class ERMSE(evaluate.Metric):
     """Explanation RMSE between attributions and Kernel SHAP values."""

@@ -25,6 +25,7 @@ Examples:
     {'iou_at_k': 0.3333333333333333}
 """
 
+
 def _required_k(k):
     if k is None:
         raise ValueError("iou_at_k needs `k`: call compute(predictions=..., references=..., k=K).")

@@ -2,7 +2,7 @@
 
 import evaluate
 
-from hf_explvec.evaluation import spearman, metric_info
+from hf_explvec.evaluation import metric_info, spearman
 
 _DESCRIPTION = """\
 Spearman rank correlation, per example, between the model's patch attributions and the Kernel SHAP values
@@ -23,6 +23,7 @@ Examples:
     >>> metric.compute(predictions=[[1.0, 2.0, 3.0]], references=[[3.0, 2.0, 1.0]])
     {'spearman': -1.0}
 """
+
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class SpearmanAttribution(evaluate.Metric):
