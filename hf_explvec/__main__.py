@@ -1,3 +1,3 @@
-from .cli import main
+from hf_explvec_cli import main
 
 main()

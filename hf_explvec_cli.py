@@ -1,0 +1,131 @@
+"""The `hf-explvec` command line: parses its arguments, then imports the library for the chosen command only.
+
+This module sits outside the `hf_explvec` package on purpose. `import hf_explvec` registers the model with
+transformers' Auto classes, which imports torch and transformers (seconds); keeping the parser outside the package lets
+`hf-explvec --help` and argument errors answer at once. The commands themselves are in [`hf_explvec.cli`].
+
+Errors: a usage error (bad or missing argument, or a value the library refuses: `ValueError`, `TypeError`,
+`KeyError`) prints one line `hf-explvec: error: ...` and exits 2; any other failure (a model or data set that cannot
+be loaded, a Hub connection that drops) prints one line and exits 1. `--debug` shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+PROG = "hf-explvec"
+USAGE_ERRORS = (ValueError, TypeError, KeyError)
+
+
+def _baseline(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text  # "mean", "blur": checked by the library
+
+
+def _add_label_parser(commands, common) -> None:
+    label = commands.add_parser(
+        "label",
+        parents=[common],
+        help="add Kernel SHAP patch values to a data set split (resumable; splits work under accelerate launch)",
+    )
+    label.add_argument("--model", required=True, help="a SelfExplainingCLIPVision: Hub repo id or local folder")
+    label.add_argument("--model-revision", default=None)
+    label.add_argument("--dataset", required=True, help="data set name or path for datasets.load_dataset")
+    label.add_argument("--dataset-revision", default=None)
+    label.add_argument("--split", default="train")
+    label.add_argument("--image-column", default="image")
+    label.add_argument("--label-column", default="label")
+    label.add_argument("--target", choices=["label", "prediction"], default="label")
+    label.add_argument("--num-samples", type=int, default=500)
+    label.add_argument("--baseline", type=_baseline, default=0.0, help="a number, 'mean' or 'blur'")
+    label.add_argument("--value", choices=["logit", "log_prob", "prob"], default="logit")
+    label.add_argument("--seed", type=int, default=0)
+    label.add_argument("--batch-size", type=int, default=64)
+    label.add_argument("--shard-dir", default=None, help="where finished shards go (resume from there)")
+    label.add_argument("--save-to", default=None, help="save the labelled split with save_to_disk")
+    label.add_argument("--push-to", default=None, help="push the labelled split (and its card) to this repo")
+    label.add_argument("--device", default=None)
+
+
+def _add_demo_parser(commands, common) -> None:
+    demo = commands.add_parser(
+        "demo",
+        parents=[common],
+        help="the paper's pipeline end to end on small CLIP models and offline domains; writes a report folder",
+        description="Base stage, source twins and explainability vector, Hub round trip, transfer to related and "
+        "unrelated targets with a λ sweep chosen on validation, report (tables, heatmaps, λ-sweep plot, results.json). "
+        "Reference scale (internet and a GPU): --clip openai/clip-vit-base-patch32 --base-dataset none "
+        "--source-dataset NAME --target-dataset NAME ... (Hub data sets; see README).",
+    )
+    demo.add_argument("--output-dir", default=None, help="report folder (default reports/demo, or reports/demo-quick)")
+    demo.add_argument("--quick", action="store_true", help="toy sizes: the whole pipeline in well under a minute")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
+    demo.add_argument("--clip", default=None, help="a pretrained CLIPModel name or path; skips the base stage")
+    demo.add_argument("--base-dataset", default=None, help="base-stage domain, or 'none' (default: base)")
+    demo.add_argument("--source-dataset", default=None, help="source domain or Hub data set ('name' or 'name:config')")
+    demo.add_argument("--target-dataset", action="append", default=None, help="a target (repeat for several)")
+    demo.add_argument("--image-column", default=None, help="image column of Hub data sets (default: first Image)")
+    demo.add_argument("--label-column", default=None, help="label column (default: label, else first ClassLabel)")
+    demo.add_argument("--lambdas", type=float, nargs="+", default=None, help="the λ2 grid (must include 0)")
+    demo.add_argument("--alpha", type=float, default=None, help="CE weight of the self-explaining models (0.8)")
+    demo.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs")
+    demo.add_argument("--learning-rate", type=float, default=None, help="fine-tuning learning rate")
+    demo.add_argument("--batch-size", type=int, default=None, help="fine-tuning batch size")
+    demo.add_argument("--pretrain-steps", type=int, default=None, help="base-stage steps (0: none)")
+    demo.add_argument("--train-size", type=int, default=None)
+    demo.add_argument("--validation-size", type=int, default=None)
+    demo.add_argument("--test-size", type=int, default=None)
+    demo.add_argument("--label-samples", type=int, default=None, help="Kernel SHAP samples of the training labels")
+    demo.add_argument("--eval-samples", type=int, default=None, help="Kernel SHAP samples of the evaluation reference")
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `hf-explvec` (no heavy imports)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Explainability vectors for CLIP classifiers.", parents=[common]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    quick = commands.add_parser(
+        "quickstart", help="the vector life cycle on tiny models built in code (offline)", parents=[common]
+    )
+    quick.add_argument("--output-dir", default="outputs/quickstart")
+    quick.add_argument("--steps", type=int, default=60, help="training steps of the self-explaining twin")
+    quick.add_argument("--lam", type=float, default=0.8, help="scaling of the vector when applied")
+    quick.add_argument("--seed", type=int, default=0)
+    _add_label_parser(commands, common)
+    _add_demo_parser(commands, common)
+    return parser
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or "(no message)"
+    return f"{type(error).__name__}: {text}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run `hf-explvec` with `argv` (default `sys.argv[1:]`). Raises `SystemExit` (2: usage error, 1: failure)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        from hf_explvec import cli
+
+        cli.run(args, argv)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except Exception as error:
+        if args.debug:
+            raise
+        usage = isinstance(error, USAGE_ERRORS) and not isinstance(error, OSError)
+        print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
+        raise SystemExit(2 if usage else 1) from None
+
+
+if __name__ == "__main__":
+    main()
