@@ -10,6 +10,26 @@ DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 """Prompt templates used when none are given: CLIP's own zero-shot default."""
 
 
+def pooled_features(output) -> torch.Tensor:
+    r"""The feature tensor of a CLIP `get_text_features` / `get_image_features` call.
+
+    Depending on the transformers version these return the projected features as a tensor, or a
+    `ModelOutput` whose `pooler_output` holds them; this accepts both.
+
+    Args:
+        output (`torch.Tensor` or `ModelOutput` with `pooler_output`): what the feature call returned.
+
+    Returns:
+        `torch.Tensor` of shape `(batch_size, projection_dim)`: the features, unchanged (not normalised).
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    features = getattr(output, "pooler_output", None)
+    if not isinstance(features, torch.Tensor):
+        raise TypeError(f"expected a tensor or an output with a `pooler_output` tensor, got {type(output).__name__}")
+    return features
+
+
 @torch.no_grad()
 def build_class_embeddings(
     clip_model,
@@ -60,10 +80,9 @@ def build_class_embeddings(
             return_tensors="pt",
         ).to(device)
         features = clip_model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        features = features if isinstance(features, torch.Tensor) else features.pooler_output
-        chunks.append(torch.nn.functional.normalize(features.float(), dim=-1))
+        chunks.append(torch.nn.functional.normalize(pooled_features(features).float(), dim=-1))
     per_prompt = torch.cat(chunks).view(len(class_names), len(templates), -1)
     return torch.nn.functional.normalize(per_prompt.mean(dim=1), dim=-1)
 
 
-__all__ = ["DEFAULT_TEMPLATES", "build_class_embeddings"]
+__all__ = ["DEFAULT_TEMPLATES", "build_class_embeddings", "pooled_features"]

@@ -378,7 +378,7 @@ def test_model_output_with_logits_attribute(images_3x3):
         (dict(baseline=torch.zeros(2, 3, 1, 1)), ValueError, "does not broadcast"),
         (dict(baseline=float("nan")), ValueError, "finite"),
         (dict(baseline=torch.full((3, 1, 1), float("inf"))), ValueError, "finite"),
-        (dict(batch_size=0), ValueError, "batch_size must be at least 1"),
+        (dict(batch_size=0), ValueError, "batch_size must be >= 1"),
         (dict(seed=1.5), TypeError, "seed must be an int"),
     ],
 )

@@ -35,6 +35,7 @@ from collections.abc import Callable
 
 import torch
 
+from .._validation import check_int
 from .sampling import make_generator, plan_coalitions, sample_coalitions
 from .solver import solve_kernel_shap
 
@@ -56,14 +57,6 @@ def min_num_samples(num_players: int) -> int:
     times larger.)
     """
     return 2 * num_players
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return value
 
 
 def _check_num_samples(num_samples: object, num_players: int) -> int:
@@ -149,10 +142,10 @@ def kernel_shap(
     """
     if not callable(value_fn):
         raise TypeError(f"value_fn must be callable, got {type(value_fn).__name__}")
-    m = _check_int("num_players", num_players, 1)
-    bsz = _check_int("num_inputs", num_inputs, 1)
+    m = check_int("num_players", num_players, 1)
+    bsz = check_int("num_inputs", num_inputs, 1)
     num_samples = _check_num_samples(num_samples, m)
-    batch_size = _check_int("batch_size", batch_size, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
     device = torch.device("cpu") if device is None else torch.device(device)
