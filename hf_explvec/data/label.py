@@ -35,7 +35,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -43,12 +42,9 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-from accelerate import PartialState
-from accelerate.utils import parse_flag_from_env
 from datasets.fingerprint import Hasher
-from huggingface_hub import DatasetCard, DatasetCardData, HfApi
-from huggingface_hub.errors import HfHubHTTPError
 
+from .._process import process_state
 from ..attribution import (
     VALUE_OPTIONS,
     make_baseline,
@@ -56,29 +52,17 @@ from ..attribution import (
     patch_kernel_shap,
 )
 from ..attribution.vit import model_kernel_shap
-from ..hub import (
-    BASE_TAGS,
-    LIBRARY_NAME,
-    describe_repo,
-    load_remote_card,
-    merge_cards,
-    raise_hub_error,
-    render_card,
-)
 from ..modeling import SelfExplainingCLIPVision
+from .images import image_processor_for, preprocess, rows_sha256, to_rgb
+from .load import SHAP_COLUMNS, load_split, push_shap_dataset, shap_dataset_card, shap_provenance, with_provenance
 from .shards import (
-    SHAP_COLUMNS,
     STORE_FORMAT,
+    LabellingRun,
     ShardStore,
-    _check_labels,
-    _compute_shards,
-    _forward_of,
-    _preprocess,
-    _resolve_subject,
-    _rows_sha256,
-    _Run,
-    _to_rgb,
+    compute_shards,
     example_seed,
+    forward_of,
+    resolve_subject,
     weights_fingerprint,
 )
 
@@ -98,7 +82,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TARGET_OPTIONS = ("label", "prediction")
-_PROVENANCE_LINE = "hf_explvec SHAP provenance: "
 
 Explainer = Callable[..., torch.Tensor]
 """`explainer(pixel_values, target, *, num_samples, baseline, batch_size, seed, value) -> values`: explains images
@@ -117,7 +100,7 @@ def default_explainer(model_or_forward_fn, *, patch_size: int) -> Explainer:
         model_or_forward_fn.config.vision_config.patch_size == patch_size
     ):
         return functools.partial(model_kernel_shap, model_or_forward_fn)
-    return functools.partial(patch_kernel_shap, _forward_of(model_or_forward_fn), patch_size=patch_size)
+    return functools.partial(patch_kernel_shap, forward_of(model_or_forward_fn), patch_size=patch_size)
 
 
 def _explainer_name(explainer: Explainer) -> str:
@@ -137,20 +120,6 @@ def _check_columns(dataset, image_column: str, label_column: str | None) -> None
     clash = [c for c in SHAP_COLUMNS if c in names]
     if clash:
         raise ValueError(f"the data set already has column(s) {clash}; remove them first (dataset.remove_columns)")
-
-
-def image_processor_for(model, name_or_path: str | None = None, **kwargs):
-    """The image processor of a model: the one saved with it (`preprocessor_config.json` in `name_or_path`), else
-    a `CLIPImageProcessor` with CLIP's normalisation that resizes and center-crops to the model's image size."""
-    from transformers import AutoImageProcessor, CLIPImageProcessor
-
-    if name_or_path is not None:
-        try:
-            return AutoImageProcessor.from_pretrained(name_or_path, **kwargs)
-        except OSError:
-            logger.info("no image processor saved with %s; using CLIP's, sized to the model", name_or_path)
-    size = model.config.vision_config.image_size
-    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
 # -- the public function -------------------------------------------------------------------------------------------
@@ -244,7 +213,7 @@ def label_dataset(
     if target == "label" and label_column is None:
         raise ValueError('target="label" needs a label_column')
     _check_columns(dataset, image_column, label_column)
-    subject = _resolve_subject(model_or_forward_fn, patch_size, model_id, model_revision, device)
+    subject = resolve_subject(model_or_forward_fn, patch_size, model_id, model_revision, device)
     label_feature = (dataset.features or {}).get(label_column) if label_column is not None else None
     if isinstance(label_feature, datasets.ClassLabel):
         if subject.num_classes is None:
@@ -263,7 +232,7 @@ def label_dataset(
         dataset, image_column, image_processor, subject, num_samples, baseline
     )
     p = subject.patch_size
-    run = _Run(
+    run = LabellingRun(
         subject=subject,
         explainer=explainer if explainer is not None else default_explainer(model_or_forward_fn, patch_size=p),
         image_processor=image_processor,
@@ -278,13 +247,13 @@ def label_dataset(
     if not callable(run.explainer):
         raise TypeError(f"explainer must be callable, got {type(run.explainer).__name__}")
     if not streaming and label_column is not None:
-        _check_labels(dataset.with_format(None)[label_column], 0, run)  # all at once, before any work
+        run.labels({label_column: dataset.with_format(None)[label_column]}, 0)  # all at once, before any work
 
     provenance = _provenance(run, dataset, baseline, value, num_samples, seed, target)
     fingerprint = _fingerprint(run, dataset, provenance, image_processor, batch_size, first_sha)
     if output_dir is None:
         output_dir = Path(datasets.config.HF_DATASETS_CACHE) / "hf_explvec_shap" / fingerprint
-    state = _process_state()
+    state = process_state()
     store = _open_store(Path(output_dir), fingerprint, shard_size, num_patches, provenance, resume, state)
 
     module = subject.module
@@ -292,7 +261,7 @@ def label_dataset(
     if module is not None:
         module.eval()
     try:
-        num_rows = _compute_shards(dataset, run, store, state, show_progress)
+        num_rows = compute_shards(dataset, run, store, state, show_progress)
     finally:
         if module is not None:
             module.train(was_training)
@@ -308,8 +277,8 @@ def _measure(dataset, image_column, image_processor, subject, num_samples, basel
     first = next(iter(dataset.select_columns([image_column]).with_format(None)), None)
     if first is None:
         raise ValueError("the data set is empty")
-    image = _to_rgb(first[image_column], image_column, 0)
-    pixels = _preprocess(image_processor, [image])
+    image = to_rgb(first[image_column], image_column, 0)
+    pixels = preprocess(image_processor, [image])
     height, width = pixels.shape[2:]
     p = subject.patch_size
     if height % p or width % p:
@@ -329,7 +298,7 @@ def _measure(dataset, image_column, image_processor, subject, num_samples, basel
             f"{min_num_samples(num_patches)} (2 M)"
         )
     make_baseline(pixels, baseline, p)  # raises on an unknown option or a tensor of the wrong shape
-    return tuple(pixels.shape[1:]), num_patches, _rows_sha256([image], None)
+    return tuple(pixels.shape[1:]), num_patches, rows_sha256([image], None)
 
 
 def _open_store(directory: Path, fingerprint, shard_size, num_patches, provenance, resume, state) -> ShardStore:
@@ -347,21 +316,7 @@ def _open_store(directory: Path, fingerprint, shard_size, num_patches, provenanc
     return ShardStore(directory, fingerprint, recorded, num_patches)
 
 
-def _process_state() -> PartialState:
-    """Accelerate's process state. On a machine without CUDA, processes started by `accelerate launch` / torchrun
-    (`WORLD_SIZE > 1`) join a CPU (gloo) group, as they do with `ACCELERATE_USE_CPU=1`."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or (world_size > 1 and not torch.cuda.is_available())
-    state = PartialState(cpu=cpu)
-    if world_size > state.num_processes:
-        raise RuntimeError(
-            f"WORLD_SIZE={world_size} but Accelerate started {state.num_processes} process group member(s); "
-            "on CPU, launch with ACCELERATE_USE_CPU=1"
-        )
-    return state
-
-
-def _provenance(run: _Run, dataset, baseline, value, num_samples, seed, target) -> dict:
+def _provenance(run: LabellingRun, dataset, baseline, value, num_samples, seed, target) -> dict:
     if isinstance(baseline, torch.Tensor):
         data = baseline.detach().to("cpu", torch.float32).contiguous()
         baseline = f"tensor{tuple(data.shape)} sha256:{hashlib.sha256(data.numpy().tobytes()).hexdigest()}"
@@ -386,7 +341,7 @@ def _provenance(run: _Run, dataset, baseline, value, num_samples, seed, target) 
     }
 
 
-def _fingerprint(run: _Run, dataset, provenance: dict, image_processor, batch_size: int, first_sha: str) -> str:
+def _fingerprint(run: LabellingRun, dataset, provenance: dict, image_processor, batch_size: int, first_sha: str) -> str:
     if isinstance(dataset, datasets.Dataset):
         source = dataset._fingerprint
     else:  # no fingerprint for a stream: its description and first image here; each shard checks its inputs' hash
@@ -413,7 +368,7 @@ def _attach(dataset, values: np.ndarray, targets: np.ndarray, fingerprint: str, 
         "shap_values": datasets.List(datasets.Value("float32"), length=values.shape[1]),
         "shap_target": datasets.Value("int64"),
     }
-    description = _with_provenance(dataset.info.description, provenance)
+    description = with_provenance(dataset.info.description, provenance)
     if isinstance(dataset, datasets.Dataset):
         # add_column concatenates the new columns to the existing table: the images are not copied.
         labelled = dataset.add_column(
@@ -434,188 +389,3 @@ def _attach(dataset, values: np.ndarray, targets: np.ndarray, fingerprint: str, 
         labelled = dataset.map(add, with_indices=True, batched=True, features=full)  # info is copied
     labelled.info.description = description
     return labelled
-
-
-def _with_provenance(description: str | None, provenance: dict) -> str:
-    kept = [line for line in (description or "").splitlines() if not line.startswith(_PROVENANCE_LINE)]
-    kept.append(_PROVENANCE_LINE + json.dumps(provenance, sort_keys=True))
-    return "\n".join(kept).strip()
-
-
-def shap_provenance(dataset) -> dict | None:
-    """The provenance [`label_dataset`] recorded in `dataset.info.description` (kept by `save_to_disk`, `select`,
-    `train_test_split`, ... and restored from the card by [`load_split`]), or `None`."""
-    description = dataset.info.description or ""
-    for line in reversed(description.splitlines()):
-        if line.startswith(_PROVENANCE_LINE):
-            return json.loads(line[len(_PROVENANCE_LINE) :])
-    return None
-
-
-# -- by name, and to the Hub ---------------------------------------------------------------------------------------
-def _card_provenance(name_or_path: str, revision: str | None, token) -> dict | None:
-    """`shap_provenance` from the card's metadata: the README of a local folder or of a Hub data set repo."""
-    try:
-        readme = Path(name_or_path) / "README.md"
-        if Path(name_or_path).is_dir():
-            card = DatasetCard(readme.read_text(encoding="utf-8")) if readme.is_file() else None
-        else:
-            card = load_remote_card(name_or_path, repo_type="dataset", revision=revision, token=token)
-    except (OSError, ValueError) as error:  # best effort: the data loaded, only its card is unreadable
-        logger.debug("no card read for %s: %s", name_or_path, error)
-        return None
-    provenance = card.data.to_dict().get("shap_provenance") if card is not None else None
-    return provenance if isinstance(provenance, dict) else None
-
-
-def load_split(
-    name_or_path: str | Path,
-    split: str = "train",
-    *,
-    revision: str | None = None,
-    streaming: bool = False,
-    token: str | bool | None = None,
-    **load_kwargs,
-) -> datasets.Dataset | datasets.IterableDataset:
-    r"""Load one split with `datasets.load_dataset`: a Hub repo id (the endpoint of `HF_ENDPOINT`, e.g. a
-    [`~hf_explvec.testing.LocalHub`]), a local folder, or a packaged builder (`"imagefolder"`, `"parquet"`, ... with
-    `data_files=`).
-
-    When the card of a data set pushed by [`push_shap_dataset`] holds the SHAP provenance, it is put back into
-    `info.description`, so [`shap_provenance`] works on the loaded split as on the one that was pushed.
-
-    Args:
-        name_or_path (`str` or `Path`): what `load_dataset` takes as `path`.
-        split (`str`, *optional*, defaults to `"train"`): e.g. `"validation"`, `"train[:10%]"`.
-        revision (`str`, *optional*): branch, tag or commit sha of a Hub repo.
-        streaming (`bool`, *optional*, defaults to `False`): return an `IterableDataset`.
-        token (`str` or `bool`, *optional*): Hub token.
-        load_kwargs: more arguments for `datasets.load_dataset` (`name`, `data_files`, `num_proc`, ...).
-
-    Returns:
-        `datasets.Dataset` (or `datasets.IterableDataset` with `streaming=True`).
-
-    Raises:
-        `FileNotFoundError`: no such data set (naming the repo, the revision and the endpoint).
-        `ValueError`: no such split (naming the splits there are).
-    """
-    name = str(name_or_path)
-    try:
-        dataset = datasets.load_dataset(
-            name, split=split, revision=revision, streaming=streaming, token=token, **load_kwargs
-        )
-    except datasets.exceptions.DatasetNotFoundError as error:
-        raise FileNotFoundError(f"data set not found: {describe_repo(name, 'dataset', revision)}: {error}") from error
-    provenance = _card_provenance(name, revision, token)
-    if provenance is not None and shap_provenance(dataset) is None:
-        dataset.info.description = _with_provenance(dataset.info.description, provenance)
-    return dataset
-
-
-def _describe_columns(features: datasets.Features) -> str:
-    lines = []
-    for name, feature in features.items():
-        if name == "shap_values":
-            text = f"{feature.length} float32 Kernel SHAP values, one per patch, row-major over the patch grid"
-        elif name == "shap_target":
-            text = "the explained class (int)"
-        elif isinstance(feature, datasets.ClassLabel):
-            shown = ", ".join(feature.names[:10]) + (", ..." if feature.num_classes > 10 else "")
-            text = f"class label, {feature.num_classes} classes ({shown})"
-        else:
-            text = type(feature).__name__ if not isinstance(feature, datasets.Value) else feature.dtype
-        lines.append(f"- `{name}`: {text}")
-    return "\n".join(lines)
-
-
-def shap_dataset_card(dataset: datasets.Dataset, repo_id: str, provenance: dict, remote_card=None) -> DatasetCard:
-    """hf_explvec's card for a SHAP-labelled data set (`hub_cards/shap_dataset.md`), on top of `remote_card`, the
-    README `push_to_hub` just wrote: its metadata (`dataset_info`, `configs`, which `load_dataset` needs, and any
-    other key) is kept and ours added (`library_name`, tags, `shap_provenance`); a body someone wrote is kept."""
-    remote_metadata = remote_card.data.to_dict() if remote_card is not None else {}
-    tags = list(dict.fromkeys((remote_metadata.get("tags") or []) + BASE_TAGS + ["kernel-shap"]))
-    metadata = {
-        **remote_metadata,
-        "library_name": LIBRARY_NAME,
-        "tags": tags,
-        "task_categories": remote_metadata.get("task_categories") or ["image-classification"],
-        "shap_provenance": provenance,
-    }
-    card = render_card(
-        "shap_dataset",
-        DatasetCardData(**metadata),
-        card_class=DatasetCard,
-        title=repo_id.split("/")[-1],
-        repo_id=repo_id,
-        columns=_describe_columns(dataset.features),
-        provenance=provenance,
-    )
-    # push_to_hub writes a README with metadata only: an empty body is nobody's text, so ours replaces it.
-    keep = remote_card if remote_card is not None and remote_card.text.strip() else None
-    return merge_cards(card, keep)
-
-
-def push_shap_dataset(
-    dataset: datasets.Dataset,
-    repo_id: str,
-    *,
-    split: str | None = None,
-    provenance: dict | None = None,
-    private: bool | None = None,
-    token: str | None = None,
-    revision: str | None = None,
-    commit_message: str = "Upload SHAP-labelled data set with hf_explvec",
-    **push_kwargs,
-):
-    r"""Push a SHAP-labelled data set with `Dataset.push_to_hub`, then write hf_explvec's card over the README it
-    made ([`shap_dataset_card`]): `load_dataset(repo_id)` works as for any pushed data set, and the card adds
-    `library_name`, tags and the provenance (model, revision or weights hash, N, seed, baseline, value, target,
-    patch size, M). A README someone wrote keeps its text; only its metadata is updated.
-
-    Args:
-        dataset (`datasets.Dataset`): with `shap_values` and `shap_target` columns, e.g. from [`label_dataset`].
-        repo_id (`str`): `"org/name"` (or `"name"` in the token's namespace).
-        split (`str`, *optional*): the split name (defaults to the data set's split, or `"train"`).
-        provenance (`dict`, *optional*): defaults to [`shap_provenance`]`(dataset)`.
-        private, token, revision: as for `push_to_hub`.
-        commit_message (`str`, *optional*): of the data commit.
-        push_kwargs: more arguments for `Dataset.push_to_hub` (`max_shard_size`, `num_shards`, ...).
-
-    Returns:
-        `huggingface_hub.CommitInfo` of the card commit (the last one).
-
-    Raises:
-        `TypeError`: not a `datasets.Dataset`. `ValueError`: SHAP columns or provenance missing.
-        `FileNotFoundError` / `OSError`: the Hub refused (naming repo, revision and endpoint).
-    """
-    if not isinstance(dataset, datasets.Dataset):
-        raise TypeError(f"dataset must be a datasets.Dataset, got {type(dataset).__name__}")
-    missing = [column for column in SHAP_COLUMNS if column not in dataset.column_names]
-    if missing:
-        raise ValueError(
-            f"dataset lacks column(s) {missing} (label it with label_dataset); it has {dataset.column_names}"
-        )
-    provenance = provenance if provenance is not None else shap_provenance(dataset)
-    if provenance is None:
-        raise ValueError(
-            "no SHAP provenance in dataset.info.description: label it with label_dataset, or pass provenance="
-        )
-    api = HfApi(token=token)
-    try:
-        repo_id = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True).repo_id
-        dataset.push_to_hub(
-            repo_id, split=split, private=private, token=token, revision=revision, commit_message=commit_message,
-            **push_kwargs,
-        )  # fmt: skip
-        remote = load_remote_card(repo_id, repo_type="dataset", revision=revision, token=token)
-        card = shap_dataset_card(dataset, repo_id, provenance, remote)
-        return api.upload_file(
-            path_or_fileobj=str(card).encode("utf-8"),
-            path_in_repo="README.md",
-            repo_id=repo_id,
-            repo_type="dataset",
-            revision=revision,
-            commit_message="hf_explvec card: SHAP provenance",
-        )
-    except HfHubHTTPError as error:
-        raise_hub_error(error, repo_id, "dataset", revision)

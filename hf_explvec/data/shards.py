@@ -36,15 +36,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from accelerate import PartialState
-from PIL import Image
 from tqdm.auto import tqdm
 
-__all__ = ["SHAP_COLUMNS", "STORE_FORMAT", "ShardStore", "example_seed", "weights_fingerprint"]
+from .images import check_labels, preprocess, rows_sha256, to_rgb
+
+__all__ = [
+    "STORE_FORMAT",
+    "LabellingRun",
+    "ShardStore",
+    "Subject",
+    "compute_shards",
+    "example_seed",
+    "forward_of",
+    "label_rows",
+    "resolve_subject",
+    "weights_fingerprint",
+]
 
 logger = logging.getLogger(__name__)
 
 STORE_FORMAT = 1
-SHAP_COLUMNS = ("shap_values", "shap_target")
 _META_KEY = b"hf_explvec"
 
 
@@ -235,7 +246,7 @@ def example_seed(seed: int, index: int) -> int:
 
 
 @dataclass
-class _Subject:
+class Subject:
     """What is explained: the forward function, and what the model's config says about it."""
 
     forward: Callable[[torch.Tensor], torch.Tensor]
@@ -248,7 +259,7 @@ class _Subject:
     identity: dict
 
 
-def _forward_of(model_or_forward_fn) -> Callable[[torch.Tensor], torch.Tensor]:
+def forward_of(model_or_forward_fn) -> Callable[[torch.Tensor], torch.Tensor]:
     if isinstance(model_or_forward_fn, torch.nn.Module):
         model = model_or_forward_fn
 
@@ -276,19 +287,19 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return hasher.hexdigest()
 
 
-def _config_value(config, name: str):
+def config_value(config, name: str):
     value = getattr(getattr(config, "vision_config", None), name, None)
     return value if value is not None else getattr(config, name, None)
 
 
-def _resolve_subject(model_or_forward_fn, patch_size, model_id, model_revision, device) -> _Subject:
-    forward = _forward_of(model_or_forward_fn)
+def resolve_subject(model_or_forward_fn, patch_size, model_id, model_revision, device) -> Subject:
+    forward = forward_of(model_or_forward_fn)
     module = model_or_forward_fn if isinstance(model_or_forward_fn, torch.nn.Module) else None
     config = getattr(module, "config", None)
     image_size = num_classes = None
     if config is not None:
-        patch_size = patch_size if patch_size is not None else _config_value(config, "patch_size")
-        image_size = _config_value(config, "image_size")
+        patch_size = patch_size if patch_size is not None else config_value(config, "patch_size")
+        image_size = config_value(config, "image_size")
         if type(module).__name__ == "SelfExplainingCLIPVision" or type(module).__name__.endswith(
             "ForImageClassification"
         ):
@@ -309,7 +320,7 @@ def _resolve_subject(model_or_forward_fn, patch_size, model_id, model_revision, 
         identity["weights_sha256"] = weights_fingerprint(module)
         parameter = next(module.parameters(), None)
         device = parameter.device if parameter is not None else torch.device(device or "cpu")
-    return _Subject(
+    return Subject(
         forward=forward,
         module=module,
         patch_size=patch_size,
@@ -321,55 +332,12 @@ def _resolve_subject(model_or_forward_fn, patch_size, model_id, model_revision, 
     )
 
 
-# -- images --------------------------------------------------------------------------------------------------------
-def _to_rgb(value, column: str, index: int) -> Image.Image:
-    """A PIL RGB image from what a `datasets` image column holds (decoded image, `{"bytes", "path"}`, or an array)."""
-    if isinstance(value, dict) and ("bytes" in value or "path" in value):
-        value = datasets.Image().decode_example(value)
-    if isinstance(value, (list, np.ndarray, torch.Tensor)):
-        array = np.asarray(value)
-        integers = array.dtype != np.uint8 and np.issubdtype(array.dtype, np.integer) and array.size
-        if integers and array.min() >= 0 and array.max() <= 255:  # e.g. lists of ints from a Sequence column
-            array = array.astype(np.uint8)
-        if (
-            array.dtype != np.uint8
-            or array.ndim not in (2, 3)
-            or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4))
-        ):
-            raise TypeError(
-                f"column {column!r}, row {index}: an array image must hold integers in [0, 255] with shape (H, W) or "
-                f"(H, W, 1|3|4), got {array.dtype} of shape {array.shape}"
-            )
-        value = Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
-    if not isinstance(value, Image.Image):
-        raise TypeError(f"column {column!r}, row {index}: expected an image, got {type(value).__name__}")
-    return value if value.mode == "RGB" else value.convert("RGB")
-
-
-def _preprocess(image_processor, images: list[Image.Image]) -> torch.Tensor:
-    pixels = image_processor(images=images, return_tensors="pt")["pixel_values"]
-    if not isinstance(pixels, torch.Tensor) or pixels.dim() != 4:
-        raise ValueError(
-            "image_processor must turn images into one (B, C, H, W) tensor (images of different sizes need "
-            f"do_resize / do_center_crop), got {type(pixels).__name__}"
-        )
-    return pixels.float()
-
-
-def _rows_sha256(images: list[Image.Image], labels: list | None) -> str:
-    hasher = hashlib.sha256()
-    for i, image in enumerate(images):
-        hasher.update(f"{image.size}|{labels[i] if labels is not None else ''}|".encode())
-        hasher.update(image.tobytes())
-    return hasher.hexdigest()
-
-
 # -- rows ----------------------------------------------------------------------------------------------------------
 @dataclass
-class _Run:
+class LabellingRun:
     """Everything one shard computation needs."""
 
-    subject: _Subject
+    subject: Subject
     explainer: Callable[..., torch.Tensor]
     image_processor: Any
     image_column: str
@@ -380,31 +348,23 @@ class _Run:
     pixel_shape: tuple[int, int, int]
     num_patches: int
 
-
-def _check_labels(labels, start: int, run: _Run) -> list[int]:
-    checked = []
-    for offset, label in enumerate(labels):
-        if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
-            raise TypeError(
-                f"column {run.label_column!r}, row {start + offset}: labels must be int class indices, got "
-                f"{type(label).__name__} {label!r}"
-            )
-        num_classes = run.subject.num_classes
-        if label < 0 or (num_classes is not None and label >= num_classes):
-            raise ValueError(
-                f"column {run.label_column!r}, row {start + offset}: label {int(label)} is out of range: expected "
-                f"[0, {num_classes if num_classes is not None else 'num_classes'}) (num_classes = {num_classes} from "
-                f"{run.subject.num_classes_source or 'nowhere'})"
-            )
-        checked.append(int(label))
-    return checked
+    def labels(self, rows: dict, start: int) -> list[int] | None:
+        """The checked labels of `rows` (a column dict whose first row is row `start`), or `None` without a label
+        column."""
+        if self.label_column is None:
+            return None
+        subject = self.subject
+        return check_labels(
+            rows[self.label_column], subject.num_classes, column=self.label_column, start=start,
+            source=subject.num_classes_source,
+        )  # fmt: skip
 
 
-def _label_rows(rows: dict, start: int, run: _Run, progress) -> tuple[np.ndarray, np.ndarray, str]:
+def label_rows(rows: dict, start: int, run: LabellingRun, progress) -> tuple[np.ndarray, np.ndarray, str]:
     """Explain rows `start .. start + n - 1`; returns values `(n, M)`, targets `(n,)` and the inputs' hash."""
-    images = [_to_rgb(v, run.image_column, start + i) for i, v in enumerate(rows[run.image_column])]
-    labels = _check_labels(rows[run.label_column], start, run) if run.label_column else None
-    pixels = _preprocess(run.image_processor, images).to(run.subject.device)
+    images = [to_rgb(v, run.image_column, start + i) for i, v in enumerate(rows[run.image_column])]
+    labels = run.labels(rows, start)
+    pixels = preprocess(run.image_processor, images).to(run.subject.device)
     if tuple(pixels.shape[1:]) != run.pixel_shape:
         raise ValueError(
             f"rows {start}..{start + len(images) - 1}: image_processor gave images of shape {tuple(pixels.shape[1:])}"
@@ -432,10 +392,10 @@ def _label_rows(rows: dict, start: int, run: _Run, progress) -> tuple[np.ndarray
         values[i] = explained.detach().float().cpu().numpy()[0]
         targets[i] = target
         progress.update(1)
-    return values, targets, _rows_sha256(images, labels)
+    return values, targets, rows_sha256(images, labels)
 
 
-def _iterate_shards(dataset, columns: list[str], shard_size: int) -> Iterator[tuple[int, dict]]:
+def iterate_shards(dataset, columns: list[str], shard_size: int) -> Iterator[tuple[int, dict]]:
     """Consecutive `shard_size`-row chunks of an `IterableDataset`, as column dicts."""
     shard, batch = 0, {column: [] for column in columns}
     for row in dataset.select_columns(columns).with_format(None):
@@ -448,7 +408,7 @@ def _iterate_shards(dataset, columns: list[str], shard_size: int) -> Iterator[tu
         yield shard, batch
 
 
-def _compute_shards(dataset, run: _Run, store: ShardStore, state: PartialState, show_progress: bool) -> int:
+def compute_shards(dataset, run: LabellingRun, store: ShardStore, state: PartialState, show_progress: bool) -> int:
     """Compute this process's missing shards; returns the number of rows of the data set."""
     rank, world = state.process_index, state.num_processes
     columns = [run.image_column] + ([run.label_column] if run.label_column else [])
@@ -469,24 +429,24 @@ def _compute_shards(dataset, run: _Run, store: ShardStore, state: PartialState, 
     with tqdm(total=total, desc="Kernel SHAP", unit="img", disable=disable) as progress:
         if streaming:
             num_rows = 0
-            for shard, rows in _iterate_shards(dataset, columns, size):
+            for shard, rows in iterate_shards(dataset, columns, size):
                 count = len(rows[run.image_column])
                 num_rows += count
                 if shard % world != rank:
                     continue
-                images = [_to_rgb(v, run.image_column, shard * size + i) for i, v in enumerate(rows[run.image_column])]
-                labels = _check_labels(rows[run.label_column], shard * size, run) if run.label_column else None
-                if store.is_done(shard, count, _rows_sha256(images, labels)):
+                images = [to_rgb(v, run.image_column, shard * size + i) for i, v in enumerate(rows[run.image_column])]
+                labels = run.labels(rows, shard * size)
+                if store.is_done(shard, count, rows_sha256(images, labels)):
                     continue
                 store.write(
                     shard,
                     np.arange(shard * size, shard * size + count),
-                    *_label_rows(rows, shard * size, run, progress),
+                    *label_rows(rows, shard * size, run, progress),
                 )
         else:
             view = dataset.select_columns(columns).with_format(None)
             for shard in todo:
                 start, stop = shard * size, min((shard + 1) * size, num_rows)
-                values, targets, digest = _label_rows(view[start:stop], start, run, progress)
+                values, targets, digest = label_rows(view[start:stop], start, run, progress)
                 store.write(shard, np.arange(start, stop), values, targets, digest)
     return num_rows
