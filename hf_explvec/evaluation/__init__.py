@@ -1,8 +1,47 @@
-"""Evaluation: agreement with Kernel SHAP, faithfulness to the model, and the `evaluate` metric modules."""
+"""Evaluation: agreement with Kernel SHAP, faithfulness to the model, the protocol that measures a model on a split,
+and the `evaluate` metric modules.
 
-from .agreement import *  # noqa: F403
-from .agreement import __all__ as _agreement_all
-from .perturbation import *  # noqa: F403
-from .perturbation import __all__ as _perturbation_all
+- `agreement`: [`accuracy`], [`select_target`], [`e_rmse`], [`iou_at_k`], [`spearman`];
+- `perturbation`: [`deletion_auc`], [`insertion_auc`], [`perturbation_curve`], [`fidelity_sparsity_auc`];
+- `protocol`: [`evaluate_model`], [`explanation_metrics`], [`kernel_shap_values`], [`forward_attributions`],
+  [`select_lambda`];
+- `metrics`: [`load_metric`], [`metric_path`], [`metric_info`] and the module scripts.
+"""
 
-__all__ = [*_agreement_all, *_perturbation_all]
+from .agreement import accuracy, e_rmse, iou_at_k, select_target, spearman
+from .metrics import METRIC_NAMES, PAPER_CITATION, load_metric, metric_info, metric_path
+from .perturbation import (
+    FidelityResult,
+    PerturbationCurve,
+    apply_patch_mask,
+    deletion_auc,
+    fidelity_sparsity_auc,
+    insertion_auc,
+    perturbation_curve,
+)
+from .protocol import evaluate_model, explanation_metrics, forward_attributions, kernel_shap_values, select_lambda
+
+__all__ = [
+    "METRIC_NAMES",
+    "PAPER_CITATION",
+    "FidelityResult",
+    "PerturbationCurve",
+    "accuracy",
+    "apply_patch_mask",
+    "deletion_auc",
+    "e_rmse",
+    "evaluate_model",
+    "explanation_metrics",
+    "fidelity_sparsity_auc",
+    "forward_attributions",
+    "insertion_auc",
+    "iou_at_k",
+    "kernel_shap_values",
+    "load_metric",
+    "metric_info",
+    "metric_path",
+    "perturbation_curve",
+    "select_lambda",
+    "select_target",
+    "spearman",
+]

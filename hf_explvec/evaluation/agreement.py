@@ -1,4 +1,4 @@
-"""Accuracy and explanation-quality metrics, and the `evaluate` modules that wrap them.
+"""Accuracy and agreement of explanations with Kernel SHAP (E-RMSE, IoU@K, Spearman).
 
 Agreement with Kernel SHAP (the reference explanation of the paper, arXiv 2507.04380):
 
@@ -6,77 +6,44 @@ Agreement with Kernel SHAP (the reference explanation of the paper, arXiv 2507.0
 - [`iou_at_k`]: intersection over union of the top-K patch sets, mean over images;
 - [`spearman`]: Spearman rank correlation over the patches (average ranks for ties), mean over images.
 
-Faithfulness to the model (perturbation metrics, in `hf_explvec.evaluation.perturbation`, re-exported here):
-[`deletion_auc`], [`insertion_auc`], [`perturbation_curve`] and [`fidelity_sparsity_auc`].
+Faithfulness to the model (perturbation metrics) is in `hf_explvec.evaluation.perturbation`, the measurement of a
+model on a split in `hf_explvec.evaluation.protocol`; all are re-exported by `hf_explvec.evaluation`.
 
 All functions take batched tensors (`(B, M)`: `B` images, `M` patches; a numpy array or a rectangular list
 works too), compute in float64 without per-image Python loops, and return a Python float (`reduction="mean"`)
 or a `(B,)` float64 CPU tensor (`reduction="none"`). Bad input raises `TypeError` or `ValueError` naming the
 expected and the actual value.
 
-[`load_metric`] loads the `evaluate` modules shipped in `hf_explvec/metrics/` by path, without network.
+The `evaluate` modules that wrap these metrics are in `hf_explvec.evaluation.metrics` ([`load_metric`]).
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from .perturbation import (
-    FidelityResult,
-    PerturbationCurve,
-    _as_float_matrix,
-    _as_labels,
-    _as_tensor,
-    _check_positive_int,
-    _check_reduction,
-    _check_same_shape,
-    apply_patch_mask,
-    deletion_auc,
-    fidelity_sparsity_auc,
-    insertion_auc,
-    perturbation_curve,
+from ._checks import (
+    as_float_matrix,
+    as_labels,
+    as_tensor,
+    check_positive_int,
+    check_reduction,
+    check_same_shape,
+    reduce,
 )
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "METRIC_NAMES",
-    "FidelityResult",
-    "PerturbationCurve",
-    "accuracy",
-    "apply_patch_mask",
-    "deletion_auc",
-    "e_rmse",
-    "fidelity_sparsity_auc",
-    "insertion_auc",
-    "iou_at_k",
-    "load_metric",
-    "metric_info",
-    "metric_path",
-    "perturbation_curve",
-    "select_target",
-    "spearman",
-]
-
-#: Names of the `evaluate` modules shipped in `hf_explvec/metrics/`.
-METRIC_NAMES = ("accuracy", "e_rmse", "iou_at_k", "spearman_attribution")
-
-_METRICS_DIR = Path(__file__).resolve().parent / "metrics"
-
-
-def _reduce(values: torch.Tensor, reduction: str) -> float | torch.Tensor:
-    return float(values.mean()) if reduction == "mean" else values
+__all__ = ["accuracy", "e_rmse", "iou_at_k", "select_target", "spearman"]
 
 
 def _pair(attributions: Any, shap_values: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    a = _as_float_matrix(attributions, "attributions")
-    s = _as_float_matrix(shap_values, "shap_values")
-    _check_same_shape(a, s, "attributions", "shap_values")
+    a = as_float_matrix(attributions, "attributions")
+    s = as_float_matrix(shap_values, "shap_values")
+    check_same_shape(a, s, "attributions", "shap_values")
     return a, s.to(a.device)
 
 
@@ -98,12 +65,15 @@ def accuracy(logits_or_preds: Any, labels: Any) -> float:
     Returns:
         `float` in [0, 1].
     """
-    scores = _as_tensor(logits_or_preds, "logits_or_preds")
+    scores = as_tensor(logits_or_preds, "logits_or_preds")
     if scores.ndim == 2:
         if scores.shape[1] == 0:
             raise ValueError(f"`logits_or_preds` must have at least one class, got shape {tuple(scores.shape)}.")
         if scores.is_complex() or scores.dtype == torch.bool:
             raise TypeError(f"`logits_or_preds` as logits must be real numbers, got dtype {scores.dtype}.")
+        if scores.is_floating_point() and not torch.isfinite(scores).all():
+            rows = torch.nonzero(~torch.isfinite(scores).all(dim=1)).flatten().tolist()
+            raise ValueError(f"`logits_or_preds` contains NaN or infinite values (rows {rows[:10]}).")
         preds = scores.argmax(dim=-1)
     elif scores.ndim == 1:
         if scores.is_floating_point() or scores.is_complex() or scores.dtype == torch.bool:
@@ -118,7 +88,7 @@ def accuracy(logits_or_preds: Any, labels: Any) -> float:
         )
     if preds.shape[0] == 0:
         raise ValueError("`logits_or_preds` must hold at least one example, got batch size 0.")
-    labels = _as_labels(labels, "labels", preds.shape[0])
+    labels = as_labels(labels, "labels", preds.shape[0])
     return float((preds.to(labels.device).to(torch.int64) == labels).to(torch.float64).mean())
 
 
@@ -134,12 +104,12 @@ def select_target(attributions: torch.Tensor, target: torch.Tensor | int) -> tor
     Returns:
         `torch.Tensor` of shape `(B, M)`: `attributions[i, target[i]]`.
     """
-    tensor = _as_tensor(attributions, "attributions")
+    tensor = as_tensor(attributions, "attributions")
     if tensor.ndim != 3:
         raise ValueError(
             f"`attributions` must have shape (batch_size, num_classes, num_patches), got {tuple(tensor.shape)}."
         )
-    target = _as_labels(target, "target", tensor.shape[0], num_classes=tensor.shape[1]).to(tensor.device)
+    target = as_labels(target, "target", tensor.shape[0], num_classes=tensor.shape[1]).to(tensor.device)
     return tensor[torch.arange(tensor.shape[0], device=tensor.device), target]
 
 
@@ -180,7 +150,7 @@ def e_rmse(
     Returns:
         `float` or `torch.Tensor` of shape `(B,)`.
     """
-    _check_reduction(reduction)
+    check_reduction(reduction)
     a, s = _pair(attributions, shap_values)
     if normalize == "l2":
         a = torch.nn.functional.normalize(a, p=2.0, dim=-1)
@@ -188,7 +158,7 @@ def e_rmse(
     elif normalize is not None:
         raise ValueError(f"`normalize` must be None or 'l2', got {normalize!r}.")
     per_image = (a - s).square().mean(dim=-1).sqrt()
-    return _reduce(per_image, reduction)
+    return reduce(per_image, reduction)
 
 
 def _top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -229,15 +199,15 @@ def iou_at_k(
     Returns:
         `float` or `torch.Tensor` of shape `(B,)`.
     """
-    _check_reduction(reduction)
+    check_reduction(reduction)
     a, s = _pair(attributions, shap_values)
-    k = _check_positive_int(k, "k")
+    k = check_positive_int(k, "k")
     if k > a.shape[1]:
         raise ValueError(f"`k` must be in [1, num_patches={a.shape[1]}], got {k}.")
     if absolute:
         a, s = a.abs(), s.abs()
     inter = (_top_k_mask(a, k) & _top_k_mask(s, k)).sum(dim=-1).to(torch.float64)
-    return _reduce(inter / (2 * k - inter), reduction)
+    return reduce(inter / (2 * k - inter), reduction)
 
 
 def _average_ranks(values: torch.Tensor) -> torch.Tensor:
@@ -280,7 +250,7 @@ def spearman(attributions: Any, shap_values: Any, *, reduction: str = "mean") ->
     Returns:
         `float` or `torch.Tensor` of shape `(B,)`.
     """
-    _check_reduction(reduction)
+    check_reduction(reduction)
     a, s = _pair(attributions, shap_values)
     ra = _average_ranks(a)
     rs = _average_ranks(s)
@@ -297,85 +267,4 @@ def spearman(attributions: Any, shap_values: Any, *, reduction: str = "mean") ->
             RuntimeWarning,
             stacklevel=2,
         )
-    return _reduce(rho, reduction)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# evaluate modules
-# ----------------------------------------------------------------------------------------------------------
-
-
-def metric_path(name: str) -> str:
-    """Path of the `evaluate` module script `hf_explvec/metrics/<name>/<name>.py` shipped with the package.
-
-    Args:
-        name (`str`): One of [`METRIC_NAMES`].
-
-    Returns:
-        `str`: the absolute path of the script.
-    """
-    if name not in METRIC_NAMES:
-        raise KeyError(f"Unknown metric {name!r}; expected one of {list(METRIC_NAMES)}.")
-    path = _METRICS_DIR / name / f"{name}.py"
-    if not path.is_file():
-        raise FileNotFoundError(f"The metric script {path} is missing from the installed package.")
-    return str(path)
-
-
-PAPER_CITATION = """\
-@article{yoshikawa2025transferring,
-  title={Transferring Visual Explainability of Self-Explaining Models through Task Arithmetic},
-  author={Yoshikawa, Yuya and Shimizu, Ryotaro and Kawashima, Takahiro and Saito, Yuki},
-  journal={arXiv preprint arXiv:2507.04380},
-  year={2025}
-}
-"""
-
-
-def metric_info(description: str, inputs_description: str, per_example: str = "sequence"):
-    """The `evaluate.MetricInfo` shared by the shipped metric scripts.
-
-    Args:
-        description (`str`): What the metric measures.
-        inputs_description (`str`): The arguments of `compute`.
-        per_example (`str`, *optional*, defaults to `"sequence"`): `"sequence"` for M floats per example
-            (attribution metrics), `"label"` for one class id per example (accuracy).
-    """
-    import datasets
-    import evaluate
-
-    value = datasets.List(datasets.Value("float64")) if per_example == "sequence" else datasets.Value("int64")
-    return evaluate.MetricInfo(
-        description=description,
-        citation=PAPER_CITATION,
-        inputs_description=inputs_description,
-        features=datasets.Features({"predictions": value, "references": value}),
-        reference_urls=["https://arxiv.org/abs/2507.04380"],
-    )
-
-
-def load_metric(name: str, **load_kwargs: Any):
-    """Loads one of the `evaluate` modules shipped in `hf_explvec/metrics/`, by path, without network.
-
-    `evaluate.load` with the path of a local script never contacts the Hub (it only asks the Hub for bare names
-    such as `"accuracy"`), so no environment variable is needed or set. As for any local script, `evaluate`
-    copies it into its dynamic-modules cache (`$HF_MODULES_CACHE/evaluate_modules/metrics/<name>/<hash>/`,
-    default `~/.cache/huggingface/modules`) and imports it from there; the script imports `hf_explvec`, so the
-    installed package does the computation.
-
-    Args:
-        name (`str`):
-            One of `"accuracy"`, `"e_rmse"`, `"iou_at_k"`, `"spearman_attribution"`.
-        load_kwargs:
-            Passed to `evaluate.load` (e.g. `keep_in_memory=True`, `cache_dir`, `experiment_id`).
-
-    Returns:
-        `evaluate.EvaluationModule`: call `.compute(predictions=..., references=..., **options)`; the
-        attribution metrics take per-example lists of floats (model attributions as predictions, Kernel SHAP
-        values as references).
-    """
-    import evaluate  # deferred: importing evaluate pulls in datasets
-
-    path = metric_path(name)
-    logger.debug("loading evaluate module %s from %s", name, path)
-    return evaluate.load(path, **load_kwargs)
+    return reduce(rho, reduction)

@@ -18,7 +18,8 @@ Conventions shared by every function here:
   with a `.logits` attribute, such as a `transformers` `ModelOutput`). It is called under `torch.no_grad()`;
   put the model in `eval()` mode yourself.
 
-This module is a leaf (torch and numpy only); `hf_explvec.evaluation` imports its validation helpers from here.
+The masking itself is [`~hf_explvec.attribution.patches.mask_patches`] (the same code Kernel SHAP masks with), and the
+input checks are those of `hf_explvec.evaluation._checks`, shared with the agreement metrics.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 
 from ..attribution.patches import make_baseline, mask_patches
+from ._checks import as_float_matrix, as_labels, as_tensor, check_positive_int, check_reduction, reduce
 
 logger = logging.getLogger(__name__)
 
@@ -47,95 +49,13 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Validation helpers (shared with hf_explvec.evaluation)
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _as_tensor(value: Any, name: str) -> torch.Tensor:
-    """Turns a tensor, a numpy array or a (nested) sequence of numbers into a tensor, or raises `TypeError`."""
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, np.ndarray):
-        if value.dtype == object:
-            raise TypeError(f"`{name}` must be a numeric array, got a numpy array of dtype object (ragged rows?).")
-        return torch.from_numpy(value)
-    if isinstance(value, (list, tuple)):
-        try:  # through numpy so that Python floats become float64, not torch's default float32
-            array = np.asarray(value)
-        except ValueError:
-            array = None
-        if array is None or array.dtype == object:
-            raise ValueError(f"`{name}` must be a rectangular sequence of numbers (every row the same length).")
-        if array.dtype.kind not in "biuf":
-            raise TypeError(f"`{name}` must hold numbers, got numpy dtype {array.dtype}.")
-        return torch.from_numpy(array)
-    raise TypeError(f"`{name}` must be a torch.Tensor, a numpy array or a list, got {type(value).__name__}.")
-
-
-def _as_float_matrix(value: Any, name: str) -> torch.Tensor:
-    """Validates a finite `(B, M)` real matrix with `B, M >= 1` and returns it as a float64 CPU tensor."""
-    tensor = _as_tensor(value, name)
-    if tensor.dtype == torch.bool or tensor.is_complex():
-        raise TypeError(f"`{name}` must hold real numbers, got dtype {tensor.dtype}.")
-    if tensor.ndim != 2:
-        raise ValueError(f"`{name}` must have shape (batch_size, num_patches), got {tuple(tensor.shape)}.")
-    if tensor.shape[0] == 0 or tensor.shape[1] == 0:
-        raise ValueError(f"`{name}` must be non-empty, got shape {tuple(tensor.shape)}.")
-    tensor = tensor.to(device="cpu", dtype=torch.float64)  # small; float64 is not available on every device
-    if not torch.isfinite(tensor).all():
-        raise ValueError(f"`{name}` contains NaN or infinite values.")
-    return tensor
-
-
-def _check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
-    if a.shape != b.shape:
-        raise ValueError(
-            f"`{name_a}` and `{name_b}` must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}."
-        )
-
-
-def _as_labels(value: Any, name: str, batch_size: int, num_classes: int | None = None) -> torch.Tensor:
-    """Validates integer class ids of shape `(batch_size,)` (a Python int is broadcast) and returns int64."""
-    if isinstance(value, bool):
-        raise TypeError(f"`{name}` must hold integer class ids, got a bool.")
-    if isinstance(value, int):
-        tensor = torch.full((batch_size,), value, dtype=torch.int64)
-    else:
-        tensor = _as_tensor(value, name)
-        if tensor.dtype == torch.bool or tensor.is_floating_point() or tensor.is_complex():
-            raise TypeError(f"`{name}` must hold integer class ids, got dtype {tensor.dtype}.")
-        if tensor.ndim != 1 or tensor.shape[0] != batch_size:
-            raise ValueError(f"`{name}` must have shape ({batch_size},), got {tuple(tensor.shape)}.")
-        tensor = tensor.to(torch.int64)
-    if batch_size and (tensor.min() < 0 or (num_classes is not None and tensor.max() >= num_classes)):
-        upper = "num_classes - 1" if num_classes is None else str(num_classes - 1)
-        raise ValueError(
-            f"`{name}` must hold class ids in [0, {upper}], got values in [{int(tensor.min())}, {int(tensor.max())}]."
-        )
-    return tensor
-
-
-def _check_reduction(reduction: str) -> None:
-    if reduction not in ("mean", "none"):
-        raise ValueError(f"`reduction` must be 'mean' or 'none', got {reduction!r}.")
-
-
-def _check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}.")
-    if value < 1:
-        raise ValueError(f"`{name}` must be >= 1, got {value}.")
-    return int(value)
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Patch masking and ranking
 # ----------------------------------------------------------------------------------------------------------
 
 
 def _patch_grid(pixel_values: torch.Tensor, patch_size: Any) -> tuple[int, int, int]:
     """Validates `(B, C, H, W)` pixels and the patch size; returns `(p, H // p, W // p)`."""
-    patch_size = _check_positive_int(patch_size, "patch_size")
+    patch_size = check_positive_int(patch_size, "patch_size")
     if pixel_values.ndim != 4:
         raise ValueError(
             f"`pixel_values` must have shape (batch_size, channels, height, width), got {tuple(pixel_values.shape)}."
@@ -198,7 +118,7 @@ def _grid_counts(num_patches: int, steps: int | None) -> torch.Tensor:
     """Patch counts `round(j * M / steps)` for `j = 0..steps` (every count `0..M` when `steps` is None)."""
     if steps is None:
         return torch.arange(num_patches + 1)
-    steps = _check_positive_int(steps, "steps")
+    steps = check_positive_int(steps, "steps")
     if steps > num_patches:
         raise ValueError(f"`steps` must be in [1, num_patches={num_patches}], got {steps}.")
     j = torch.arange(steps + 1)
@@ -229,8 +149,8 @@ def _prepare_inputs(
     batch_size, num_patches = pixel_values.shape[0], grid_h * grid_w
     if batch_size == 0:
         raise ValueError("`pixel_values` must hold at least one image, got batch size 0.")
-    target = _as_labels(target, "target", batch_size)
-    attributions = _as_tensor(attributions, "attributions")
+    target = as_labels(target, "target", batch_size)
+    attributions = as_tensor(attributions, "attributions")
     if attributions.ndim == 3:  # (B, C, M): pick the explained class of each image
         if attributions.shape[0] != batch_size:
             raise ValueError(
@@ -244,7 +164,7 @@ def _prepare_inputs(
         attributions = attributions[
             torch.arange(batch_size, device=attributions.device), target.to(attributions.device)
         ]
-    attributions = _as_float_matrix(attributions, "attributions")
+    attributions = as_float_matrix(attributions, "attributions")
     if tuple(attributions.shape) != (batch_size, num_patches):
         raise ValueError(
             f"`attributions` must have shape ({batch_size}, {num_patches}) or ({batch_size}, num_classes, "
@@ -381,7 +301,7 @@ def perturbation_curve(
     """
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"`mode` must be 'deletion' or 'insertion', got {mode!r}.")
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    batch_size = check_positive_int(batch_size, "batch_size")
     pixel_values, ranks, target, patch_size, grid_h, grid_w, baseline = _prepare_inputs(
         pixel_values, attributions, target, patch_size, baseline
     )
@@ -396,6 +316,28 @@ def perturbation_curve(
     )
     fractions = counts.to("cpu", torch.float64) / num_patches
     return PerturbationCurve(fractions=fractions, probabilities=probs, auc=_trapezoid(probs, fractions))
+
+
+def _curve_auc(
+    mode: str,
+    forward_fn: Callable[[torch.Tensor], Any],
+    pixel_values: torch.Tensor,
+    attributions: torch.Tensor,
+    target: torch.Tensor | int,
+    patch_size: int,
+    baseline: float | str | torch.Tensor,
+    steps: int | None,
+    batch_size: int,
+    apply_softmax: bool,
+    reduction: str,
+) -> float | torch.Tensor:
+    """The one implementation behind [`deletion_auc`] and [`insertion_auc`]: the area of a [`perturbation_curve`]."""
+    check_reduction(reduction)
+    curve = perturbation_curve(
+        forward_fn, pixel_values, attributions, target, patch_size=patch_size, mode=mode,
+        baseline=baseline, steps=steps, batch_size=batch_size, apply_softmax=apply_softmax,
+    )  # fmt: skip
+    return reduce(curve.auc, reduction)
 
 
 def deletion_auc(
@@ -422,12 +364,8 @@ def deletion_auc(
     Returns:
         `float` or `torch.Tensor` of shape `(B,)`.
     """
-    _check_reduction(reduction)
-    curve = perturbation_curve(
-        forward_fn, pixel_values, attributions, target, patch_size=patch_size, mode="deletion",
-        baseline=baseline, steps=steps, batch_size=batch_size, apply_softmax=apply_softmax,
-    )  # fmt: skip
-    return float(curve.auc.mean()) if reduction == "mean" else curve.auc
+    return _curve_auc("deletion", forward_fn, pixel_values, attributions, target, patch_size, baseline, steps,
+                      batch_size, apply_softmax, reduction)  # fmt: skip
 
 
 def insertion_auc(
@@ -454,12 +392,8 @@ def insertion_auc(
     Returns:
         `float` or `torch.Tensor` of shape `(B,)`.
     """
-    _check_reduction(reduction)
-    curve = perturbation_curve(
-        forward_fn, pixel_values, attributions, target, patch_size=patch_size, mode="insertion",
-        baseline=baseline, steps=steps, batch_size=batch_size, apply_softmax=apply_softmax,
-    )  # fmt: skip
-    return float(curve.auc.mean()) if reduction == "mean" else curve.auc
+    return _curve_auc("insertion", forward_fn, pixel_values, attributions, target, patch_size, baseline, steps,
+                      batch_size, apply_softmax, reduction)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -499,7 +433,7 @@ def _sparsity_counts(num_patches: int, sparsity_levels: int | Sequence[float]) -
                 f"`sparsity_levels` as an int must be in [1, num_patches={num_patches}], got {sparsity_levels}."
             )
         return _grid_counts(num_patches, int(sparsity_levels)).flip(0)
-    levels = _as_tensor(sparsity_levels, "sparsity_levels")
+    levels = as_tensor(sparsity_levels, "sparsity_levels")
     if levels.ndim != 1 or levels.numel() < 2 or levels.dtype == torch.bool:
         raise ValueError(
             f"`sparsity_levels` must be an int or a 1-D sequence of at least 2 floats, got shape {tuple(levels.shape)}."
@@ -547,7 +481,7 @@ def fidelity_sparsity_auc(
     Returns:
         [`FidelityResult`] with the sparsity grid `(S,)`, the per-image curves `(B, S)` and both mean areas.
     """
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    batch_size = check_positive_int(batch_size, "batch_size")
     pixel_values, ranks, target, patch_size, grid_h, grid_w, baseline = _prepare_inputs(
         pixel_values, attributions, target, patch_size, baseline
     )
