@@ -5,6 +5,8 @@ import json
 import os
 import socket
 import sys
+import time
+from pathlib import Path
 
 import httpx2
 import numpy as np
@@ -323,7 +325,7 @@ def test_dataset_push_to_hub_then_load_dataset(local_hub):
     train = loaded["train"]
     assert train.features == features
     assert train["label"][:] == [0, 1, 1] and train["vector"][:] == [[0.5, 1.5], [], [2.25]]
-    assert all(np.array_equal(np.asarray(img), p) for img, p in zip(train["image"], pixels))
+    assert all(np.array_equal(np.asarray(img), p) for img, p in zip(train["image"], pixels, strict=True))
     files = HfApi().list_repo_files("org/pets", repo_type="dataset")
     assert "README.md" in files and any(f.startswith("data/train-") and f.endswith(".parquet") for f in files)
 
@@ -378,6 +380,109 @@ def test_refused_connection_gives_a_clear_client_error(tmp_path):
         assert isinstance(err.value.__cause__, httpx2.ConnectError)
 
 
+def _sha256_files(root) -> dict[str, str]:
+    """sha256 of every file under `root`, by relative path (the server's whole on-disk state)."""
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+@pytest.fixture
+def no_retry_wait(monkeypatch):
+    """The client waits 1-8 s between its retries: skip the waits (the retries still happen)."""
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+
+
+@pytest.fixture
+def repo_v1(local_hub):
+    """`org/faulty` with one LFS file (v1) committed; yields its content, the head sha and the on-disk state."""
+    v1 = np.random.default_rng(0).bytes(300_000)
+    HfApi().create_repo("org/faulty")
+    HfApi().upload_file(path_or_fileobj=v1, path_in_repo="w.bin", repo_id="org/faulty")
+    head = local_hub.commits("org/faulty")[0]["id"]
+    return v1, head, _sha256_files(local_hub.root / "repos")
+
+
+def _assert_v1_intact(hub, v1, head, repo_state):
+    assert hub.commits("org/faulty")[0]["id"] == head  # no new (partial) commit is visible
+    assert _sha256_files(hub.root / "repos") == repo_state  # refs and commits unchanged, byte for byte
+    assert list((hub.root / "tmp").iterdir()) == []  # no leftover of a cut upload
+    assert hub.read_file("org/faulty", "w.bin") == v1
+    assert _read(hf_hub_download("org/faulty", "w.bin", revision=head, force_download=True)) == v1
+
+
+def test_cut_commit_is_not_applied(local_hub, repo_v1):
+    local_hub.inject_fault("commit")
+    with pytest.raises(httpx2.RemoteProtocolError, match="disconnected without sending a response"):
+        HfApi().upload_file(path_or_fileobj=b"v2", path_in_repo="w.bin", repo_id="org/faulty")
+    assert local_hub.pending_faults() == {}
+    _assert_v1_intact(local_hub, *repo_v1)
+    HfApi().upload_file(path_or_fileobj=b"v2", path_in_repo="w.bin", repo_id="org/faulty")  # works again
+    assert local_hub.read_file("org/faulty", "w.bin") == b"v2"
+
+
+@pytest.mark.parametrize("after_bytes", [0, None, 10**9], ids=["before-body", "mid-body", "after-body"])
+def test_cut_lfs_upload_stores_nothing(local_hub, repo_v1, no_retry_wait, after_bytes):
+    v2 = np.random.default_rng(1).bytes(200_000)
+    local_hub.inject_fault("lfs_upload", times=6, after_bytes=after_bytes)  # the client tries 1 + 5 times
+    with pytest.raises(RuntimeError, match="Error while uploading 'w.bin'") as err:
+        HfApi().upload_file(path_or_fileobj=v2, path_in_repo="w.bin", repo_id="org/faulty")
+    assert isinstance(err.value.__cause__, httpx2.RemoteProtocolError)
+    assert local_hub.pending_faults() == {}
+    assert not (local_hub.root / "lfs" / hashlib.sha256(v2).hexdigest()).exists()
+    _assert_v1_intact(local_hub, *repo_v1)
+
+
+def test_one_cut_lfs_upload_is_retried_by_the_client(local_hub, repo_v1, no_retry_wait):
+    v2 = np.random.default_rng(1).bytes(200_000)
+    local_hub.inject_fault("lfs_upload")
+    HfApi().upload_file(path_or_fileobj=v2, path_in_repo="w.bin", repo_id="org/faulty")
+    assert local_hub.pending_faults() == {} and local_hub.read_file("org/faulty", "w.bin") == v2
+    assert len(local_hub.commits("org/faulty")) == 3 and list((local_hub.root / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("after_bytes", [0, None], ids=["no-body", "half-body"])
+def test_cut_download_raises_and_leaves_no_file(local_hub, repo_v1, no_retry_wait, after_bytes):
+    local_hub.inject_fault("download", times=6, after_bytes=after_bytes)  # the client resumes 5 times
+    with pytest.raises(httpx2.RemoteProtocolError, match="peer closed connection"):
+        hf_hub_download("org/faulty", "w.bin")
+    assert local_hub.pending_faults() == {}
+    cached = Path(constants.HF_HUB_CACHE) / "models--org--faulty"
+    assert list((cached / "blobs").iterdir()) == []  # no partial (`.incomplete`) blob left in the cache
+    assert not list(cached.glob("snapshots/*/w.bin"))  # nothing a later (offline) load could pick up
+    _assert_v1_intact(local_hub, *repo_v1)
+
+
+def test_one_cut_download_is_resumed_by_the_client(local_hub, repo_v1, no_retry_wait):
+    local_hub.inject_fault("download")
+    assert _read(hf_hub_download("org/faulty", "w.bin")) == repo_v1[0]
+    assert local_hub.pending_faults() == {}
+
+
+def test_stopped_hub_refuses_connections_then_serves_the_same_endpoint(local_hub, repo_v1, no_retry_wait):
+    endpoint = local_hub.endpoint
+    local_hub.stop()
+    with pytest.raises(httpx2.ConnectError, match="refused"):
+        HfApi().upload_file(path_or_fileobj=b"v2", path_in_repo="w.bin", repo_id="org/faulty")
+    local_hub.start()
+    assert local_hub.endpoint == endpoint
+    _assert_v1_intact(local_hub, *repo_v1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"kind": "upload"}, "Unknown fault kind 'upload'"),
+        ({"kind": "commit", "times": 0}, "times must be a positive int, got 0"),
+        ({"kind": "commit", "after_bytes": -1}, "after_bytes must be a non-negative int or None, got -1"),
+    ],
+)
+def test_inject_fault_rejects_bad_arguments(tmp_path, kwargs, match):
+    hub = LocalHub(tmp_path / "hub")
+    with pytest.raises(ValueError, match=match):
+        hub.inject_fault(**kwargs)
+    assert hub.pending_faults() == {}
+
+
 def test_environment_and_constants_are_restored(tmp_path):
     import datasets
 
@@ -411,7 +516,7 @@ def test_module_first_imported_inside_the_context_is_patched_and_restored(tmp_pa
 def test_local_hub_state_helpers_and_errors(tmp_path):
     hub = LocalHub(tmp_path / "hub")
     with pytest.raises(RuntimeError, match="not running"):
-        hub.endpoint
+        _ = hub.endpoint
     with pytest.raises(ValueError, match="tree_page_size"):
         LocalHub(tree_page_size=0)
     hub.storage.create_repo("model", "org/direct")

@@ -44,6 +44,12 @@ _PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 _PLURAL = {"models": "model", "datasets": "dataset", "spaces": "space"}
 _CHUNK = 1 << 20
 _LFS_BATCH = ["info", "lfs", "objects", "batch"]
+FAULT_KINDS = ("download", "lfs_upload", "commit")
+"""Requests [`LocalHub.inject_fault`] can cut: file downloads, LFS object uploads and commits."""
+
+
+class _DropConnection(Exception):
+    """Raised inside the handler to close the connection at once, without a (further) response."""
 
 
 def _flag(query: dict, name: str) -> bool:
@@ -87,6 +93,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._body_done = "Content-Length" not in self.headers and "Transfer-Encoding" not in self.headers
         try:
             self._route(url.path.split("/")[1:])
+        except _DropConnection:
+            logger.debug("Local Hub drops the connection of %s %s (injected fault)", self.command, self.path)
+            with contextlib.suppress(OSError):
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
         except HubError as err:
             self._send_error(err)
         except Exception as err:  # a bug here must reach the client as an HTTP error, not as a dropped connection
@@ -166,16 +179,36 @@ class _Handler(BaseHTTPRequestHandler):
             if span is not None:
                 (start, end), status = span, 206
                 headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-        self._send(status, b"", {**headers, "Accept-Ranges": "bytes"}, length=end - start + 1)
+        length = end - start + 1
+        cut = self.server.hub.take_fault("download", length) if self.command == "GET" else None
+        self._send(status, b"", {**headers, "Accept-Ranges": "bytes"}, length=length)
         if self.command == "HEAD":
             return
         with open(path, "rb") as f:
             f.seek(start)
-            remaining = end - start + 1
+            remaining = length if cut is None else min(cut, length)
             while remaining > 0:
                 chunk = f.read(min(remaining, _CHUNK))
                 self.wfile.write(chunk)
                 remaining -= len(chunk)
+        if cut is not None:
+            raise _DropConnection
+
+    def _cut_request_body(self, cut: int, write: Callable[[bytes], Any] | None = None) -> None:
+        """Receive `cut` bytes of the request body (passing them to `write`), then drop the connection."""
+        received = 0
+
+        def take(chunk: bytes) -> None:
+            nonlocal received
+            if write is not None:
+                write(chunk[: cut - received])
+            received += len(chunk)
+            if received >= cut:
+                raise _DropConnection
+
+        if cut > 0:
+            self._stream_body(take)
+        raise _DropConnection
 
     # -- routing --------------------------------------------------------------------------------------------------
     def _route(self, segs: list[str]) -> None:
@@ -332,6 +365,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json({"files": files, "commitOid": commit["id"]})
 
     def _commit(self, repo_type: str, repo_id: str, revision: str, _: str) -> None:
+        cut = self.server.hub.take_fault("commit", int(self.headers.get("Content-Length") or 0))
+        if cut is not None:
+            self._cut_request_body(cut)
         header, operations = parse_commit_payload(self._body())
         sha, pr_num = self.store.commit_files(
             repo_type, repo_id, revision, operations, title=header.get("summary") or "",
@@ -357,7 +393,11 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.store.lfs_path(oid)
         if method == "PUT" and not rest:
             size = self.query.get("size", [None])[-1]
-            self.store.receive_lfs(oid, int(size) if size and size.isdigit() else None, self._stream_body)
+            size = int(size) if size and size.isdigit() else None
+            cut = self.server.hub.take_fault("lfs_upload", int(self.headers.get("Content-Length") or size or 0))
+            if cut is not None:  # the partial upload goes to a temporary file that `receive_lfs` removes
+                self.store.receive_lfs(oid, size, lambda write: self._cut_request_body(cut, write))
+            self.store.receive_lfs(oid, size, self._stream_body)
             return self._send(200, b"", {})
         if method == "POST" and rest == ["verify"]:
             size = self._json_body().get("size")
@@ -391,8 +431,8 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     hub: "LocalHub"
 
-    def __init__(self, hub: "LocalHub") -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, hub: "LocalHub", port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
         self.hub, self.endpoint = hub, f"http://127.0.0.1:{self.server_address[1]}"
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
@@ -423,12 +463,34 @@ class LocalHub:
         tree_page_size (`int`, *optional*, defaults to 1000):
             Entries per page of the `tree` listing (the Hub pages by 1000, and by 50 with `expand=True`).
 
+    Fault injection (to test how clients cope with a server that goes away):
+
+    - [`LocalHub.inject_fault`]`(kind, times=1, after_bytes=None)` makes the next `times` matching requests lose their
+      connection half-way: `"download"` (a `GET` of file content, `resolve` or LFS object) sends the headers and
+      `after_bytes` bytes of the body (default: half of it), then closes the socket; `"lfs_upload"` (the `PUT` of an
+      LFS object) and `"commit"` (the NDJSON commit `POST`) receive `after_bytes` bytes of the request body (default:
+      half of it), then close the socket without answering. A cut upload stores nothing and a cut commit is never
+      applied: no partial commit becomes visible and every earlier revision stays intact.
+      [`LocalHub.clear_faults`] disarms what is left; [`LocalHub.pending_faults`] tells what is left.
+    - [`LocalHub.stop`] stops the server but keeps its repositories: requests are refused (connection refused) until
+      [`LocalHub.start`] serves them again on the same port.
+
+    Note that `huggingface_hub` retries: it resumes a cut download (up to 5 times in a row without progress, 1 s
+    apart) and retries a cut LFS upload (5 times, with backoff of 1, 2, 4, 8 and 8 s). Inject more faults than it
+    retries (e.g. `times=6` with `after_bytes=0`) to see it give up; one fault shows that it recovers.
+
     Example:
         ```py
         >>> with LocalHub() as hub, hub_client_env(hub.endpoint):
         ...     HfApi().create_repo("org/name", repo_type="dataset")
         ...     hub.commits("org/name", repo_type="dataset")[0]["title"]
         'initial commit'
+        >>> with LocalHub() as hub, hub_client_env(hub.endpoint):
+        ...     HfApi().create_repo("org/name")
+        ...     hub.inject_fault("commit")
+        ...     HfApi().upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id="org/name")
+        Traceback (most recent call last):
+        httpx2.RemoteProtocolError: Server disconnected without sending a response.
         ```
     """
 
@@ -441,6 +503,9 @@ class LocalHub:
         self.tree_page_size = tree_page_size
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._port = 0  # kept by stop(), so that start() serves the same endpoint again
+        self._faults: dict[str, list[int | None]] = {}
+        self._faults_lock = threading.Lock()
 
     @property
     def endpoint(self) -> str:
@@ -454,7 +519,8 @@ class LocalHub:
         if not self.root.is_dir():
             raise RuntimeError(f"LocalHub root {self.root} no longer exists (a closed temporary hub cannot restart)")
         if self._server is None:
-            self._server = _Server(self)
+            self._server = _Server(self, self._port)
+            self._port = self._server.server_address[1]
             name = f"LocalHub-{self._server.server_address[1]}"
             self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name=name, daemon=True)
             self._thread.start()
@@ -463,6 +529,16 @@ class LocalHub:
 
     def close(self) -> None:
         """Stop the server, drop open connections and remove the temporary root directory if it made one."""
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def stop(self) -> None:
+        """Stop serving and drop open connections, keeping the repositories: clients get "connection refused".
+
+        [`LocalHub.start`] serves again on the same port, so [`LocalHub.endpoint`] does not change.
+        """
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()
@@ -473,9 +549,44 @@ class LocalHub:
                         conn.shutdown(socket.SHUT_RDWR)
             if self._thread is not None:
                 self._thread.join(timeout=5)
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+
+    def inject_fault(self, kind: str, times: int = 1, *, after_bytes: int | None = None) -> None:
+        """Make the next `times` requests of a kind lose their connection half-way (see the class docstring).
+
+        Args:
+            kind (`str`): `"download"`, `"lfs_upload"` or `"commit"`.
+            times (`int`, *optional*, defaults to 1): How many matching requests to cut (added to those pending).
+            after_bytes (`int`, *optional*):
+                Body bytes sent (download) or received (upload, commit) before the connection is closed.
+                Defaults to half of the body.
+        """
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"Unknown fault kind {kind!r}, expected one of {FAULT_KINDS}")
+        if not isinstance(times, int) or isinstance(times, bool) or times < 1:
+            raise ValueError(f"times must be a positive int, got {times!r}")
+        if after_bytes is not None and (not isinstance(after_bytes, int) or after_bytes < 0):
+            raise ValueError(f"after_bytes must be a non-negative int or None, got {after_bytes!r}")
+        with self._faults_lock:
+            self._faults.setdefault(kind, []).extend([after_bytes] * times)
+
+    def take_fault(self, kind: str, body_size: int) -> int | None:
+        """Consume one pending fault of `kind`: the number of body bytes to pass before cutting, or `None` if none."""
+        with self._faults_lock:
+            pending = self._faults.get(kind)
+            if not pending:
+                return None
+            after_bytes = pending.pop(0)
+        return body_size // 2 if after_bytes is None else after_bytes
+
+    def pending_faults(self) -> dict[str, int]:
+        """How many injected faults of each kind have not fired yet."""
+        with self._faults_lock:
+            return {kind: len(pending) for kind, pending in self._faults.items() if pending}
+
+    def clear_faults(self) -> None:
+        """Disarm every injected fault that has not fired yet."""
+        with self._faults_lock:
+            self._faults.clear()
 
     def __enter__(self) -> "LocalHub":
         return self.start()

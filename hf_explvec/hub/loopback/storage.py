@@ -516,7 +516,7 @@ class HubStorage:
 
         out = {}
         for path in paths:
-            for commit, tree, older in zip(history, trees, trees[1:]):
+            for commit, tree, older in zip(history, trees[:-1], trees[1:], strict=True):
                 if view(tree, path) != view(older, path):
                     out[path] = commit
                     break
