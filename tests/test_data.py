@@ -112,7 +112,7 @@ def test_labels_digits_with_provenance(tmp_path, model, processor, digits):
     assert provenance["source_dataset"] == "sklearn-digits"
     # The input is untouched; the shards are on disk; provenance survives save_to_disk.
     assert digits.column_names == ["image", "label"] and digits.info.description in ("", None)
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["manifest.json"] + [
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".manifest.lock", "manifest.json"] + [
         f"shard-0000{i}.parquet" for i in range(3)
     ]
     labelled.save_to_disk(tmp_path / "saved")
@@ -319,7 +319,8 @@ def test_killed_run_resumes_without_recomputing_finished_shards(tmp_path, model,
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"{4 - len(finished)} of its 4 shards to label" in rerun.stderr
     assert {name: (out / name).stat().st_mtime_ns for name in finished} == finished  # not rewritten
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"] + [f"shard-0000{i}.parquet" for i in range(4)]
+    shards = [f"shard-0000{i}.parquet" for i in range(4)]
+    assert sorted(p.name for p in out.iterdir()) == [".manifest.lock", "manifest.json"] + shards
 
     uninterrupted = label(tiny.build_dataset(8), model, processor, tmp_path / "reference", shard_size=8)
     resumed = json.loads(result.read_text())

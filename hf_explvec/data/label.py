@@ -23,9 +23,8 @@ How a run is made reproducible, resumable and parallel:
 - **Processes.** Under `accelerate launch`, process `r` of `P` labels shards `r, r + P, r + 2P, ...`; after a barrier
   every process reads all shards and returns the whole labelled data set, in the original order.
 
-[`load_split`] loads a split by name (any `datasets.load_dataset` source, the Hub included) and
-[`push_shap_dataset`] pushes a labelled data set with `Dataset.push_to_hub`, then writes hf_explvec's card on top of
-the metadata `datasets` wrote (`hub_cards/shap_dataset.md`).
+Loading a split by name and pushing a labelled one with its card live in [`~hf_explvec.data.load`]; the shard
+store and the per-row work in [`~hf_explvec.data.shards`]; images to pixels in [`~hf_explvec.data.images`].
 """
 
 from __future__ import annotations
@@ -62,6 +61,7 @@ from .shards import (
     compute_shards,
     example_seed,
     forward_of,
+    iterate_shards,
     resolve_subject,
     weights_fingerprint,
 )
@@ -168,7 +168,8 @@ def label_dataset(
         baseline (`float`, `str` or `torch.Tensor`, *optional*, defaults to 0.0): what absent patches become, see
             [`~hf_explvec.attribution.make_baseline`] (0.0 is the mean pixel after CLIP normalisation).
         value (`str`, *optional*, defaults to `"logit"`): `"logit"`, `"log_prob"` or `"prob"` of the target.
-        seed (`int`, *optional*, defaults to 0): run seed; example `i` uses [`example_seed`]`(seed, i)`.
+        seed (`int`, *optional*, defaults to 0): run seed, in `[0, 2**64)`; example `i` uses
+            [`example_seed`]`(seed, i)`.
         batch_size (`int`, *optional*, defaults to 64): masked images per forward call.
         patch_size (`int`, *optional*): patch side in pixels; read from the model's config when not given
             (required with a forward function).
@@ -197,7 +198,10 @@ def label_dataset(
         `TypeError`: a wrong argument type; labels or images of an unusable type.
         `ValueError`: a missing column, an existing `shap_values` column, a label outside `[0, num_classes)`, a
             patch size that does not divide the processed image (or does not match the model's image size),
-            `num_samples < 2 M`, an unknown option, or an `output_dir` of another run.
+            `num_samples < 2 M`, a seed outside `[0, 2**64)`, an unknown option, an `output_dir` of another run, an
+            image that cannot be decoded, or non-finite pixels, scores or SHAP values (each naming the row and the
+            column; no shard holding that row is written).
+        `NotADirectoryError`: `output_dir` is a file, or under one.
     """
     if not isinstance(dataset, (datasets.Dataset, datasets.IterableDataset)):
         raise TypeError(f"dataset must be a datasets.Dataset or IterableDataset, got {type(dataset).__name__}")
@@ -208,11 +212,17 @@ def label_dataset(
     for name, number in (("num_samples", num_samples), ("seed", seed), ("batch_size", batch_size)):
         if isinstance(number, bool) or not isinstance(number, int):
             raise TypeError(f"{name} must be an int, got {type(number).__name__}")
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an int in [0, 2**64), got {seed}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size}")
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"shard_size must be a positive int, got {shard_size!r}")
     if target == "label" and label_column is None:
         raise ValueError('target="label" needs a label_column')
     _check_columns(dataset, image_column, label_column)
+    if output_dir is not None:
+        _check_output_dir(Path(output_dir))
     subject = resolve_subject(model_or_forward_fn, patch_size, model_id, model_revision, device)
     label_feature = (dataset.features or {}).get(label_column) if label_column is not None else None
     if isinstance(label_feature, datasets.ClassLabel):
@@ -274,10 +284,10 @@ def _measure(dataset, image_column, image_processor, subject, num_samples, basel
     """Preprocess the first image: its shape `(C, H, W)` fixes `M`. Checks the patch size, the model's image size,
     `num_samples` and the baseline, so that bad settings fail before any work. Returns the pixel shape, `M` and a
     hash of the first image (part of a stream's fingerprint)."""
-    first = next(iter(dataset.select_columns([image_column]).with_format(None)), None)
+    first = next(iterate_shards(dataset, [image_column], 1), None)
     if first is None:
         raise ValueError("the data set is empty")
-    image = to_rgb(first[image_column], image_column, 0)
+    image = to_rgb(first[1][image_column][0], image_column, 0)
     pixels = preprocess(image_processor, [image])
     height, width = pixels.shape[2:]
     p = subject.patch_size
@@ -299,6 +309,17 @@ def _measure(dataset, image_column, image_processor, subject, num_samples, basel
         )
     make_baseline(pixels, baseline, p)  # raises on an unknown option or a tensor of the wrong shape
     return tuple(pixels.shape[1:]), num_patches, rows_sha256([image], None)
+
+
+def _check_output_dir(directory: Path) -> None:
+    """`output_dir` must be a folder or a path where one can be made: not a file, nor under one."""
+    for path in (directory, *directory.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise NotADirectoryError(
+                    f"output_dir={str(directory)!r} cannot be a folder of shards: {str(path)!r} is a file"
+                )
+            return
 
 
 def _open_store(directory: Path, fingerprint, shard_size, num_patches, provenance, resume, state) -> ShardStore:

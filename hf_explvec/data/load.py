@@ -13,18 +13,10 @@ import logging
 from pathlib import Path
 
 import datasets
-from huggingface_hub import DatasetCard, DatasetCardData, HfApi
+from huggingface_hub import DatasetCard, HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
-from ..hub import (
-    BASE_TAGS,
-    LIBRARY_NAME,
-    describe_repo,
-    load_remote_card,
-    merge_cards,
-    raise_hub_error,
-    render_card,
-)
+from ..hub import dataset_card, describe_repo, load_remote_card, raise_hub_error
 
 __all__ = [
     "SHAP_COLUMNS",
@@ -137,28 +129,9 @@ def _describe_columns(features: datasets.Features) -> str:
 def shap_dataset_card(dataset: datasets.Dataset, repo_id: str, provenance: dict, remote_card=None) -> DatasetCard:
     """hf_explvec's card for a SHAP-labelled data set (`hub_cards/shap_dataset.md`), on top of `remote_card`, the
     README `push_to_hub` just wrote: its metadata (`dataset_info`, `configs`, which `load_dataset` needs, and any
-    other key) is kept and ours added (`library_name`, tags, `shap_provenance`); a body someone wrote is kept."""
-    remote_metadata = remote_card.data.to_dict() if remote_card is not None else {}
-    tags = list(dict.fromkeys((remote_metadata.get("tags") or []) + BASE_TAGS + ["kernel-shap"]))
-    metadata = {
-        **remote_metadata,
-        "library_name": LIBRARY_NAME,
-        "tags": tags,
-        "task_categories": remote_metadata.get("task_categories") or ["image-classification"],
-        "shap_provenance": provenance,
-    }
-    card = render_card(
-        "shap_dataset",
-        DatasetCardData(**metadata),
-        card_class=DatasetCard,
-        title=repo_id.split("/")[-1],
-        repo_id=repo_id,
-        columns=_describe_columns(dataset.features),
-        provenance=provenance,
-    )
-    # push_to_hub writes a README with metadata only: an empty body is nobody's text, so ours replaces it.
-    keep = remote_card if remote_card is not None and remote_card.text.strip() else None
-    return merge_cards(card, keep)
+    other key) is kept and ours added (`library_name`, tags, `shap_provenance`); a body someone wrote is kept.
+    Built by [`hf_explvec.hub.cards.dataset_card`]."""
+    return dataset_card(repo_id, provenance, _describe_columns(dataset.features), remote_card)
 
 
 def push_shap_dataset(

@@ -20,7 +20,9 @@ finished shards at different moments never disagree about who does what.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import math
@@ -38,6 +40,11 @@ import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: one process per output_dir
+    fcntl = None
+
 from .images import check_labels, preprocess, rows_sha256, to_rgb
 
 __all__ = [
@@ -47,8 +54,10 @@ __all__ = [
     "Subject",
     "compute_shards",
     "example_seed",
+    "file_sha256",
     "forward_of",
     "label_rows",
+    "read_rows",
     "resolve_subject",
     "weights_fingerprint",
 ]
@@ -57,6 +66,7 @@ logger = logging.getLogger(__name__)
 
 STORE_FORMAT = 1
 _META_KEY = b"hf_explvec"
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError)  # PIL's UnidentifiedImageError and truncated files are OSErrors
 
 
 @dataclass(frozen=True)
@@ -86,14 +96,26 @@ class ShardStore:
     # -- the run's directory --------------------------------------------------------------------------------------
     @classmethod
     def read_manifest(cls, directory: Path) -> dict | None:
-        """The manifest of `directory`, or `None` when there is none."""
+        """The manifest of `directory`, or `None` when there is none.
+
+        Raises:
+            `ValueError`: the manifest is not a JSON object (naming the file).
+        """
         path = Path(directory) / "manifest.json"
         if not path.is_file():
             return None
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            manifest = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
             raise ValueError(f"cannot read the labelling manifest {path}: {error}") from error
+        if not isinstance(manifest, dict):
+            raise ValueError(f"the labelling manifest {path} must hold a JSON object, got {type(manifest).__name__}")
+        return manifest
+
+    def checksums(self) -> dict[str, str]:
+        """The SHA-256 of each finished shard, by file name, as recorded in the manifest (empty when none is)."""
+        recorded = (self.read_manifest(self.directory) or {}).get("shards")
+        return dict(recorded) if isinstance(recorded, dict) else {}
 
     def prepare(self, provenance: dict, *, resume: bool) -> None:
         """Create the directory and its manifest (main process only, before any shard is written).
@@ -104,8 +126,6 @@ class ShardStore:
             `ValueError`: `resume=True` and the directory holds shards of another run (another fingerprint).
         """
         self.directory.mkdir(parents=True, exist_ok=True)
-        for stale in self.directory.glob(".shard-*.tmp"):
-            stale.unlink(missing_ok=True)
         manifest = self.read_manifest(self.directory)
         if manifest is not None and resume and manifest.get("fingerprint") != self.fingerprint:
             raise ValueError(
@@ -113,6 +133,8 @@ class ShardStore:
                 f"{manifest.get('fingerprint')!r}, expected {self.fingerprint!r}: another model, data set or "
                 "settings). Use another output_dir, or resume=False to overwrite it."
             )
+        for stale in [*self.directory.glob(".shard-*.tmp"), *self.directory.glob(".manifest.json.*.tmp")]:
+            stale.unlink(missing_ok=True)
         if not resume:
             for shard in self.directory.glob("shard-*.parquet"):
                 shard.unlink()
@@ -123,14 +145,23 @@ class ShardStore:
                 "shard_size": self.shard_size,
                 "num_patches": self.num_patches,
                 "provenance": provenance,
+                "shards": {},
             }
-            _atomic_write_bytes(self.manifest_path, json.dumps(record, indent=2, sort_keys=True).encode())
+            with _locked(self.directory):
+                _atomic_write_bytes(self.manifest_path, _manifest_bytes(record))
+
+    def _record_checksum(self, name: str, sha256: str) -> None:
+        """Add one shard's checksum to the manifest (under a lock: the processes of a run write concurrently)."""
+        with _locked(self.directory):
+            manifest = self.read_manifest(self.directory)
+            if manifest is None:
+                raise FileNotFoundError(f"the labelling manifest {self.manifest_path} disappeared during the run")
+            manifest.setdefault("shards", {})[name] = sha256
+            _atomic_write_bytes(self.manifest_path, _manifest_bytes(manifest))
 
     # -- shards ---------------------------------------------------------------------------------------------------
     def _metadata(self, shard: int) -> tuple[dict, int] | None:
         path = self.path(shard)
-        if not path.is_file():
-            return None
         try:
             parquet = pq.ParquetFile(path)
             meta = json.loads(parquet.schema_arrow.metadata[_META_KEY])
@@ -139,19 +170,48 @@ class ShardStore:
             logger.warning("cannot read %s (%s); it will be recomputed.", path, error)
             return None
 
-    def is_done(self, shard: int, num_rows: int, input_sha256: str | None = None) -> bool:
-        """Whether shard `shard` is on disk, complete (`num_rows` rows) and of this run (and, when `input_sha256`
-        is given, computed from those inputs)."""
+    def is_done(
+        self, shard: int, num_rows: int, input_sha256: str | None = None, *, checksums: dict[str, str] | None = None
+    ) -> bool:
+        r"""Whether shard `shard` is on disk, intact (its SHA-256 is the one the manifest records), complete
+        (`num_rows` rows) and of this run (and, when `input_sha256` is given, computed from those inputs). A shard
+        that is not intact is recomputed, with a warning that names it.
+
+        Args:
+            shard (`int`), num_rows (`int`): the shard and the rows it must hold.
+            input_sha256 (`str`, *optional*): hash of the rows' inputs (streams: checked against the shard's).
+            checksums (`dict`, *optional*): [`checksums`] read once for many shards; read here when not given.
+
+        Raises:
+            `ValueError`: the shard was computed from other inputs (the data set changed).
+        """
+        path = self.path(shard)
+        if not path.is_file():
+            return False
+        expected = (checksums if checksums is not None else self.checksums()).get(path.name)
+        if expected is None:
+            logger.warning(
+                "%s has no checksum in %s (the run was stopped before recording it); it will be recomputed.",
+                path, self.manifest_path,
+            )  # fmt: skip
+            return False
+        actual = file_sha256(path)
+        if actual != expected:
+            logger.warning(
+                "%s is corrupt: its SHA-256 is %s but the manifest records %s; it will be recomputed.",
+                path, actual, expected,
+            )  # fmt: skip
+            return False
         found = self._metadata(shard)
         if found is None:
             return False
         meta, rows = found
         if meta.get("fingerprint") != self.fingerprint or rows != num_rows:
-            logger.warning("%s belongs to another run or is incomplete; it will be recomputed.", self.path(shard))
+            logger.warning("%s belongs to another run or is incomplete; it will be recomputed.", path)
             return False
         if input_sha256 is not None and meta.get("input_sha256") != input_sha256:
             raise ValueError(
-                f"{self.path(shard)} was computed from other inputs than rows {shard * self.shard_size}.."
+                f"{path} was computed from other inputs than rows {shard * self.shard_size}.."
                 f"{shard * self.shard_size + num_rows - 1} of this data set (input SHA-256 {meta.get('input_sha256')}"
                 f", now {input_sha256}): the data set changed or is not iterated in a fixed order. Use another "
                 "output_dir, or resume=False."
@@ -161,18 +221,25 @@ class ShardStore:
     def write(
         self, shard: int, indices: np.ndarray, values: np.ndarray, targets: np.ndarray, input_sha256: str
     ) -> Path:
-        r"""Write one shard atomically.
+        r"""Write one shard atomically, then record its SHA-256 in the manifest.
 
         Args:
             shard (`int`): the shard number.
             indices (`np.ndarray` of shape `(n,)`): row indices in the data set.
-            values (`np.ndarray` of shape `(n, M)`): SHAP values, stored as float32.
+            values (`np.ndarray` of shape `(n, M)`): SHAP values, stored as float32; all finite.
             targets (`np.ndarray` of shape `(n,)`): the explained class of each row.
             input_sha256 (`str`): hash of the rows' inputs, checked when the shard is skipped on resume.
+
+        Raises:
+            `ValueError`: values of another shape, or not finite (nothing is written).
         """
         values = np.ascontiguousarray(values, dtype=np.float32)
         if values.shape != (len(indices), self.num_patches):
             raise ValueError(f"shard values must have shape ({len(indices)}, {self.num_patches}), got {values.shape}")
+        finite = np.isfinite(values).all(axis=1)
+        if not finite.all():
+            row = int(np.asarray(indices)[~finite][0])
+            raise ValueError(f"row {row}: its SHAP values are not finite (NaN or Inf); shard {shard} is not written")
         meta = {"fingerprint": self.fingerprint, "shard": shard, "input_sha256": input_sha256}
         table = pa.table(
             {
@@ -181,20 +248,16 @@ class ShardStore:
                 "shap_target": pa.array(np.asarray(targets, dtype=np.int64)),
             }
         ).replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        data = buffer.getvalue()
         path = self.path(shard)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(temporary, "wb") as handle:
-                pq.write_table(table, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
+        _atomic_write_bytes(path, data)
+        self._record_checksum(path.name, hashlib.sha256(data).hexdigest())
         return path
 
     def read(self, num_shards: int, num_rows: int) -> tuple[np.ndarray, np.ndarray]:
-        r"""Read shards `0 .. num_shards - 1` back in row order.
+        r"""Read shards `0 .. num_shards - 1` back in row order, each checked against its recorded SHA-256.
 
         Returns:
             `tuple(np.ndarray, np.ndarray)`: values of shape `(num_rows, M)` float32 and targets of shape
@@ -202,16 +265,25 @@ class ShardStore:
 
         Raises:
             `FileNotFoundError`: a shard is missing (a process of the run failed before writing it).
-            `ValueError`: the shards do not cover rows `0 .. num_rows - 1` exactly once.
+            `ValueError`: a shard is corrupt (named; a resumed run recomputes it), or the shards do not cover rows
+                `0 .. num_rows - 1` exactly once.
         """
         values = np.empty((num_rows, self.num_patches), dtype=np.float32)
         targets = np.empty(num_rows, dtype=np.int64)
+        checksums = self.checksums()
         seen = 0
         for shard in range(num_shards):
             path = self.path(shard)
             if not path.is_file():
                 raise FileNotFoundError(f"shard {path} is missing: a process of the labelling run did not finish it.")
-            table = pq.read_table(path)
+            data = path.read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            if checksums.get(path.name) != digest:
+                raise ValueError(
+                    f"shard {path} is corrupt: its SHA-256 is {digest}, the manifest records "
+                    f"{checksums.get(path.name)}. Run label_dataset again with the same arguments to recompute it."
+                )
+            table = pq.read_table(pa.BufferReader(data))
             index = table.column("index").to_numpy()
             start = shard * self.shard_size
             if not np.array_equal(index, np.arange(start, start + len(index))):
@@ -223,6 +295,32 @@ class ShardStore:
         if seen != num_rows:
             raise ValueError(f"the shards in {self.directory} hold {seen} rows, expected {num_rows}")
         return values, targets
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def _manifest_bytes(manifest: dict) -> bytes:
+    return json.dumps(manifest, indent=2, sort_keys=True).encode()
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """An exclusive lock on `directory / ".manifest.lock"` (POSIX `flock`; no lock where there is none)."""
+    with open(directory / ".manifest.lock", "a+b") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -361,8 +459,17 @@ class LabellingRun:
 
 
 def label_rows(rows: dict, start: int, run: LabellingRun, progress) -> tuple[np.ndarray, np.ndarray, str]:
-    """Explain rows `start .. start + n - 1`; returns values `(n, M)`, targets `(n,)` and the inputs' hash."""
-    images = [to_rgb(v, run.image_column, start + i) for i, v in enumerate(rows[run.image_column])]
+    r"""Explain rows `start .. start + n - 1`.
+
+    Returns:
+        `tuple`: values `(n, M)` float32 (all finite), targets `(n,)` int64 and the inputs' hash.
+
+    Raises:
+        `ValueError`: non-finite pixels, scores or SHAP values (naming the row and the column), or an explainer
+            output of the wrong shape.
+    """
+    column = run.image_column
+    images = [to_rgb(v, column, start + i) for i, v in enumerate(rows[column])]
     labels = run.labels(rows, start)
     pixels = preprocess(run.image_processor, images).to(run.subject.device)
     if tuple(pixels.shape[1:]) != run.pixel_shape:
@@ -370,35 +477,74 @@ def label_rows(rows: dict, start: int, run: LabellingRun, progress) -> tuple[np.
             f"rows {start}..{start + len(images) - 1}: image_processor gave images of shape {tuple(pixels.shape[1:])}"
             f", expected {run.pixel_shape} like row 0"
         )
+    finite = torch.isfinite(pixels).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        row = start + int((~finite).nonzero()[0, 0])
+        raise ValueError(f"column {column!r}, row {row}: pixel_values are not finite (NaN or Inf) after preprocessing")
     values = np.empty((len(images), run.num_patches), dtype=np.float32)
     targets = np.empty(len(images), dtype=np.int64)
     for i in range(len(images)):
-        image = pixels[i : i + 1]
+        row, image = start + i, pixels[i : i + 1]
         if run.target == "prediction":
             with torch.inference_mode():
                 scores = run.subject.forward(image)
-            target = int(getattr(scores, "logits", scores).argmax(dim=-1)[0])
+            scores = getattr(scores, "logits", scores)
+            if not bool(torch.isfinite(scores).all()):
+                raise ValueError(f"column {column!r}, row {row}: the model's scores are not finite (NaN or Inf)")
+            target = int(scores.argmax(dim=-1)[0])
         else:
             target = labels[i]
-        explained = run.explainer(
-            image,
-            torch.tensor([target], device=run.subject.device),
-            seed=example_seed(run.seed, start + i),
-            **run.explainer_kwargs,
-        )
+        try:
+            explained = run.explainer(
+                image,
+                torch.tensor([target], device=run.subject.device),
+                seed=example_seed(run.seed, row),
+                **run.explainer_kwargs,
+            )
+        except ValueError as error:  # e.g. non-finite scores of a coalition: name the row
+            raise ValueError(f"column {column!r}, row {row}: {error}") from error
         if not isinstance(explained, torch.Tensor) or tuple(explained.shape) != (1, run.num_patches):
             got = tuple(explained.shape) if isinstance(explained, torch.Tensor) else type(explained).__name__
             raise ValueError(f"the explainer must return a (1, {run.num_patches}) tensor for one image, got {got}")
         values[i] = explained.detach().float().cpu().numpy()[0]
+        if not np.isfinite(values[i]).all():
+            raise ValueError(
+                f"column {column!r}, row {row}: the Kernel SHAP values are not finite (NaN or Inf): the model's "
+                "scores of some masked images are not finite; no value of this shard is written"
+            )
         targets[i] = target
         progress.update(1)
     return values, targets, rows_sha256(images, labels)
 
 
+def read_rows(view, start: int, stop: int, image_column: str) -> dict:
+    """Rows `start .. stop - 1` of a `Dataset` as a column dict. An image `datasets` cannot decode raises a
+    `ValueError` naming its row and column (found by reading the rows one by one)."""
+    try:
+        return view[start:stop]
+    except _DECODE_ERRORS:
+        for row in range(start, stop):
+            try:
+                view[row]
+            except _DECODE_ERRORS as error:
+                raise ValueError(f"column {image_column!r}, row {row}: the image cannot be decoded: {error}") from error
+        raise
+
+
 def iterate_shards(dataset, columns: list[str], shard_size: int) -> Iterator[tuple[int, dict]]:
-    """Consecutive `shard_size`-row chunks of an `IterableDataset`, as column dicts."""
+    """Consecutive `shard_size`-row chunks of an `IterableDataset`, as column dicts. An image `datasets` cannot decode
+    raises a `ValueError` naming its row and the image column (`columns[0]`)."""
     shard, batch = 0, {column: [] for column in columns}
-    for row in dataset.select_columns(columns).with_format(None):
+    rows = iter(dataset.select_columns(columns).with_format(None))
+    index = 0
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except _DECODE_ERRORS as error:
+            raise ValueError(f"column {columns[0]!r}, row {index}: the image cannot be decoded: {error}") from error
+        index += 1
         for column in columns:
             batch[column].append(row[column])
         if len(batch[columns[0]]) == shard_size:
@@ -415,11 +561,12 @@ def compute_shards(dataset, run: LabellingRun, store: ShardStore, state: Partial
     streaming = isinstance(dataset, datasets.IterableDataset)
     size = store.shard_size
     if streaming:
-        total = None
+        total, checksums = None, store.checksums()
     else:
         num_rows = len(dataset)
         mine = [s for s in range(rank, math.ceil(num_rows / size), world)]
-        todo = [s for s in mine if not store.is_done(s, min(size, num_rows - s * size))]
+        checksums = store.checksums()
+        todo = [s for s in mine if not store.is_done(s, min(size, num_rows - s * size), checksums=checksums)]
         total = sum(min(size, num_rows - s * size) for s in todo)
         logger.info(
             "process %d/%d: %d of its %d shards to label (%d rows) in %s",
@@ -436,7 +583,7 @@ def compute_shards(dataset, run: LabellingRun, store: ShardStore, state: Partial
                     continue
                 images = [to_rgb(v, run.image_column, shard * size + i) for i, v in enumerate(rows[run.image_column])]
                 labels = run.labels(rows, shard * size)
-                if store.is_done(shard, count, rows_sha256(images, labels)):
+                if store.is_done(shard, count, rows_sha256(images, labels), checksums=checksums):
                     continue
                 store.write(
                     shard,
@@ -447,6 +594,7 @@ def compute_shards(dataset, run: LabellingRun, store: ShardStore, state: Partial
             view = dataset.select_columns(columns).with_format(None)
             for shard in todo:
                 start, stop = shard * size, min((shard + 1) * size, num_rows)
-                values, targets, digest = label_rows(view[start:stop], start, run, progress)
+                rows = read_rows(view, start, stop, run.image_column)
+                values, targets, digest = label_rows(rows, start, run, progress)
                 store.write(shard, np.arange(start, stop), values, targets, digest)
     return num_rows
