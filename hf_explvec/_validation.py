@@ -10,8 +10,9 @@ import math
 import numbers
 
 import numpy as np
+import torch
 
-__all__ = ["check_finite", "check_int", "check_probability"]
+__all__ = ["check_finite", "check_finite_tensor", "check_int", "check_pixel_values", "check_probability"]
 
 
 def check_int(name: str, value: object, minimum: int | None = None) -> int:
@@ -61,3 +62,45 @@ def check_probability(name: str, value: object) -> float:
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
         raise ValueError(f"{name} must be a finite number in [0, 1], got {value!r}")
     return value
+
+
+def check_pixel_values(pixel_values: object, name: str = "pixel_values") -> None:
+    """Refuse anything but a floating-point tensor as model pixels: one policy for the model and every explainer.
+
+    CLIP-style models expect images resized and normalised by their image processor (float, about zero mean).
+    Raw images (PIL images, numpy arrays, integer tensors such as uint8 pixels in 0..255) are refused with a
+    `TypeError` that says so, rather than being cast and silently giving meaningless scores.
+
+    Raises:
+        `TypeError`: `pixel_values` is not a `torch.Tensor`, or its dtype is not floating point.
+    """
+    hint = (
+        "run the image processor first, e.g. "
+        "`image_processor(images, return_tensors='pt')['pixel_values']` (resized, normalised float pixels)"
+    )
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor of shape (batch_size, channels, height, width), got "
+            f"{type(pixel_values).__module__}.{type(pixel_values).__name__}: {hint}"
+        )
+    if not pixel_values.is_floating_point():
+        raise TypeError(f"{name} must be a floating point tensor, got dtype {pixel_values.dtype}: {hint}")
+
+
+def check_finite_tensor(tensor: torch.Tensor, name: str, unit: str = "row") -> None:
+    """Raise `ValueError` naming `tensor` and the first indices along dimension 0 that hold NaN or infinite values.
+
+    Costs one `isfinite().all()` reduction (and, on a GPU, one device synchronisation) when every value is finite;
+    the offending indices are looked up only on failure.
+
+    Args:
+        tensor (`torch.Tensor` of shape `(N, ...)`): the floating-point values to check.
+        name (`str`): the tensor's name for the message.
+        unit (`str`, *optional*, defaults to `"row"`): what an index along dimension 0 is (e.g. `"image index"`).
+    """
+    finite = torch.isfinite(tensor)
+    if bool(finite.all()):
+        return
+    bad = (~finite.reshape(finite.shape[0], -1).all(dim=1)).nonzero().flatten().tolist()
+    shown = ", ".join(str(i) for i in bad[:10]) + (f", ... ({len(bad)} in all)" if len(bad) > 10 else "")
+    raise ValueError(f"{name} contains NaN or infinite values at {unit} {shown}")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPVisionConfig, PreTrainedConfig
+
+from ._validation import check_probability
 
 
 @strict
@@ -25,7 +25,9 @@ class SelfExplainingCLIPVisionConfig(PreTrainedConfig):
         alpha (`float`, *optional*, defaults to 1.0):
             Weight of the cross-entropy term of the loss, in [0, 1]: `loss = alpha * CE + (1 - alpha) * MSE`, the MSE
             being between the patch attributions of the label class and the Kernel SHAP values. `alpha=1.0` trains
-            a prediction-only model; the paper's self-explaining models use `alpha=0.8`.
+            a prediction-only model; the paper's self-explaining models use `alpha=0.8`. Checked on construction and
+            on every assignment (`config.alpha = 1.5` raises `ValueError`, a non-number `TypeError`, and leaves the
+            old value), and again by the model's `forward`.
         logit_scale_init_value (`float`, *optional*, defaults to 2.6592):
             Log of the logit scale. [`SelfExplainingCLIPVision.from_clip`] copies the CLIP model's learned value.
         clip_name_or_path (`str`, *optional*):
@@ -72,9 +74,7 @@ class SelfExplainingCLIPVisionConfig(PreTrainedConfig):
         self.class_names = names
         self.id2label = expected_id2label
         self.label2id = {name: i for i, name in expected_id2label.items()}
-        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and 0.0 <= self.alpha <= 1.0):
-            raise ValueError(f"alpha must be a finite number in [0, 1], got {self.alpha!r}.")
-        self.alpha = float(self.alpha)
+        self.alpha = check_probability("alpha", self.alpha)
         if self.projection_dim <= 0:
             raise ValueError(f"projection_dim must be positive, got {self.projection_dim}.")
         image_size, patch_size = self.vision_config.image_size, self.vision_config.patch_size
@@ -83,6 +83,13 @@ class SelfExplainingCLIPVisionConfig(PreTrainedConfig):
                 f"vision_config.image_size ({image_size}) must be an int divisible by vision_config.patch_size "
                 f"({patch_size}) so that patches form a square grid."
             )
+
+    def __setattr__(self, name, value):
+        # @strict only checks types (and not those of string annotations): check alpha's range on assignment, so
+        # that `config.alpha = 1.5` is refused before it changes the loss. (@strict wraps this method.)
+        if name == "alpha":
+            value = check_probability("alpha", value)
+        super().__setattr__(name, value)
 
     @property
     def grid_size(self) -> int:

@@ -26,20 +26,22 @@ Let `z_0` be the [CLS] token and `z_i` (i = 1..M) the patch tokens after CLIP's 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from huggingface_hub import ModelCardData
 from torch import nn
 from transformers import CLIPModel, CLIPVisionModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from ._validation import check_finite_tensor, check_pixel_values, check_probability
+from .attribution._forward import check_targets
 from .configuration import SelfExplainingCLIPVisionConfig, validate_class_names
 from .heads import DEFAULT_TEMPLATES, build_class_embeddings
-from .hub import BASE_TAGS, LIBRARY_NAME, push_folder, render_card
+
+IGNORE_INDEX = -100
+"""The label that leaves a row out of the cross-entropy (PyTorch's and transformers' `ignore_index`)."""
 
 
 @dataclass
@@ -123,7 +125,8 @@ class SelfExplainingCLIPVision(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained` with `use_safetensors=True` by default: pickled `.bin` weights are refused."""
+        """`PreTrainedModel.from_pretrained` with `use_safetensors=True` by default: pickled `.bin` weights are
+        refused."""
         kwargs.setdefault("use_safetensors", True)
         return super().from_pretrained(*args, **kwargs)
 
@@ -139,7 +142,15 @@ class SelfExplainingCLIPVision(PreTrainedModel):
     def num_patches(self) -> int:
         return self.config.num_patches
 
-    def _check_inputs(self, pixel_values: torch.Tensor, labels, shap_values) -> None:
+    def _check_inputs(self, pixel_values: torch.Tensor, labels, shap_values) -> float:
+        """Validate a forward call's inputs before anything runs; return the validated `config.alpha`.
+
+        Types and shapes cost nothing. With `labels` (the loss path) the label values, the ignored rows and the
+        finiteness of `pixel_values` and `shap_values` are checked too, in one device synchronisation: one NaN there
+        would make the loss, hence every trained weight, NaN. Without labels (inference, e.g. the thousands of
+        forward passes of Kernel SHAP) values are not scanned: a NaN pixel only gives that row NaN outputs.
+        """
+        check_pixel_values(pixel_values)
         vision = self.config.vision_config
         expected = (vision.num_channels, vision.image_size, vision.image_size)
         if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
@@ -147,21 +158,63 @@ class SelfExplainingCLIPVision(PreTrainedModel):
                 f"pixel_values must have shape (batch_size, {expected[0]}, {expected[1]}, {expected[2]}) "
                 f"(channels, height, width of this model), got {tuple(pixel_values.shape)}."
             )
-        batch_size = pixel_values.shape[0]
-        if labels is not None and tuple(labels.shape) != (batch_size,):
-            raise ValueError(f"labels must have shape ({batch_size},), got {tuple(labels.shape)}.")
-        if shap_values is not None and tuple(shap_values.shape) != (batch_size, self.num_patches):
-            raise ValueError(
-                f"shap_values must have shape (batch_size, num_patches) = ({batch_size}, {self.num_patches}), "
-                f"got {tuple(shap_values.shape)}."
-            )
+        alpha = check_probability("config.alpha", self.config.alpha)
+        batch_size, num_classes = pixel_values.shape[0], self.config.num_labels
+        if labels is not None:
+            if not isinstance(labels, torch.Tensor):
+                raise TypeError(
+                    f"labels must be a torch.LongTensor of shape ({batch_size},), got {type(labels).__name__}."
+                )
+            if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+                raise TypeError(
+                    f"labels must hold integer class ids in [0, {num_classes - 1}] (dtype torch.long), got dtype "
+                    f"{labels.dtype} with values {labels.flatten()[:8].tolist()}."
+                )
+            if tuple(labels.shape) != (batch_size,):
+                raise ValueError(f"labels must have shape ({batch_size},), got {tuple(labels.shape)}.")
+        if shap_values is not None:
+            if not isinstance(shap_values, torch.Tensor):
+                raise TypeError(f"shap_values must be a torch.FloatTensor, got {type(shap_values).__name__}.")
+            if tuple(shap_values.shape) != (batch_size, self.num_patches):
+                raise ValueError(
+                    f"shap_values must have shape (batch_size, num_patches) = ({batch_size}, {self.num_patches}), "
+                    f"got {tuple(shap_values.shape)}."
+                )
         if labels is None and shap_values is not None:
             raise ValueError("shap_values were given without labels: the attribution loss is taken at the label class.")
-        if labels is not None and shap_values is None and self.config.alpha < 1.0:
+        if labels is None:
+            return alpha
+        if shap_values is None and alpha < 1.0:
             raise ValueError(
-                f"config.alpha is {self.config.alpha} < 1, so the loss needs shap_values of shape "
+                f"config.alpha is {alpha} < 1, so the loss needs shap_values of shape "
                 f"({batch_size}, {self.num_patches}) along with labels."
             )
+        # The loss path: every value check in one synchronisation, the details looked up only on failure.
+        ignored = labels == IGNORE_INDEX
+        out_of_range = ((labels < 0) | (labels >= num_classes)) & ~ignored
+        flags = [out_of_range.any(), ignored.any(), ~torch.isfinite(pixel_values).all()]
+        if shap_values is not None:
+            flags.append(~torch.isfinite(shap_values).all())
+        bad_label, any_ignored, bad_pixels, *bad_shap = torch.stack([f.to("cpu") for f in flags]).tolist()
+        if bad_label:
+            row = int(out_of_range.nonzero()[0, 0])
+            raise ValueError(
+                f"labels must be class ids in [0, {num_classes - 1}] (or {IGNORE_INDEX} to leave a row out of the "
+                f"cross-entropy), got {int(labels[row])} at row {row}."
+            )
+        if any_ignored and (shap_values is not None or alpha < 1.0):
+            rows = ignored.nonzero().flatten().tolist()
+            raise ValueError(
+                f"labels hold {IGNORE_INDEX} (ignore_index) at rows {rows[:10]}, but the attribution loss "
+                f"(config.alpha={alpha}{', shap_values given' if shap_values is not None else ''}) is taken at the "
+                f"label class, so an ignored row has no SHAP target: drop these rows, or use alpha=1 without "
+                f"shap_values."
+            )
+        if bad_pixels:
+            check_finite_tensor(pixel_values, "pixel_values", unit="row")
+        if bad_shap and bad_shap[0]:
+            check_finite_tensor(shap_values, "shap_values", unit="row")
+        return alpha
 
     def _classify(self, cls_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Projected [CLS] embeddings (N, P) -> logits (N, C), unit image embeddings (N, P), norms (N, 1)."""
@@ -200,12 +253,18 @@ class SelfExplainingCLIPVision(PreTrainedModel):
         r"""
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`):
-                Images as prepared by `CLIPImageProcessor` (resized and center-cropped to the model's size).
+                Images as prepared by `CLIPImageProcessor` (resized, center-cropped and normalised floats). Raw
+                pixels (PIL images, numpy arrays, uint8 or other integer tensors) are refused with a `TypeError`: run
+                the image processor first (the same policy as [`model_kernel_shap`] and [`patch_kernel_shap`]). With
+                `labels`, NaN or infinite pixels are refused (`ValueError` naming the row).
             labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-                Class indices; when given, the loss is computed.
+                Class indices in `[0, num_labels)`; when given, the loss is computed. `-100` (the cross-entropy's
+                `ignore_index`) leaves a row out of the cross-entropy, and is only accepted when there is no attribution
+                loss (`config.alpha == 1` and no `shap_values`): an ignored row has no class to take the SHAP target
+                at. Float labels are refused with a `TypeError`, ids out of range with a `ValueError`.
             shap_values (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
                 Kernel SHAP values of the label class's logit for each patch (row-major), the target of the
-                attribution loss. Required with `labels` when `config.alpha < 1`.
+                attribution loss. Required with `labels` when `config.alpha < 1`; must be finite.
             kwargs:
                 Passed to the vision tower, e.g. `output_hidden_states=True`, `output_attentions=True`.
 
@@ -213,7 +272,7 @@ class SelfExplainingCLIPVision(PreTrainedModel):
             [`SelfExplainingOutput`].
         """
         kwargs.pop("return_dict", None)
-        self._check_inputs(pixel_values, labels, shap_values)
+        alpha = self._check_inputs(pixel_values, labels, shap_values)
         vision_outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
         tokens = self.visual_projection(self.vision_model.post_layernorm(vision_outputs.last_hidden_state))
         cls_embeds, patch_embeds = tokens[:, 0], tokens[:, 1:]
@@ -226,15 +285,15 @@ class SelfExplainingCLIPVision(PreTrainedModel):
 
         loss = ce_loss = attribution_loss = None
         if labels is not None:
-            labels = labels.to(logits.device)
-            ce_loss = F.cross_entropy(logits.float(), labels)
-            loss = ce_loss if self.config.alpha == 1.0 else self.config.alpha * ce_loss
+            labels = labels.to(logits.device, torch.long)
+            ce_loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
+            loss = ce_loss if alpha == 1.0 else alpha * ce_loss
             if shap_values is not None:
                 index = labels.view(-1, 1, 1).expand(-1, 1, self.num_patches)
                 explained = patch_attributions.gather(1, index).squeeze(1)
                 attribution_loss = F.mse_loss(explained.float(), shap_values.to(explained.device, torch.float32))
-                if self.config.alpha < 1.0:
-                    loss = loss + (1.0 - self.config.alpha) * attribution_loss
+                if alpha < 1.0:
+                    loss = loss + (1.0 - alpha) * attribution_loss
 
         return SelfExplainingOutput(
             loss=loss,
@@ -307,7 +366,8 @@ class SelfExplainingCLIPVision(PreTrainedModel):
                 tuple(class_embeddings.shape) if isinstance(class_embeddings, torch.Tensor) else type(class_embeddings)
             )
             raise ValueError(
-                f"class_embeddings must be a tensor of shape (num_classes, projection_dim) = {expected_shape}, got {got}."
+                f"class_embeddings must be a tensor of shape (num_classes, projection_dim) = {expected_shape}, "
+                f"got {got}."
             )
         if not torch.isfinite(class_embeddings).all() or (class_embeddings.norm(dim=-1) == 0).any():
             raise ValueError("class_embeddings must be finite with no all-zero row.")
@@ -331,37 +391,15 @@ class SelfExplainingCLIPVision(PreTrainedModel):
         return model.eval()
 
     def generate_model_card(self, repo_id: str | None = None, eval_results=None):
-        """The model's card, rendered from `hub_cards/self_explaining_model.md`.
+        """The model's card ([`hf_explvec.hub.cards.model_card`], from `hub_cards/self_explaining_model.md`).
 
         Args:
             repo_id (`str`, *optional*): Where the model lives, for the usage snippet.
             eval_results (`list[huggingface_hub.EvalResult]`, *optional*): Written as `model-index` metadata.
         """
-        config = self.config
-        clip = config.clip_name_or_path
-        data = ModelCardData(
-            library_name=LIBRARY_NAME,
-            pipeline_tag="image-classification",
-            tags=BASE_TAGS + ["self-explaining", "image-classification"],
-            base_model=clip if clip and not os.path.isdir(clip) else None,
-            eval_results=eval_results,
-            model_name=repo_id if eval_results else None,
-        )
-        names = config.class_names
-        return render_card(
-            "self_explaining_model",
-            data,
-            title=f"Self-explaining CLIP classifier {repo_id or ''}".strip(),
-            repo_id=repo_id or "path/to/this/model",
-            clip_name_or_path=clip,
-            num_classes=len(names),
-            class_preview=", ".join(names[:10]) + (f", … ({len(names) - 10} more)" if len(names) > 10 else ""),
-            num_patches=config.num_patches,
-            grid_size=config.grid_size,
-            patch_size=config.vision_config.patch_size,
-            image_size=config.vision_config.image_size,
-            alpha=config.alpha,
-        )
+        from .hub.cards import model_card  # the model module does not depend on the Hub code
+
+        return model_card(self.config, repo_id, eval_results)
 
     def push_to_hub(
         self,
@@ -391,6 +429,8 @@ class SelfExplainingCLIPVision(PreTrainedModel):
         Returns:
             `huggingface_hub.CommitInfo`.
         """
+        from .hub.repo import push_folder  # the model module does not depend on the Hub code
+
         if kwargs:
             raise TypeError(f"push_to_hub got unexpected arguments: {sorted(kwargs)}.")
         return push_folder(
@@ -426,13 +466,7 @@ def attribution_map(outputs: SelfExplainingOutput, target: int | torch.Tensor | 
         raise ValueError(f"patch_attributions cover {num_patches} patches, which is not a square grid.")
     if target is None:
         target = outputs.logits.argmax(dim=-1)
-    target = torch.as_tensor(target, device=attributions.device).long()
-    if target.dim() == 0:
-        target = target.expand(batch_size)
-    if tuple(target.shape) != (batch_size,):
-        raise ValueError(f"target must be an int or have shape ({batch_size},), got {tuple(target.shape)}.")
-    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
-        raise ValueError(f"target must be in [0, {num_classes}), got {target.tolist()}.")
+    target = check_targets(target, batch_size, num_classes, device=attributions.device)
     index = target.view(-1, 1, 1).expand(-1, 1, num_patches)
     return attributions.gather(1, index).view(batch_size, grid, grid)
 

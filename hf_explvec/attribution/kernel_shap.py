@@ -36,6 +36,7 @@ from collections.abc import Callable
 import torch
 
 from .._validation import check_int
+from ._forward import check_finite_values
 from .sampling import make_generator, plan_coalitions, sample_coalitions
 from .solver import solve_kernel_shap
 
@@ -94,6 +95,7 @@ def _evaluate(value_fn: ValueFunction, coalitions: torch.Tensor, index: torch.Te
                 raise ValueError(
                     f"value_fn returned shape {tuple(chunk.shape)} after {tuple(out.shape[1:])} per row before"
                 )
+            check_finite_values(chunk, index[start:stop], name="value_fn", unit="input index")
             out[start:stop] = chunk
     if out is None:  # unreachable: every input has its empty and full coalition
         raise RuntimeError("no coalition was evaluated")
@@ -139,6 +141,12 @@ def kernel_shap(
         `torch.Tensor` of shape `(B, M)` (or `(B, K, M)` when `value_fn` returns `(N, K)`), float32, on the
         device of the values: per-player values; for each input they sum to
         ``value(full) - value(empty)`` up to float32 rounding.
+
+    Raises:
+        TypeError: `value_fn` not callable or not returning a tensor, or an argument of the wrong type.
+        ValueError: an argument out of range, `value_fn` returning a wrong shape, or NaN / infinite values for any
+            coalition (the message names the input index; no value is returned for any input, since one
+            non-finite evaluation would make that input's whole solution NaN).
     """
     if not callable(value_fn):
         raise TypeError(f"value_fn must be callable, got {type(value_fn).__name__}")

@@ -14,6 +14,16 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .._validation import check_finite_tensor, check_pixel_values
+from ._forward import (
+    VALUE_OPTIONS,
+    check_class_range,
+    check_finite_values,
+    check_targets,
+    logits_of,
+    score,
+    select_targets,
+)
 from .kernel_shap import kernel_shap
 
 __all__ = [
@@ -26,7 +36,6 @@ __all__ = [
     "BASELINE_OPTIONS",
 ]
 
-VALUE_OPTIONS = ("logit", "log_prob", "prob")
 BASELINE_OPTIONS = ("mean", "blur")
 
 
@@ -199,42 +208,12 @@ def to_patch_grid(values: torch.Tensor, grid_shape: tuple[int, int] | None = Non
     return values.reshape(tuple(values.shape[:-1]) + (gh, gw))
 
 
-def _check_target(target: int | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
-    if isinstance(target, bool):
-        raise TypeError("target must be an int or a (B,) integer tensor, got bool")
-    if isinstance(target, int):
-        target = torch.tensor(target)
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"target must be an int or a (B,) integer tensor, got {type(target).__name__}")
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise TypeError(f"target tensor must have an integer dtype, got {target.dtype}")
-    if target.dim() == 0:
-        target = target.expand(batch)
-    if target.shape != (batch,):
-        raise ValueError(f"target must be an int or have shape ({batch},), got shape {tuple(target.shape)}")
-    if target.numel() and int(target.min()) < 0:
-        raise ValueError(f"target must be >= 0, got {int(target.min())}")
-    return target.to(device=device, dtype=torch.long)
-
-
-def _scores(output: object, rows: int) -> torch.Tensor:
-    scores = getattr(output, "logits", output) if not isinstance(output, torch.Tensor) else output
-    if not isinstance(scores, torch.Tensor):
-        raise TypeError(
-            f"forward_fn must return a (N, C) tensor or an object with .logits, got {type(output).__name__}"
-        )
-    if scores.dim() != 2 or scores.shape[0] != rows:
-        raise ValueError(f"forward_fn must return class scores of shape ({rows}, C), got {tuple(scores.shape)}")
-    return scores
-
-
 class _PatchGame:
     """The value function of [`patch_kernel_shap`]: paint, forward, pick the target score."""
 
     def __init__(self, forward_fn, pixels, targets, baseline, patch_size, value):
         self.forward_fn, self.pixels, self.targets = forward_fn, pixels, targets
         self.baseline, self.patch_size, self.value = baseline, patch_size, value
-        self.max_target = int(targets.max())
         self.num_classes: int | None = None  # known after the first forward call
         self.buffer: torch.Tensor | None = None  # CPU: one input buffer for every chunk (avoids page faults)
 
@@ -246,21 +225,15 @@ class _PatchGame:
                 self.buffer = torch.empty((rows,) + tuple(self.pixels.shape[1:]), dtype=self.pixels.dtype)
             out = self.buffer[:rows]
         images = mask_patches(self.pixels, coalitions, input_index, self.baseline, self.patch_size, out=out)
-        scores = _scores(self.forward_fn(images), rows)
+        logits = logits_of(self.forward_fn(images), rows)
         if self.num_classes is None:
-            if self.max_target >= scores.shape[1]:
-                raise ValueError(
-                    f"target must be < num_classes={scores.shape[1]} (from forward_fn), got {self.max_target}"
-                )
-            self.num_classes = scores.shape[1]
-        elif scores.shape[1] != self.num_classes:
-            raise ValueError(f"forward_fn returned {scores.shape[1]} classes after {self.num_classes} before")
-        scores = scores.float()
-        if self.value == "log_prob":
-            scores = scores.log_softmax(dim=-1)
-        elif self.value == "prob":
-            scores = scores.softmax(dim=-1)
-        return scores.gather(1, self.targets.index_select(0, input_index).unsqueeze(1)).squeeze(1)
+            check_class_range(self.targets, logits.shape[1], source="forward_fn")
+            self.num_classes = logits.shape[1]
+        elif logits.shape[1] != self.num_classes:
+            raise ValueError(f"forward_fn returned {logits.shape[1]} classes after {self.num_classes} before")
+        values = select_targets(score(logits, self.value), self.targets, input_index)
+        check_finite_values(values, input_index, name="forward_fn")
+        return values
 
 
 def patch_kernel_shap(
@@ -287,7 +260,9 @@ def patch_kernel_shap(
             maps images `(N, C, H, W)` to class scores `(N, num_classes)` (or an object with a `.logits`
             tensor). It is called under `torch.inference_mode()` with ``N <= batch_size``. It must not keep
             a reference to its input: on CPU the same buffer is refilled for the next call.
-        pixel_values (`torch.Tensor` of shape `(B, C, H, W)`): the images, floating point.
+        pixel_values (`torch.FloatTensor` of shape `(B, C, H, W)`): the images as the image processor prepares them
+            (floating point and finite). Raw pixels (uint8 tensors, numpy arrays, PIL images) are refused: the same
+            policy as [`SelfExplainingCLIPVision`] and [`model_kernel_shap`].
         target (`int` or `torch.LongTensor` of shape `(B,)`): the explained class (per image).
         patch_size (`int`): patch side ``p``, dividing ``H`` and ``W``.
         num_samples (`int`, *optional*, defaults to 500):
@@ -310,22 +285,19 @@ def patch_kernel_shap(
     Raises:
         TypeError: `pixel_values` not a floating tensor, `target`, `patch_size`, `num_samples` or
             `baseline` of the wrong type.
-        ValueError: `pixel_values` not 4-D or not finite, `patch_size` not dividing ``H`` or ``W``, `num_samples` below
-            ``2 M``, `target` outside ``[0, num_classes)`` (checked on the first forward chunk), unknown
-            `value` or `baseline` option, baseline tensor not broadcastable.
+        ValueError: `pixel_values` not 4-D or not finite (naming the image index), `patch_size` not dividing ``H``
+            or ``W``, `num_samples` below ``2 M``, `target` outside ``[0, num_classes)`` (checked on the first
+            forward chunk), unknown `value` or `baseline` option, baseline tensor not broadcastable, or `forward_fn`
+            returning NaN or infinite scores for any coalition (naming the image index; no partial result).
     """
-    if not isinstance(pixel_values, torch.Tensor):
-        raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
+    check_pixel_values(pixel_values)
     if pixel_values.dim() != 4:
         raise ValueError(
             f"pixel_values must have shape (B, C, H, W), got {pixel_values.dim()}-D shape {tuple(pixel_values.shape)}"
         )
-    if not pixel_values.is_floating_point():
-        raise TypeError(f"pixel_values must be floating point, got dtype {pixel_values.dtype}")
     if not callable(forward_fn):
         raise TypeError(f"forward_fn must be callable, got {type(forward_fn).__name__}")
-    if not bool(torch.isfinite(pixel_values).all()):
-        raise ValueError("pixel_values must be finite, found NaN or infinite values")
+    check_finite_tensor(pixel_values, "pixel_values", unit="image index")
     if isinstance(patch_size, bool) or not isinstance(patch_size, int):
         raise TypeError(f"patch_size must be an int, got {type(patch_size).__name__}")
     batch, _, height, width = pixel_values.shape
@@ -333,7 +305,7 @@ def patch_kernel_shap(
         raise ValueError(f"patch_size must be a positive divisor of H={height} and W={width}, got {patch_size}")
     if value not in VALUE_OPTIONS:
         raise ValueError(f"value must be one of {VALUE_OPTIONS}, got {value!r}")
-    targets = _check_target(target, batch, pixel_values.device)
+    targets = check_targets(target, batch, device=pixel_values.device)
     base = make_baseline(pixel_values, baseline, patch_size)
     if isinstance(base, torch.Tensor) and not bool(torch.isfinite(base).all()):
         raise ValueError("baseline must be finite, found NaN or infinite values")

@@ -17,24 +17,12 @@ coalitions, and `"embedding"` and `"pixel"` give the same values up to float rou
 
 import torch
 
+from .._validation import check_finite_tensor, check_pixel_values
+from ._forward import VALUE_OPTIONS, check_finite_values, check_targets, score, select_targets
 from .kernel_shap import kernel_shap
-from .patches import VALUE_OPTIONS, make_baseline, patch_kernel_shap
+from .patches import make_baseline, patch_kernel_shap
 
 MASKING_OPTIONS = ("embedding", "token", "pixel")
-
-
-def _targets(target, batch_size: int, num_classes: int, device) -> torch.Tensor:
-    if isinstance(target, bool) or not isinstance(target, (int, torch.Tensor)):
-        raise TypeError(f"target must be an int or a (batch_size,) integer tensor, got {type(target).__name__}.")
-    target = torch.as_tensor(target, device=device)
-    if target.is_floating_point() or target.dtype == torch.bool:
-        raise TypeError(f"target must have an integer dtype, got {target.dtype}.")
-    target = target.long().expand(batch_size) if target.dim() == 0 else target.long()
-    if tuple(target.shape) != (batch_size,):
-        raise ValueError(f"target must be an int or have shape ({batch_size},), got {tuple(target.shape)}.")
-    if batch_size and (int(target.min()) < 0 or int(target.max()) >= num_classes):
-        raise ValueError(f"target must be in [0, {num_classes}), got {target.tolist()}.")
-    return target
 
 
 class _EmbeddingGame:
@@ -66,12 +54,10 @@ class _EmbeddingGame:
         else:
             tokens = torch.where(coalitions.unsqueeze(-1), present, self.absent.index_select(0, input_index))
         embeddings = torch.cat([self.cls.expand(rows, 1, -1), tokens], dim=1)
-        scores = self.model.logits_from_embeddings(embeddings, attention_mask=mask).float()
-        if self.value == "log_prob":
-            scores = scores.log_softmax(dim=-1)
-        elif self.value == "prob":
-            scores = scores.softmax(dim=-1)
-        return scores.gather(1, self.targets.index_select(0, input_index).unsqueeze(1)).squeeze(1)
+        logits = self.model.logits_from_embeddings(embeddings, attention_mask=mask)
+        values = select_targets(score(logits, self.value), self.targets, input_index)
+        check_finite_values(values, input_index, name="the model")
+        return values
 
 
 @torch.inference_mode()
@@ -93,7 +79,10 @@ def model_kernel_shap(
 
     Args:
         model ([`SelfExplainingCLIPVision`]): The model to explain (put it in eval mode).
-        pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, image_size, image_size)`): The images.
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, image_size, image_size)`): The images as the
+            image processor prepares them: floating point and finite (NaN / infinite pixels are refused, naming the
+            image index, in every `masking` mode). Raw pixels (uint8 tensors, numpy arrays, PIL images) are refused
+            with a `TypeError`, as by the model's `forward` and [`patch_kernel_shap`].
         target (`int` or `torch.LongTensor` of shape `(batch_size,)`): The explained class (per image).
         num_samples (`int`, *optional*, defaults to 500): Coalitions evaluated per image, including the full and
             the empty one; at least `2 * num_patches`; exact Shapley values from `2**num_patches` on.
@@ -110,6 +99,12 @@ def model_kernel_shap(
     Returns:
         `torch.FloatTensor` of shape `(batch_size, num_patches)`, row-major over the patch grid; each row sums to
         `score(image) - score(baseline image)` (`score([CLS] alone)` with `masking="token"`).
+
+    Raises:
+        TypeError: `pixel_values` not a floating tensor, `target` not integer, `model` not a
+            [`SelfExplainingCLIPVision`].
+        ValueError: wrong shapes, non-finite pixels, `target` outside `[0, num_labels)`, unknown options, or the model
+            giving NaN / infinite scores for any coalition (naming the image index; nothing is returned).
     """
     if masking not in MASKING_OPTIONS:
         raise ValueError(f"masking must be one of {MASKING_OPTIONS}, got {masking!r}.")
@@ -120,9 +115,11 @@ def model_kernel_shap(
             f"model_kernel_shap explains a SelfExplainingCLIPVision, got {type(model).__name__}; "
             "for any other classifier use patch_kernel_shap(forward_fn, ...)."
         )
+    check_pixel_values(pixel_values)
     model._check_inputs(pixel_values, None, None)
+    check_finite_tensor(pixel_values, "pixel_values", unit="image index")
     vision = model.config.vision_config
-    targets = _targets(target, pixel_values.shape[0], model.config.num_labels, pixel_values.device)
+    targets = check_targets(target, pixel_values.shape[0], model.config.num_labels, device=pixel_values.device)
     options = dict(num_samples=num_samples, batch_size=batch_size, seed=seed)
     if masking == "pixel":
 
