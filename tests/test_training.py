@@ -182,8 +182,9 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, dataset):
     straight = train(tiny.build_model(), dataset, make_config(tmp_path, "straight", **settings))
 
     killed_config = make_config(tmp_path, "killed", **settings)
-    with pytest.raises(RuntimeError, match="killed"):  # dies during step 7: after checkpoint 6 was written
-        train(tiny.build_model(), KilledAfter(dataset, budget=60), killed_config)
+    # train reads every example once to check it (32 reads), then dies during step 7: after checkpoint 6 was written.
+    with pytest.raises(RuntimeError, match="killed"):
+        train(tiny.build_model(), KilledAfter(dataset, budget=32 + 60), killed_config)
     checkpoints = sorted(p.name for p in (killed_config.output_dir / "checkpoints").iterdir())
     assert checkpoints == ["step_00000002", "step_00000004", "step_00000006"]
     # A fresh process would build the same starting model; the checkpoint overwrites its weights anyway.
@@ -262,7 +263,7 @@ def test_two_processes_with_accelerate_launch(tmp_path, dataset):
 
     trained = SelfExplainingCLIPVision.from_pretrained(output_dir)
     initial = tiny.build_model()
-    assert any(not torch.equal(a, b) for a, b in zip(trained.parameters(), initial.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(trained.parameters(), initial.parameters(), strict=True))
     single = train(
         initial,
         tiny.build_dataset(32, seed=0),
@@ -271,7 +272,7 @@ def test_two_processes_with_accelerate_launch(tmp_path, dataset):
     for ddp_entry, single_entry in zip(info["history"], single.history, strict=True):
         assert ddp_entry["loss"] == pytest.approx(single_entry["loss"], rel=1e-5)
         assert ddp_entry["lr"] == pytest.approx(single_entry["lr"])
-    for (name, a), b in zip(trained.named_parameters(), single.model.parameters()):
+    for (name, a), b in zip(trained.named_parameters(), single.model.parameters(), strict=True):
         if not name.endswith("k_proj.bias"):  # zero true gradient: Adam steps on rounding noise (see above)
             torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=name)
 
@@ -312,7 +313,7 @@ def test_bad_data_raise_typed_errors_naming_the_problem(tmp_path, dataset, make_
 
 def test_out_of_range_labels_are_named(tmp_path, dataset):
     bad = dataset.cast_column("labels", datasets.Value("int64")).map(lambda row: {"labels": 7})
-    with pytest.raises(DatasetFormatError, match=r"'labels' must be in \[0, 4\), got \[7\]"):
+    with pytest.raises(DatasetFormatError, match=r"'labels' of row 0 must be in \[0, 4\), got 7 \(32 rows in all\)"):
         train(tiny.build_model(), bad, make_config(tmp_path))
 
 
@@ -351,7 +352,7 @@ def test_train_twins_gives_the_explainability_vector(tmp_path, dataset):
     assert vector.norm() > 0
 
     edited = vector.apply_to(copy.deepcopy(prediction_only), lam=1.0)
-    for (name, a), b in zip(edited.named_parameters(), self_explaining.parameters()):
+    for (name, a), b in zip(edited.named_parameters(), self_explaining.parameters(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
     # Same starting weights and data order: the first step sees the same batch with the same weights.
     histories = [
