@@ -27,6 +27,7 @@ from .evaluation import (
     spearman,
 )
 from .heads import DEFAULT_TEMPLATES, build_class_embeddings
+from .hub import HubConnectionError
 from .modeling import SelfExplainingCLIPVision, SelfExplainingOutput, attribution_map
 from .task_vector import TaskVector, TaskVectorConfig, transfer
 from .training import DatasetFormatError, TrainingConfig, TrainResult, TwinsResult, train, train_twins
@@ -44,6 +45,7 @@ __all__ = [
     "DomainSpec",
     "DatasetFormatError",
     "FidelityResult",
+    "HubConnectionError",
     "PerturbationCurve",
     "IncompatibleKeysError",
     "SelfExplainingCLIPVision",

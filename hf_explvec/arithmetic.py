@@ -28,16 +28,17 @@ class IncompatibleKeysError(ValueError):
         self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(mismatched)
         parts = [message]
         if self.missing:
-            parts.append(f"missing ({len(self.missing)}): {_preview(self.missing)}")
+            parts.append(f"missing ({len(self.missing)}): {preview(self.missing)}")
         if self.unexpected:
-            parts.append(f"unexpected ({len(self.unexpected)}): {_preview(self.unexpected)}")
+            parts.append(f"unexpected ({len(self.unexpected)}): {preview(self.unexpected)}")
         if self.mismatched:
             shown = [f"{k}: {tuple(a)} vs {tuple(b)}" for k, a, b in self.mismatched]
-            parts.append(f"shape mismatch ({len(shown)}): {_preview(shown)}")
+            parts.append(f"shape mismatch ({len(shown)}): {preview(shown)}")
         super().__init__("\n  ".join(parts))
 
 
-def _preview(items: list, limit: int = 20) -> str:
+def preview(items: list, limit: int = 20) -> str:
+    """The first `limit` items, comma-separated, with a count of the rest (for error messages)."""
     text = ", ".join(map(str, items[:limit]))
     return text + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
@@ -86,7 +87,7 @@ def vision_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     mapping = canonical_vision_names(state_dict.keys())
     if not mapping:
         raise ValueError(
-            f"no CLIP vision tower found: no key ends with '{_ANCHOR}' among {_preview(sorted(state_dict))}."
+            f"no CLIP vision tower found: no key ends with '{_ANCHOR}' among {preview(sorted(state_dict))}."
         )
     return {
         canonical: state_dict[name]
@@ -152,6 +153,39 @@ def nonfinite_keys(a: Mapping[str, torch.Tensor]) -> list[str]:
     return sorted(k for k, v in a.items() if not bool(torch.isfinite(v).all()))
 
 
+def add_scaled_(target: torch.Tensor, delta: torch.Tensor, lam: float) -> None:
+    """`target += lam * delta` in place, computed in float32 and written in `target`'s dtype and on its device."""
+    if target.dtype == torch.float32:
+        target.add_(delta.to(target.device, torch.float32), alpha=lam)
+    else:
+        work = target.to(torch.float32)
+        work.add_(delta.to(target.device, torch.float32), alpha=lam)
+        target.copy_(work)
+
+
+def scaled_sum_is_finite(target: torch.Tensor, delta: torch.Tensor, lam: float) -> bool:
+    r"""
+    Whether [`add_scaled_`]`(target, delta, lam)` would leave every entry of `target` finite in its dtype, without
+    writing anything. A cheap bound (max |target| + |lam| · max |delta|, in float64) decides almost always; only
+    near the dtype's limit is the update computed into a temporary and checked exactly.
+
+    Args:
+        target (`torch.Tensor`): A floating-point tensor (any dtype, any device except meta).
+        delta (`torch.Tensor`): Same shape, any floating dtype.
+        lam (`float`): The scaling factor (finite).
+    """
+    limit = torch.finfo(target.dtype).max
+    if abs(lam) > torch.finfo(torch.float32).max:  # the update is computed in float32
+        return False
+    if target.numel() == 0:
+        return True
+    bound = float(target.detach().abs().max()) + abs(lam) * float(delta.detach().abs().max())
+    if bound < 0.5 * limit:  # NaN compares false and falls through to the exact check
+        return True
+    work = target.detach().to(torch.float32).add_(delta.detach().to(target.device, torch.float32), alpha=lam)
+    return bool(torch.isfinite(work.to(target.dtype)).all())
+
+
 def layout_fingerprint(a: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 of the sorted `name:shape` lines: equal for vectors that can be added or applied to the same model."""
     lines = "\n".join(f"{k}:{','.join(map(str, v.shape))}" for k, v in sorted(a.items()))
@@ -162,6 +196,7 @@ __all__ = [
     "PROJECTION_KEY",
     "VISION_PREFIX",
     "IncompatibleKeysError",
+    "add_scaled_",
     "canonical_vision_names",
     "check_same_layout",
     "combine",
@@ -170,7 +205,9 @@ __all__ = [
     "global_norm",
     "layout_fingerprint",
     "nonfinite_keys",
+    "preview",
     "scale",
+    "scaled_sum_is_finite",
     "subtract",
     "vision_state",
 ]

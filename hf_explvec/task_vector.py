@@ -10,57 +10,26 @@ import logging
 import math
 import numbers
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from huggingface_hub import ModelCardData, ModelHubMixin, save_torch_state_dict
+from huggingface_hub import save_torch_state_dict
 from safetensors.torch import load_file
 from torch import nn
 
 from . import arithmetic as A
-from .hub import BASE_TAGS, LIBRARY_NAME, describe_repo, download_snapshot, push_folder, render_card
+from .hub import describe_repo, download_snapshot, push_folder, vector_card
+from .task_vector_config import (
+    CONFIG_NAME,
+    VECTOR_TYPE,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+    WEIGHTS_PATTERN,
+    TaskVectorConfig,
+    combined_provenance,
+)
 
 logger = logging.getLogger(__name__)
-
-VECTOR_TYPE = "clip_vision"
-FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
-WEIGHTS_PATTERN = "task_vector{suffix}.safetensors"
-WEIGHTS_NAME = "task_vector.safetensors"
-WEIGHTS_INDEX_NAME = "task_vector.safetensors.index.json"
-
-
-@dataclass
-class TaskVectorConfig:
-    r"""
-    Provenance of a [`TaskVector`], saved as `config.json` beside its weights.
-
-    Args:
-        base_model (`str`, *optional*): Name or path of the model the vector was taken from (θ).
-        base_model_revision (`str`, *optional*): Revision (commit sha, tag or branch) of `base_model`.
-        finetuned_model (`str`, *optional*): Name or path of the model the vector leads to (θ*).
-        source_dataset (`str`, *optional*): Data set the fine-tuning ran on.
-        alpha (`float`, *optional*): Cross-entropy weight of the self-explaining run (0.8 in the paper).
-        recommended_lam (`float`, *optional*): The λ to use in `apply_to` (chosen on validation data).
-    """
-
-    base_model: str | None = None
-    base_model_revision: str | None = None
-    finetuned_model: str | None = None
-    source_dataset: str | None = None
-    alpha: float | None = None
-    recommended_lam: float | None = None
-
-
-def _merge_provenance(a: TaskVectorConfig, b: TaskVectorConfig) -> TaskVectorConfig:
-    """The provenance fields on which two vectors agree; the others become unknown."""
-    return TaskVectorConfig(
-        **{
-            f.name: getattr(a, f.name) if getattr(a, f.name) == getattr(b, f.name) else None
-            for f in dataclasses.fields(a)
-        }
-    )
 
 
 def _check_scalar(value, what: str) -> float:
@@ -79,12 +48,7 @@ def _named_tensors(obj) -> dict[str, torch.Tensor]:
     raise TypeError(f"expected an nn.Module or a state dict, got {type(obj).__name__}.")
 
 
-class TaskVector(
-    ModelHubMixin,
-    library_name="hf_explvec",
-    tags=["explainability", "task-arithmetic", "task-vector", "clip"],
-    paper_url="https://arxiv.org/abs/2507.04380",
-):
+class TaskVector:
     r"""
     A task vector τ = θ* − θ over the CLIP vision tower and visual projection.
 
@@ -100,6 +64,12 @@ class TaskVector(
     must have the same keys and shapes, or [`~arithmetic.IncompatibleKeysError`] lists the differences. A vector
     never holds NaN or infinity: construction raises `ValueError` naming the tensors.
 
+    Hub methods as in transformers and huggingface_hub: `save_pretrained(folder)`, `push_to_hub(repo_id)` and
+    `TaskVector.from_pretrained(folder_or_repo_id)`. They are written here rather than inherited from
+    `huggingface_hub.ModelHubMixin`: the vector's `config.json` is [`TaskVectorConfig`]'s contract (checked on load),
+    its card comes from [`hf_explvec.hub.cards`] (which keeps a README the user edited), and Hub errors name the repo,
+    the revision and the endpoint ([`hf_explvec.hub.HubConnectionError`] when the connection fails).
+
     Args:
         vector (`dict[str, torch.Tensor]`):
             Canonical name -> delta tensor (floating point). Tensors are used as given, not copied.
@@ -112,10 +82,18 @@ class TaskVector(
             raise ValueError("a task vector needs a non-empty mapping of parameter name -> tensor.")
         bad = sorted(k for k, v in vector.items() if not torch.is_tensor(v) or not v.is_floating_point())
         if bad:
-            raise TypeError(f"task vector entries must be floating-point tensors; not so: {A._preview(bad)}.")
+            raise TypeError(f"task vector entries must be floating-point tensors; not so: {A.preview(bad)}.")
+        meta = sorted(k for k, v in vector.items() if v.is_meta)
+        if meta:
+            raise ValueError(
+                f"task vector entries must hold data, not meta tensors (no values); on the meta device: "
+                f"{A.preview(meta)}."
+            )
         nonfinite = A.nonfinite_keys(vector)
         if nonfinite:
-            raise ValueError(f"task vector holds NaN or Inf in {len(nonfinite)} tensors: {A._preview(nonfinite)}.")
+            raise ValueError(f"task vector holds NaN or Inf in {len(nonfinite)} tensors: {A.preview(nonfinite)}.")
+        if config is not None and not isinstance(config, TaskVectorConfig):
+            raise TypeError(f"config must be a TaskVectorConfig or None, got {type(config).__name__}.")
         self._vector = dict(sorted(vector.items()))
         self.config = config if config is not None else TaskVectorConfig()
         self.commit_hash: str | None = None
@@ -135,9 +113,17 @@ class TaskVector(
 
         Raises:
             [`~arithmetic.IncompatibleKeysError`]: if the two vision towers differ in keys or shapes (listed).
+            `ValueError`: a model has no CLIP vision tower, or holds meta tensors (no values to subtract).
         """
         base_state = A.vision_state(_named_tensors(base))
         finetuned_state = A.vision_state(_named_tensors(finetuned))
+        for what, state in (("base", base_state), ("finetuned", finetuned_state)):
+            meta = sorted(k for k, v in state.items() if v.is_meta)
+            if meta:
+                raise ValueError(
+                    f"from_models: the {what} model has {len(meta)} tensors on the meta device (no values), e.g. "
+                    f"{A.preview(meta, 3)}; load its weights (e.g. `from_pretrained`) before taking a task vector."
+                )
         if (A.PROJECTION_KEY in base_state) != (A.PROJECTION_KEY in finetuned_state):
             logger.info("only one of the two models has a visual projection; the vector leaves it out.")
             base_state.pop(A.PROJECTION_KEY, None)
@@ -157,7 +143,7 @@ class TaskVector(
     def _binary(self, other, op) -> "TaskVector":
         if not isinstance(other, TaskVector):
             return NotImplemented
-        return TaskVector(A.combine(self._vector, other._vector, op), _merge_provenance(self.config, other.config))
+        return TaskVector(A.combine(self._vector, other._vector, op), combined_provenance(self.config, other.config))
 
     def __add__(self, other):
         return self._binary(other, torch.add)
@@ -254,7 +240,9 @@ class TaskVector(
         on its device, one tensor at a time: besides the model and the vector, at most one parameter-sized tensor is
         in flight (none for float32 parameters on the vector's device).
 
-        Everything is checked before anything is written: on a bad input the model is left exactly as it was.
+        Everything is checked before anything is written: on a bad input the model is left exactly as it was. This
+        includes the result itself: if `θ + lam·τ` would not be finite in a parameter's dtype (e.g. float16 with a
+        large λ), nothing is written.
 
         Args:
             model (`nn.Module`): The model to edit.
@@ -269,30 +257,59 @@ class TaskVector(
             `nn.Module`: the edited model (`model` itself when `inplace=True`).
 
         Raises:
-            `TypeError`/`ValueError`: `model` is not a module or has no CLIP vision tower; `lam` is not finite.
+            `TypeError`: `model` is not a module, `lam` is not a real number.
+            `ValueError`: `model` has no CLIP vision tower or is on the meta device; `lam` is not finite or the
+                result would not be finite in the parameters' dtype.
             [`~arithmetic.IncompatibleKeysError`]: keys or shapes do not line up (listed).
         """
         lam = _check_scalar(lam, "lam")
         if not isinstance(model, nn.Module):
             raise TypeError(f"apply_to takes an nn.Module, got {type(model).__name__}.")
+        if abs(lam) > torch.finfo(torch.float32).max:
+            raise ValueError(
+                f"lam={lam!r} is beyond the float32 range (±{torch.finfo(torch.float32).max:.3e}) in which the update "
+                "is computed; nothing was changed."
+            )
         pairs = self._match(model, strict)
+        self._check_result_finite(model, pairs, lam)
         if not inplace:
             model = copy.deepcopy(model)
             pairs = self._match(model, strict)
         done = []
         try:
             with torch.no_grad():
-                for target, delta in pairs:
-                    _add_scaled(target, delta, lam)
+                for target, delta in pairs.values():
+                    A.add_scaled_(target, delta, lam)
                     done.append((target, delta))
         except BaseException:
             with torch.no_grad():  # best effort: undo what was written (exact up to float rounding)
                 for target, delta in done:
-                    _add_scaled(target, delta, -lam)
+                    A.add_scaled_(target, delta, -lam)
             raise
         return model
 
-    def _match(self, model: nn.Module, strict: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    @staticmethod
+    def _check_result_finite(model: nn.Module, pairs: list, lam: float) -> None:
+        """Refuse (before writing) a model on the meta device, or a λ whose result would overflow the dtype."""
+        if any(target.is_meta for target, _ in pairs.values()):
+            raise ValueError(
+                f"the {type(model).__name__} is on the meta device: its parameters hold no values to add the task "
+                "vector to. Load its weights first (e.g. `from_pretrained`, or `to_empty` then `load_state_dict`)."
+            )
+        with torch.no_grad():
+            overflow = [(target.dtype, key) for key, (target, delta) in pairs.items()
+                        if not A.scaled_sum_is_finite(target, delta, lam)]  # fmt: skip
+        if overflow:
+            dtypes = sorted({str(dtype).removeprefix("torch.") for dtype, _ in overflow})
+            raise ValueError(
+                f"apply_to(lam={lam!r}) would write NaN or Inf into {len(overflow)} parameters of "
+                f"{type(model).__name__} (dtype {', '.join(dtypes)}; largest finite value "
+                f"{min(torch.finfo(d).max for d, _ in overflow):.4g}), e.g. {A.preview([k for _, k in overflow], 3)}; "
+                "nothing was changed. Use a smaller lam, or a wider dtype."
+            )
+
+    def _match(self, model: nn.Module, strict: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Canonical name -> (the model's tensor, the vector's delta), checked to line up."""
         named = model.state_dict(keep_vars=True)
         mapping = A.canonical_vision_names(named)
         if not mapping:
@@ -320,13 +337,23 @@ class TaskVector(
                 "were skipped: %s",
                 len(missing),
                 len(unexpected),
-                A._preview(missing + unexpected),
+                A.preview(missing + unexpected),
             )
-        return [(targets[k], v) for k, v in vector.items() if k in targets]
+        return {k: (targets[k], v) for k, v in vector.items() if k in targets}
 
     # -------------------------------------------------------------------------------------------- save / load
+    def layout(self) -> dict:
+        """The weights' description written into `config.json` ([`LAYOUT_KEYS`]) and the card."""
+        return {
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "num_parameters": self.num_parameters,
+            "num_tensors": len(self),
+            "fingerprint": self.fingerprint,
+        }
+
     def _write_files(self, folder: Path, max_shard_size: int | str = "5GB") -> None:
         """Write the weights (sharded above `max_shard_size`) and `config.json` into `folder`."""
+        self.config.validate()
         save_torch_state_dict(
             self._vector,
             folder,
@@ -334,21 +361,7 @@ class TaskVector(
             max_shard_size=max_shard_size,
             metadata={"format": "pt", "vector_type": VECTOR_TYPE},
         )
-        config = {
-            "library_name": "hf_explvec",
-            "vector_type": VECTOR_TYPE,
-            "format_version": FORMAT_VERSION,
-            **dataclasses.asdict(self.config),
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "num_parameters": self.num_parameters,
-            "num_tensors": len(self),
-            "fingerprint": self.fingerprint,
-        }
-        (Path(folder) / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-    def _save_pretrained(self, save_directory: Path) -> None:
-        """The `ModelHubMixin` hook."""
-        self._write_files(save_directory)
+        self.config.to_json_file(Path(folder) / CONFIG_NAME, self.layout())
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, max_shard_size: int | str = "5GB") -> None:
         r"""
@@ -367,28 +380,9 @@ class TaskVector(
             self.generate_model_card().save(folder / "README.md")
 
     def generate_model_card(self, repo_id: str | None = None, revision: str | None = None):
-        """The vector's card, rendered from `hub_cards/task_vector.md` (metadata: library, tags, base model,
-        data set)."""
-        config = self.config
-        data = ModelCardData(
-            library_name=LIBRARY_NAME,
-            tags=BASE_TAGS + ["task-vector", "explainability-vector"],
-            base_model=config.base_model if config.base_model and not os.path.isdir(config.base_model) else None,
-            datasets=[config.source_dataset] if config.source_dataset else None,
-        )
-        return render_card(
-            "task_vector",
-            data,
-            title=f"Explainability vector {repo_id or ''}".strip(),
-            repo_id=repo_id or "path/to/this/vector",
-            revision=revision,
-            lam=config.recommended_lam if config.recommended_lam is not None else 1.0,
-            num_parameters=f"{self.num_parameters:,}",
-            num_tensors=len(self),
-            dtype=str(self.dtype).removeprefix("torch."),
-            fingerprint=self.fingerprint,
-            **dataclasses.asdict(config),
-        )
+        """The vector's card ([`hf_explvec.hub.cards.vector_card`], from `hub_cards/task_vector.md`): metadata
+        (library, tags, base model, data set) and a usage snippet for `repo_id` at `revision`."""
+        return vector_card(dataclasses.asdict(self.config), self.layout(), repo_id, revision)
 
     def push_to_hub(
         self,
@@ -418,6 +412,11 @@ class TaskVector(
 
         Returns:
             `huggingface_hub.CommitInfo`: `commit.oid` is the commit sha, to pin with `revision=`.
+
+        Raises:
+            [`~hf_explvec.hub.HubConnectionError`]: the server is unreachable or the connection failed during the
+            LFS upload or the commit (no partial commit becomes visible). `FileNotFoundError` / `OSError`: the Hub
+            refused. All name the repo, the revision and the endpoint.
         """
         return push_folder(
             lambda folder: self._write_files(folder, max_shard_size),
@@ -456,9 +455,12 @@ class TaskVector(
             [`TaskVector`]; for a repo, `commit_hash` is the commit sha the revision resolved to.
 
         Raises:
-            `FileNotFoundError`: repository, revision or weights not found. `ConnectionError`: the Hub cannot be
-            reached and nothing is cached. `ValueError`: corrupted or truncated weights, or a config of another kind
-            of vector. Remote errors name the repo, revision and endpoint.
+            `FileNotFoundError`: repository, revision or weights not found, or `pretrained_model_name_or_path` is
+            neither a folder nor a valid repo id. [`~hf_explvec.hub.HubConnectionError`] (a `ConnectionError`): the
+            Hub cannot be reached and nothing is cached, or the connection failed during the download (nothing
+            partial is left in the cache). `ValueError`: corrupted or truncated weights, or a `config.json` that is
+            not JSON, of another kind of vector or of a newer `format_version`. `TypeError`: a mistyped config field.
+            Remote errors name the repo, revision and endpoint.
         """
         source = str(pretrained_model_name_or_path)
         if os.path.isdir(source):
@@ -474,7 +476,7 @@ class TaskVector(
         )
         try:
             vector = load_vector_folder(folder)
-        except (FileNotFoundError, ValueError) as error:
+        except (FileNotFoundError, TypeError, ValueError) as error:
             raise type(error)(f"{describe_repo(source, 'model', revision)}: {error}") from error
         vector.commit_hash = folder.name
         return vector
@@ -512,16 +514,6 @@ def transfer(
     return combined.apply_to(target, inplace=inplace)
 
 
-def _add_scaled(target: torch.Tensor, delta: torch.Tensor, lam: float) -> None:
-    """`target += lam * delta`, computed in float32 and written in `target`'s dtype, in place."""
-    if target.dtype == torch.float32:
-        target.add_(delta.to(target.device, torch.float32), alpha=lam)
-    else:
-        work = target.to(torch.float32)
-        work.add_(delta.to(target.device, torch.float32), alpha=lam)
-        target.copy_(work)
-
-
 def load_vector_folder(folder: str | os.PathLike) -> TaskVector:
     r"""
     Load a [`TaskVector`] saved by `save_pretrained` from a local folder: safetensors only, never pickle.
@@ -535,15 +527,9 @@ def load_vector_folder(folder: str | os.PathLike) -> TaskVector:
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {folder}: not a saved TaskVector.")
-    raw = json.loads(config_path.read_text())
-    if raw.get("vector_type") != VECTOR_TYPE:
-        raise ValueError(
-            f"{config_path} describes a vector of type {raw.get('vector_type')!r}; expected {VECTOR_TYPE!r} "
-            "(a CLIP vision task vector saved by hf_explvec)."
-        )
+    config, layout = TaskVectorConfig.from_json_file(config_path)
     if (folder / WEIGHTS_INDEX_NAME).is_file():
-        index = json.loads((folder / WEIGHTS_INDEX_NAME).read_text())
-        files = sorted(set(index["weight_map"].values()))
+        files = _index_files(folder / WEIGHTS_INDEX_NAME)
     elif (folder / WEIGHTS_NAME).is_file():
         files = [WEIGHTS_NAME]
     else:
@@ -552,23 +538,43 @@ def load_vector_folder(folder: str | os.PathLike) -> TaskVector:
         raise FileNotFoundError(f"no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} in {folder}{hint}.")
     tensors = {}
     for name in files:
-        if not name.endswith(".safetensors") or "/" in name or "\\" in name:
-            raise ValueError(f"{folder / WEIGHTS_INDEX_NAME} lists {name!r}; only local .safetensors shards load.")
         try:
             tensors.update(load_file(folder / name))
         except Exception as error:  # safetensors raises its own error types for corrupt headers
             raise ValueError(f"cannot read {folder / name}: corrupted or truncated safetensors ({error}).") from error
-    fields = {f.name for f in dataclasses.fields(TaskVectorConfig)}
-    vector = TaskVector(tensors, TaskVectorConfig(**{k: v for k, v in raw.items() if k in fields}))
-    if raw.get("fingerprint") not in (None, vector.fingerprint) or raw.get("num_parameters") not in (
-        None,
-        vector.num_parameters,
+    try:
+        vector = TaskVector(tensors, config)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"the weights in {folder} are not a valid task vector: {error}") from error
+    if (
+        layout.get("fingerprint", vector.fingerprint) != vector.fingerprint
+        or layout.get("num_parameters", vector.num_parameters) != vector.num_parameters
     ):
         raise ValueError(
-            f"the weights in {folder} do not match its {CONFIG_NAME}: expected {raw.get('num_parameters')} "
-            f"parameters with layout {raw.get('fingerprint')}, found {vector.num_parameters} with {vector.fingerprint}."
+            f"the weights in {folder} do not match its {CONFIG_NAME}: expected {layout.get('num_parameters')} "
+            f"parameters with layout {layout.get('fingerprint')}, found {vector.num_parameters} with "
+            f"{vector.fingerprint}."
         )
     return vector
+
+
+def _index_files(index_path: Path) -> list[str]:
+    """The shard names listed by a safetensors index file, checked to be local `.safetensors` files."""
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{index_path} is not valid JSON ({error}).") from error
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(
+            f"{index_path} has no 'weight_map' (a non-empty object of tensor name -> shard file); got "
+            f"{type(weight_map).__name__ if weight_map is not None else 'no such key'}."
+        )
+    files = sorted({str(name) for name in weight_map.values()})
+    for name in files:
+        if not name.endswith(".safetensors") or "/" in name or "\\" in name:
+            raise ValueError(f"{index_path} lists {name!r}; only local .safetensors shards load.")
+    return files
 
 
 __all__ = ["TaskVector", "TaskVectorConfig", "load_vector_folder", "transfer"]

@@ -1,106 +1,181 @@
-"""Hub plumbing shared by vectors, models and data sets: cards, pushes, and downloads with clear errors.
+"""Hub plumbing shared by vectors, models and data sets: downloads and pushes whose errors name the repo.
 
-Cards are rendered from the Jinja templates in `hub_cards/` (shipped as `hf_explvec.hub_cards`) with
-huggingface_hub's `ModelCard`/`DatasetCard`. A card we generate ends with a marker holding the SHA-256 of its body.
-When pushing again, a remote README whose body still matches its marker is ours, unedited, and is regenerated; any
-other README (one the user wrote or edited) keeps its body and only gets its metadata updated.
+Every Hub call of hf_explvec goes through [`hub_errors`], which turns the clients' errors into built-in types naming
+the repo, the revision and the endpoint: `FileNotFoundError` (no such repo, revision or file, or a local path that is
+neither a folder nor a valid repo id), [`HubConnectionError`] (a `ConnectionError`: the server is unreachable or went
+away during a download, an LFS upload or a commit) and `OSError` (any other refusal of the Hub).
+
+A push writes everything into a temporary folder and uploads it in one commit ([`push_folder`]): if the connection
+fails before the commit lands, nothing becomes visible on the Hub and the earlier revision still loads as it was.
+Downloads go through `snapshot_download`, which moves a file into the cache only once it is complete.
 """
 
-import hashlib
+from __future__ import annotations
+
+import contextlib
+import importlib
 import logging
-import re
 import tempfile
-from collections.abc import Callable
-from importlib.resources import files
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from huggingface_hub import (
-    CardData,
-    DatasetCard,
-    HfApi,
-    ModelCard,
-    constants,
-    hf_hub_download,
-    snapshot_download,
-)
+from huggingface_hub import DatasetCard, HfApi, ModelCard, constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
+    HFValidationError,
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
 
+from .cards import merge_cards
+
 logger = logging.getLogger(__name__)
 
-LIBRARY_NAME = "hf_explvec"
-BASE_TAGS = ["hf_explvec", "explainability", "task-arithmetic", "clip"]
-_MARKER = re.compile(r"\n?<!-- hf_explvec card sha256=([0-9a-f]{64}) -->\s*$")
+# Exception classes of the HTTP clients under huggingface_hub / datasets that mean "the connection failed".
+_TRANSPORT_ERRORS = (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "ConnectionError"))
 
 
-def template_path(name: str) -> Path:
-    """Path of a card template shipped in `hf_explvec.hub_cards` (`task_vector`, `self_explaining_model`,
-    `shap_dataset`)."""
-    path = files("hf_explvec.hub_cards").joinpath(f"{name}.md")
-    if not path.is_file():
-        raise KeyError(f"no card template named {name!r} in hf_explvec.hub_cards.")
-    return Path(str(path))
+class HubConnectionError(ConnectionError):
+    r"""
+    The Hub could not be reached, or the connection failed during a download, an LFS upload or a commit.
 
+    Args:
+        message (`str`): What failed.
+        repo_id (`str`): The repository.
+        repo_type (`str`): `"model"` or `"dataset"`.
+        revision (`str`, *optional*): The branch, tag or commit (`main` when `None`).
+        endpoint (`str`, *optional*): The Hub endpoint; `huggingface_hub.constants.ENDPOINT` by default.
+    """
 
-def _body_hash(body: str) -> str:
-    return hashlib.sha256(body.strip().encode()).hexdigest()
-
-
-def render_card(template: str, card_data: CardData, card_class=ModelCard, **context):
-    """Render `template` with `card_data` as YAML metadata and `context` for the body, and mark it as ours."""
-    card = card_class.from_template(card_data, template_path=str(template_path(template)), **context)
-    body = card.text.strip()
-    card.text = f"{body}\n\n<!-- hf_explvec card sha256={_body_hash(body)} -->\n"
-    return card
-
-
-def is_unedited_generated(card) -> bool:
-    """Whether `card` is one we generated and nobody edited since (its body matches its marker)."""
-    match = _MARKER.search(card.text)
-    return bool(match) and _body_hash(card.text[: match.start()]) == match.group(1)
-
-
-def merge_cards(new_card, remote_card):
-    """The card to push when `remote_card` is already on the Hub: `new_card` if the remote one is our unedited
-    card; otherwise the remote body with its metadata updated by `new_card`'s (tags are merged)."""
-    if remote_card is None or is_unedited_generated(remote_card):
-        return new_card
-    metadata = remote_card.data.to_dict()
-    new_metadata = new_card.data.to_dict()
-    tags = list(dict.fromkeys((metadata.get("tags") or []) + (new_metadata.get("tags") or [])))
-    metadata.update({k: v for k, v in new_metadata.items() if v is not None})
-    metadata["tags"] = tags
-    merged = type(remote_card)(remote_card.content)
-    merged.data = type(remote_card.data)(**metadata)
-    logger.info("kept the README already on the Hub (it was written or edited by hand); updated its metadata.")
-    return merged
+    def __init__(
+        self, message: str, *, repo_id: str, repo_type: str, revision: str | None, endpoint: str | None = None
+    ):
+        super().__init__(message)
+        self.repo_id, self.repo_type, self.revision = repo_id, repo_type, revision or "main"
+        self.endpoint = endpoint or constants.ENDPOINT
 
 
 def describe_repo(repo_id: str, repo_type: str, revision: str | None) -> str:
+    """`"<type> repo '<id>' at revision '<rev>' on <endpoint>"`, for error messages."""
     return f"{repo_type} repo {repo_id!r} at revision {revision or 'main'!r} on {constants.ENDPOINT}"
 
 
-def raise_hub_error(error: Exception, repo_id: str, repo_type: str, revision: str | None, filename: str | None = None):
-    """Raise a built-in error type that names the repo, revision and endpoint, chained to the client's error."""
+def _transport_error_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module_name, name in _TRANSPORT_ERRORS:
+        with contextlib.suppress(ImportError, AttributeError):
+            types.append(getattr(importlib.import_module(module_name), name))
+    return tuple(types)
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """Whether `error`, or an error it was raised from, is a failed connection (refused, reset, dropped, timed out)."""
+    types = _transport_error_types()
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, types) and not isinstance(error, HubConnectionError):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _refused(error: BaseException) -> bool:
+    """Whether the connection was never made (refused, unreachable), as opposed to lost on the way."""
+    for _ in range(32):  # the chain of causes, however it was built
+        if error is None:
+            return False
+        if isinstance(error, ConnectionRefusedError) or type(error).__name__ == "ConnectError":
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def hub_error(
+    error: BaseException,
+    repo_id: str,
+    repo_type: str = "model",
+    revision: str | None = None,
+    *,
+    action: str = "download",
+    filename: str | None = None,
+) -> BaseException:
+    r"""
+    The built-in error to raise for a client error `error`, naming the repo, the revision and the endpoint; `error`
+    itself when it is none of the Hub's errors.
+
+    Args:
+        error (`BaseException`): What huggingface_hub, transformers or datasets raised.
+        repo_id (`str`), repo_type (`str`), revision (`str`, *optional*): The repo being read or written.
+        action (`str`, *optional*, defaults to `"download"`): What was being done (`"download"`, `"push to"`), for
+            the message.
+        filename (`str`, *optional*): The file asked for, if one.
+
+    Returns:
+        [`HubConnectionError`], `FileNotFoundError` or `OSError` (chain it with `raise ... from error`).
+    """
     where = describe_repo(repo_id, repo_type, revision)
+    if isinstance(error, HubConnectionError):
+        return error
+    if isinstance(error, HFValidationError):
+        if action != "download":
+            return ValueError(f"{repo_id!r} is not a valid repo id ('org/name' or 'name'): {error}")
+        return FileNotFoundError(
+            f"{repo_id!r} is neither a local folder nor a valid repo id ('org/name'): no such folder, and {error}"
+        )
     if isinstance(error, RevisionNotFoundError):
-        raise FileNotFoundError(f"revision not found: {where}.") from error
+        return FileNotFoundError(f"revision not found: {where}.")
     if isinstance(error, RepositoryNotFoundError):
-        raise FileNotFoundError(f"repository not found (or private without a valid token): {where}.") from error
-    if isinstance(error, LocalEntryNotFoundError):
-        raise ConnectionError(
-            f"cannot reach {constants.ENDPOINT} to resolve {where}, and no cached copy was found: {error}"
-        ) from error
+        return FileNotFoundError(f"repository not found (or private without a valid token): {where}.")
+    if isinstance(error, LocalEntryNotFoundError) or is_connection_error(error):
+        if isinstance(error, LocalEntryNotFoundError) or _refused(error):
+            what = f"cannot reach {constants.ENDPOINT}"
+            what += " and no cached copy was found" if isinstance(error, LocalEntryNotFoundError) else ""
+        else:
+            what = f"the connection to {constants.ENDPOINT} was lost"
+        return HubConnectionError(
+            f"cannot {action} {where}: {what} ({type(error).__name__}: {error})",
+            repo_id=repo_id,
+            repo_type=repo_type,
+            revision=revision,
+        )
     if isinstance(error, EntryNotFoundError):
-        raise FileNotFoundError(f"file {filename!r} not found in {where}.") from error
+        return FileNotFoundError(f"file {filename!r} not found in {where}.")
     if isinstance(error, HfHubHTTPError):
-        raise OSError(f"the Hub refused a request for {where}: {error}") from error
-    raise error
+        return OSError(f"the Hub refused a request for {where}: {error}")
+    return error
+
+
+@contextlib.contextmanager
+def hub_errors(
+    repo_id: str, repo_type: str = "model", revision: str | None = None, *, action: str = "download"
+) -> Iterator[None]:
+    """Context manager: Hub client errors raised inside become [`hub_error`]'s typed errors (chained); any other
+    error passes through unchanged.
+
+    Example:
+        ```py
+        with hub_errors("org/model", action="download"):
+            model = AutoModel.from_pretrained("org/model")
+        ```
+    """
+    try:
+        yield
+    except Exception as error:  # mapped to typed errors below; others re-raised as they are
+        mapped = hub_error(error, repo_id, repo_type, revision, action=action)
+        if mapped is error:
+            raise
+        raise mapped from error
+
+
+def raise_hub_error(error: Exception, repo_id: str, repo_type: str, revision: str | None, filename: str | None = None):
+    """Raise [`hub_error`]`(error, ...)`, chained to `error` (kept for callers written before [`hub_errors`])."""
+    mapped = hub_error(error, repo_id, repo_type, revision, filename=filename)
+    if mapped is error:
+        raise error
+    raise mapped from error
 
 
 def download_snapshot(
@@ -112,13 +187,15 @@ def download_snapshot(
     **download_kwargs,
 ) -> Path:
     """`snapshot_download` with errors that name the repo, revision and endpoint. The folder's name is the commit
-    sha the revision resolved to.
+    sha the revision resolved to. Files enter the cache only once complete, so a failed download leaves no partial
+    file there.
 
     Raises:
-        `FileNotFoundError`: repository or revision not found. `ConnectionError`: the Hub cannot be reached and
-        nothing is cached. `OSError`: any other refusal of the Hub.
+        `FileNotFoundError`: repository or revision not found, or `repo_id` is neither a folder nor a repo id.
+        [`HubConnectionError`]: the Hub cannot be reached (and nothing is cached) or the connection failed.
+        `OSError`: any other refusal of the Hub.
     """
-    try:
+    with hub_errors(repo_id, repo_type, revision):
         return Path(
             snapshot_download(
                 repo_id=repo_id,
@@ -128,17 +205,18 @@ def download_snapshot(
                 **download_kwargs,
             )
         )
-    except Exception as error:  # mapped to typed errors below
-        raise_hub_error(error, repo_id, repo_type, revision)
 
 
 def load_remote_card(repo_id: str, *, repo_type: str = "model", revision: str | None = None, token=None):
     """The README card on the Hub at `revision`, or `None` if the repo or branch has none yet."""
     card_class = DatasetCard if repo_type == "dataset" else ModelCard
     try:
-        path = hf_hub_download(repo_id, "README.md", repo_type=repo_type, revision=revision, token=token)
-    except (EntryNotFoundError, RevisionNotFoundError):
-        return None
+        with hub_errors(repo_id, repo_type, revision):
+            path = hf_hub_download(repo_id, "README.md", repo_type=repo_type, revision=revision, token=token)
+    except FileNotFoundError as error:
+        if isinstance(error.__cause__, EntryNotFoundError | RevisionNotFoundError):
+            return None
+        raise
     return card_class(Path(path).read_text(encoding="utf-8"))
 
 
@@ -156,14 +234,26 @@ def push_folder(
     create_pr: bool = False,
     delete_patterns: list[str] | None = None,
 ):
-    """Create the repo (and branch) if needed, `write` the files into a temporary folder, add the card (merged with
-    the README already on the Hub), and upload everything in one commit.
+    r"""
+    Create the repo (and branch) if needed, `write` the files into a temporary folder, add the card (merged with the
+    README already on the Hub, see [`~hf_explvec.hub.cards.merge_cards`]), and upload everything in one commit.
+
+    Args:
+        write (`Callable[[Path], None]`): Writes the files into the folder it is given.
+        card_for (`Callable[[], ModelCard]`): Builds the card.
+        repo_id (`str`): The repository; created if missing.
+        repo_type, revision, private, token, commit_message, commit_description, create_pr, delete_patterns: As in
+            `HfApi.upload_folder`; a missing branch `revision` is created from `main`.
 
     Returns:
         `huggingface_hub.CommitInfo` (its `oid` is the new commit sha).
+
+    Raises:
+        [`HubConnectionError`]: the connection failed (no commit was made unless the server received it whole).
+        `FileNotFoundError` / `OSError`: the Hub refused (naming the repo, the revision and the endpoint).
     """
     api = HfApi(token=token)
-    try:
+    with hub_errors(repo_id, repo_type, revision, action="push to"):
         repo_id = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True).repo_id
         if revision not in (None, "main") and not create_pr:
             api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
@@ -181,20 +271,16 @@ def push_folder(
                 create_pr=create_pr,
                 delete_patterns=delete_patterns,
             )
-    except HfHubHTTPError as error:
-        raise_hub_error(error, repo_id, repo_type, revision)
 
 
 __all__ = [
-    "BASE_TAGS",
-    "LIBRARY_NAME",
+    "HubConnectionError",
     "describe_repo",
     "download_snapshot",
-    "is_unedited_generated",
+    "hub_error",
+    "hub_errors",
+    "is_connection_error",
     "load_remote_card",
-    "merge_cards",
     "push_folder",
     "raise_hub_error",
-    "render_card",
-    "template_path",
 ]
