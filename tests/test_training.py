@@ -182,9 +182,10 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, dataset):
     straight = train(tiny.build_model(), dataset, make_config(tmp_path, "straight", **settings))
 
     killed_config = make_config(tmp_path, "killed", **settings)
-    # train reads every example once to check it (32 reads), then dies during step 7: after checkpoint 6 was written.
+    # train reads example 0, then every example once to check them (1 + 32 reads), then dies during step 8 (8 reads
+    # a step): after checkpoint 6 was written.
     with pytest.raises(RuntimeError, match="killed"):
-        train(tiny.build_model(), KilledAfter(dataset, budget=32 + 60), killed_config)
+        train(tiny.build_model(), KilledAfter(dataset, budget=1 + 32 + 60), killed_config)
     checkpoints = sorted(p.name for p in (killed_config.output_dir / "checkpoints").iterdir())
     assert checkpoints == ["step_00000002", "step_00000004", "step_00000006"]
     # A fresh process would build the same starting model; the checkpoint overwrites its weights anyway.
