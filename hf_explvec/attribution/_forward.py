@@ -63,7 +63,7 @@ def logits_of(output: Any, rows: int | None = None, *, name: str = "forward_fn")
         )
     if rows is not None and (logits.dim() != 2 or logits.shape[0] != rows):
         raise ValueError(
-            f"{name} must return class scores of shape ({rows}, num_classes) for {rows} images, "
+            f"{name} must return logits of shape ({rows}, num_classes) for {rows} images, "
             f"got {tuple(logits.shape)}"
         )
     return logits

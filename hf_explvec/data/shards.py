@@ -45,6 +45,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: one process per output_dir
     fcntl = None
 
+from ..attribution._forward import logits_of
 from .images import check_labels, preprocess, rows_sha256, to_rgb
 
 __all__ = [
@@ -362,8 +363,7 @@ def forward_of(model_or_forward_fn) -> Callable[[torch.Tensor], torch.Tensor]:
         model = model_or_forward_fn
 
         def forward(pixel_values: torch.Tensor) -> torch.Tensor:
-            output = model(pixel_values=pixel_values)
-            return getattr(output, "logits", output)
+            return logits_of(model(pixel_values=pixel_values), name="the model")
 
         return forward
     if callable(model_or_forward_fn):
@@ -488,7 +488,7 @@ def label_rows(rows: dict, start: int, run: LabellingRun, progress) -> tuple[np.
         if run.target == "prediction":
             with torch.inference_mode():
                 scores = run.subject.forward(image)
-            scores = getattr(scores, "logits", scores)
+            scores = logits_of(scores)
             if not bool(torch.isfinite(scores).all()):
                 raise ValueError(f"column {column!r}, row {row}: the model's scores are not finite (NaN or Inf)")
             target = int(scores.argmax(dim=-1)[0])

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..attribution._forward import check_class_range, logits_of, score, select_targets
 from ..attribution.patches import make_baseline, mask_patches
 from ._checks import as_float_matrix, as_labels, as_tensor, check_positive_int, check_reduction, reduce
 
@@ -125,18 +126,6 @@ def _grid_counts(num_patches: int, steps: int | None) -> torch.Tensor:
     return (2 * j * num_patches + steps) // (2 * steps)  # round half up, exact integer arithmetic
 
 
-def _extract_logits(output: Any) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    raise TypeError(
-        "`forward_fn` must return a logits tensor of shape (N, num_classes) or an object with a `.logits` "
-        f"tensor, got {type(output).__name__}."
-    )
-
-
 def _prepare_inputs(
     pixel_values: Any, attributions: Any, target: Any, patch_size: Any, baseline: Any
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int, int, torch.Tensor]:
@@ -202,20 +191,10 @@ def _masked_target_probs(
         masked = mask_patches(
             pixel_values, flat_keep[start : start + len(rows)].to(device), image_idx, baseline, patch_size
         )
-        logits = _extract_logits(forward_fn(masked))
-        if logits.ndim != 2 or logits.shape[0] != len(rows):
-            raise ValueError(
-                f"`forward_fn` must return logits of shape ({len(rows)}, num_classes) for {len(rows)} images, "
-                f"got {tuple(logits.shape)}."
-            )
-        chunk_target = target.to(logits.device)[image_idx.to(logits.device)]
-        if int(chunk_target.max()) >= logits.shape[1]:
-            raise ValueError(
-                f"`target` must hold class ids in [0, {logits.shape[1] - 1}] for a model with {logits.shape[1]} "
-                f"classes, got {int(chunk_target.max())}."
-            )
-        values = logits.float().softmax(dim=-1) if apply_softmax else logits
-        scores.append(values.gather(1, chunk_target[:, None])[:, 0].to("cpu", torch.float64))
+        logits = logits_of(forward_fn(masked), len(rows), name="`forward_fn`")
+        check_class_range(target, logits.shape[1], name="`target`")
+        values = score(logits, "prob") if apply_softmax else logits
+        scores.append(select_targets(values, target, image_idx).to("cpu", torch.float64))
     logger.debug("evaluated %d masked images in chunks of %d", total, batch_size)
     return torch.cat(scores).view(num_images, num_masks)
 
