@@ -1,4 +1,4 @@
-"""hf_explvec.data: SHAP-labelled splits (values, determinism, cache, resume after a kill, 2 processes, bad input, Hub)."""
+"""hf_explvec.data: SHAP-labelled splits (values, determinism, cache, resume after a kill, 2 processes, Hub)."""
 
 import copy
 import importlib.util
@@ -207,6 +207,33 @@ def test_image_modes_sizes_and_arrays_are_converted(tmp_path, model, processor):
     assert label(arrays, model, processor, tmp_path / "arrays")["shap_values"][:] == reference["shap_values"][:1]
 
 
+def test_image_processor_fallback_gives_the_pixels_of_clips_processor(tmp_path, model):
+    """`image_processor_for` falls back to `clip_image_processor` (PIL backend): the same pixel values, bit for bit,
+    as the `CLIPImageProcessor` it used before, on images of several sizes and modes."""
+    import warnings
+
+    from transformers import CLIPImageProcessor
+
+    from hf_explvec.data import image_processor_for
+    from hf_explvec.data.images import clip_image_processor
+
+    rng = np.random.default_rng(0)
+    images = [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in [(40, 50), (32, 32), (17, 90)]
+    ]
+    images.append(Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), mode="L").convert("RGB"))
+    size = model.config.vision_config.image_size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # without torchvision, transformers warns that it uses the PIL backend
+        before = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    fallback = image_processor_for(model, tmp_path / "no-processor-here")
+    assert type(fallback) is type(clip_image_processor(size))
+    expected = before(images=images, return_tensors="pt")["pixel_values"]
+    got = fallback(images=images, return_tensors="pt")["pixel_values"]
+    assert got.shape == (4, 3, size, size) and torch.equal(got, expected)
+    assert type(image_processor_for(model)) is type(fallback)
+
+
 # --------------------------------------------------------------------------------------------------- bad input
 def _int_labels(digits, labels):
     return datasets.Dataset.from_dict({"image": digits["image"][: len(labels)], "label": labels})
@@ -357,7 +384,9 @@ def test_push_then_load_dataset_round_trip_with_card(local_hub, tmp_path, model,
     assert loaded.features == labelled.features
     for column in ("label", "shap_values", "shap_target"):
         assert loaded[column][:] == labelled[column][:], column
-    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(loaded["image"], labelled["image"]))
+    assert all(
+        np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(loaded["image"], labelled["image"], strict=True)
+    )
 
     card = DatasetCard.load("org/digits-shap")
     metadata = card.data.to_dict()

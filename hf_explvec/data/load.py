@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import datasets
@@ -94,9 +95,14 @@ def load_split(
         `datasets.Dataset` (or `datasets.IterableDataset` with `streaming=True`).
 
     Raises:
+        `TypeError`: `name_or_path` is not a `str` or `Path`. `ValueError`: it is empty.
         `FileNotFoundError`: no such data set (naming the repo, the revision and the endpoint).
         `ValueError`: no such split (naming the splits there are).
     """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"name_or_path must be a str or Path, got {type(name_or_path).__name__}")
+    if not str(name_or_path).strip():
+        raise ValueError(f"name_or_path must name a data set (a repo id, folder or builder), got {name_or_path!r}")
     name = str(name_or_path)
     try:
         dataset = datasets.load_dataset(
@@ -164,11 +170,18 @@ def push_shap_dataset(
         `huggingface_hub.CommitInfo` of the card commit (the last one).
 
     Raises:
-        `TypeError`: not a `datasets.Dataset`. `ValueError`: SHAP columns or provenance missing.
+        `TypeError`: not a `datasets.Dataset`, a `repo_id` that is not a `str`, a `provenance` that is not a `dict`.
+        `ValueError`: SHAP columns or provenance missing, an empty `repo_id`.
         `FileNotFoundError` / `OSError`: the Hub refused (naming repo, revision and endpoint).
     """
     if not isinstance(dataset, datasets.Dataset):
         raise TypeError(f"dataset must be a datasets.Dataset, got {type(dataset).__name__}")
+    if not isinstance(repo_id, str):
+        raise TypeError(f"repo_id must be a str like 'org/name', got {type(repo_id).__name__}")
+    if not repo_id.strip():
+        raise ValueError(f"repo_id must be a repo id like 'org/name', got {repo_id!r}")
+    if provenance is not None and not isinstance(provenance, dict):
+        raise TypeError(f"provenance must be a dict (see shap_provenance), got {type(provenance).__name__}")
     missing = [column for column in SHAP_COLUMNS if column not in dataset.column_names]
     if missing:
         raise ValueError(
