@@ -228,14 +228,14 @@ BAD_DATA = [
         lambda: rows_with(3, "labels", 1.5),
         None,
         0.8,
-        r"'labels' of row 3 must be an int in \[0, 4\), got 1.5 \(float\)",
+        r"column 'labels', row 3: labels must be int class indices, got float 1.5",
     ),
     (
         "ignore-index-label",
         lambda: rows_with(5, "labels", -100),
         None,
         0.8,
-        r"'labels' of row 5 must be in \[0, 4\), got -100",
+        r"column 'labels', row 5: label -100 is out of range: expected \[0, 4\) \(num_classes = 4 from the model's",
     ),
     (
         "several-bad-rows-counted",

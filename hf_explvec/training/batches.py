@@ -9,12 +9,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from ..data.images import check_labels
 from .config import LABELS, PIXELS, SHAP, DatasetFormatError
 
 __all__ = ["Collator", "EpochShuffleSampler", "check_examples", "prepare_dataset"]
 
 # Rows read at a time by `check_examples` (a 64 x 3 x 224 x 224 float32 block is 38 MB).
 _CHECK_BATCH_SIZE = 64
+_LABELS_SOURCE = "the model's config.num_labels"
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -148,18 +150,20 @@ def check_examples(dataset, model_config, use_shap: bool, name: str, num_workers
             elif column == SHAP:
                 problems = _check_floats(values, (num_patches,), f"{num_patches} float values (one per patch)")
             else:
-                problems = _check_labels(values, model_config.num_labels)
+                problems = _check_labels(values, model_config.num_labels, start)
             for offset, message in problems:
                 if column not in bad:
-                    bad[column] = [start + offset, message, 0]
+                    row = start + offset
+                    text = message if column == LABELS else f"'{column}' of row {row} {message}"
+                    bad[column] = [row, text, 0]
                 bad[column][2] += 1
     if bad:
         column = min(bad, key=lambda c: bad[c][0])
-        row, message, count = bad[column]
+        _, message, count = bad[column]
         others = f" ({count} rows in all)" if count > 1 else ""
         more = [c for c in bad if c != column]
         also = f"; column(s) {more} have bad rows too" if more else ""
-        raise DatasetFormatError(f"{name}: '{column}' of row {row} {message}{others}{also}. Fix or drop the row(s).")
+        raise DatasetFormatError(f"{name}: {message}{others}{also}. Fix or drop the row(s).")
 
 
 def _as_columns(rows: list) -> dict[str, list]:
@@ -203,17 +207,22 @@ def _non_finite(row: np.ndarray) -> str:
     return f"holds a non-finite value ({flat[index]} at flat position {index}); expected finite floats"
 
 
-def _check_labels(values, num_labels: int) -> list[tuple[int, str]]:
+def _label_value(value):
+    """A one-element tensor as a Python number (what `check_labels` reads); anything else as it is."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return value
+
+
+def _check_labels(values, num_labels: int, start: int) -> list[tuple[int, str]]:
+    """(row offset, message of [`hf_explvec.data.images.check_labels`]) for each label that is not an int class
+    index in `[0, num_labels)`."""
     problems = []
-    for i, value in enumerate(values.tolist() if isinstance(values, np.ndarray) else values):
-        if isinstance(value, torch.Tensor):
-            value = value.item() if value.numel() == 1 else value.tolist()
-        elif isinstance(value, np.generic):
-            value = value.item()
-        if isinstance(value, bool) or not isinstance(value, int):
-            problems.append((i, f"must be an int in [0, {num_labels}), got {value!r} ({type(value).__name__})"))
-        elif not 0 <= value < num_labels:
-            problems.append((i, f"must be in [0, {num_labels}), got {value}"))
+    for i, value in enumerate(values):
+        try:
+            check_labels([_label_value(value)], num_labels, column=LABELS, start=start + i, source=_LABELS_SOURCE)
+        except (TypeError, ValueError) as error:
+            problems.append((i, str(error)))
     return problems
 
 
@@ -230,10 +239,11 @@ class Collator:
         self.num_labels, self.num_patches, self.use_shap = num_labels, num_patches, use_shap
 
     def __call__(self, rows: list) -> dict[str, torch.Tensor]:
-        labels = torch.as_tensor([int(row[LABELS]) for row in rows], dtype=torch.long)
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_labels):
-            found = sorted(set(labels.tolist()))
-            raise DatasetFormatError(f"'{LABELS}' must be in [0, {self.num_labels}), got {found}.")
+        try:  # checked before training too: this catches a transform that changed the data since
+            values = check_labels([_label_value(row[LABELS]) for row in rows], self.num_labels, column=LABELS)
+        except (TypeError, ValueError) as error:
+            raise DatasetFormatError(f"a batch (rows counted within it): {error}") from None
+        labels = torch.as_tensor(values, dtype=torch.long)
         batch = {PIXELS: torch.stack([torch.as_tensor(r[PIXELS], dtype=torch.float32) for r in rows]), LABELS: labels}
         if self.use_shap:
             shap = [torch.as_tensor(row[SHAP], dtype=torch.float32).flatten() for row in rows]
