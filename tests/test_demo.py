@@ -19,10 +19,10 @@ from hf_explvec.demo.report import (
     build_report,
     illustrated_lambda,
     markdown_table,
-    select_lambda,
     target_table,
     transfer_summary,
 )
+from hf_explvec.evaluation import select_lambda
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ROW_KINDS = (
@@ -85,8 +85,9 @@ def test_quick_run_report_has_every_row_kind_per_target_and_the_hub_commit(quick
     assert re.fullmatch(r"[0-9a-f]{40}", sha) and results["hub"]["pulled_commit"] == sha
     assert sha in report and results["hub"]["repo_id"].startswith("demo/")
     assert results["hub"]["max_abs_difference"] == 0.0
-    for heading in ("## Summary", "## Definitions", "## Setup", "## λ sweep", "## Timings", "## What we tried"):
+    for heading in ("## Summary", "## Definitions", "## Setup", "## λ sweep", "## Timings"):
         assert heading in report
+    assert "What we tried" not in report and "How the default configuration was reached" not in report
     assert "toy sizes" in report  # the quick run says its figures mean nothing
 
 
@@ -208,6 +209,59 @@ def test_report_summary_says_what_validation_showed(quick_run):
     assert "The chosen λ2 meets the paper's related-domain result" in summary
     assert "every λ2 > 0 raised E-RMSE (by +10.0% to +30.0%)" in summary
     assert "As the paper reports for unrelated domains, the vector does not help here." in summary
+
+
+def synthetic_heatmaps(count=2, patches=16, size=32):
+    rng = np.random.default_rng(0)
+    values = {key: rng.normal(size=(count, patches)) for key in ("kernel_shap", "prediction_only", "with_vector",
+                                                                 "direct")}  # fmt: skip
+    return {"images": rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8), "evidence": None,
+            "labels": np.zeros(count, dtype=np.int64), "class_names": ["a", "b"], "lam": 0.5, "chosen": True,
+            **values}  # fmt: skip
+
+
+def hub_named_results(results, name="org/name"):
+    """The quick run's results with one target named like a Hub data set."""
+    target = {**synthetic_target(), "domain": name, "role": "target"}
+    domains = {**results["domains"], name: {**results["domains"]["digits_on_photos"], "origin": "datasets"}}
+    return {**results, "targets": [target], "domains": domains, "config": dict(results["config"])}
+
+
+def test_write_report_names_files_safely_for_hub_data_sets(quick_run, tmp_path):
+    from hf_explvec.demo.report import write_report
+
+    _, results = quick_run
+    report = write_report(hub_named_results(results), {"org/name": synthetic_heatmaps()}, tmp_path / "out")
+    names = sorted(path.name for path in (tmp_path / "out").iterdir())
+    assert names == ["heatmaps_org--name.png", "lambda_sweep.png", "report.md", "results.json"]
+    assert "](heatmaps_org--name.png)" in report.read_text()
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["targets"][0]["domain"] == "org/name"
+
+
+def test_write_report_writes_results_json_before_anything_that_may_fail(quick_run, tmp_path):
+    from hf_explvec.demo.report import write_report
+
+    _, results = quick_run
+    with pytest.raises(KeyError, match="org/name"):
+        write_report(hub_named_results(results), {}, tmp_path / "out")  # no heatmap arrays: drawing fails
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["targets"][0]["summary"]["lam"] == 0.5 and saved["hub"] == results["hub"]
+
+
+def test_report_reads_the_runs_tolerance_and_goal_from_its_config(quick_run, tmp_path, monkeypatch):
+    from hf_explvec.demo import report as report_module
+
+    _, results = quick_run
+    drawn = {}
+    monkeypatch.setattr(report_module, "plot_lambda_sweep", lambda targets, path, drop: drawn.update(drop=drop))
+    results = hub_named_results(results, "digits_on_photos")
+    results["targets"][0]["role"] = "related"
+    results["config"].update(max_accuracy_drop=0.125, goal_e_rmse_gain=0.5, goal_accuracy_drop=0.01)
+    text = report_module.write_report(results, {"digits_on_photos": synthetic_heatmaps()}, tmp_path).read_text()
+    assert drawn == {"drop": 0.125}
+    assert "does not meet the paper's related-domain result (≥ 50% lower E-RMSE, accuracy within 1 points)" in text
+    assert results["targets"][0]["summary"]["meets_related_goal"] is False  # -20% E-RMSE misses a 50% goal
+    assert "9%" not in text.split("## Definitions")[0]
 
 
 def test_demo_config_checks():

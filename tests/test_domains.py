@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hf_explvec.demo import domains
+from hf_explvec.demo import domain_images
 from hf_explvec.demo.domains import (
     DEFAULT_TRANSFER,
     DOMAINS,
@@ -94,7 +94,7 @@ def test_arrays_shapes_balance_and_evidence_size(name):
     # Objects appear at many positions, not one.
     assert len({tuple(np.flatnonzero(mask)) for mask in arrays.evidence}) > 8
     # The digit drawn is of the label's class (digit classes) and the image's own split.
-    _, targets = domains._digits()
+    _, targets = domain_images._digits()
     digit_classes = np.asarray(spec.digits)[arrays.labels[is_digit]] if spec.digits else np.empty(0)
     np.testing.assert_array_equal(targets[arrays.digit_indices[is_digit]], digit_classes)
     assert np.all((arrays.digit_indices >= 0) == (is_digit | arrays.distractor.any(1)))
@@ -141,8 +141,8 @@ def test_digit_splits_partition_all_digits_by_class():
     parts = [digit_split_indices(split) for split in SPLITS]
     joined = np.concatenate(parts)
     assert len(joined) == len(np.unique(joined)) == 1797
-    _, targets = domains._digits()
-    for part, fraction in zip(parts, (0.70, 0.15, 0.15)):
+    _, targets = domain_images._digits()
+    for part, fraction in zip(parts, (0.70, 0.15, 0.15), strict=True):
         assert set(np.unique(targets[part])) == set(range(10))
         assert abs(len(part) / 1797 - fraction) < 0.01
     parts[0][:] = -1  # a copy: the module's split is untouched
@@ -161,8 +161,8 @@ def test_splits_never_share_a_source_digit(name):
 
 def test_source_bands_partition_each_image():
     for source in ("brick wall", "china", "coffee"):
-        pixels = domains._source(source)
-        bands = [domains._band(pixels, split) for split in SPLITS]
+        pixels = domain_images._source(source)
+        bands = [domain_images._band(pixels, split) for split in SPLITS]
         axis = 0 if pixels.shape[0] >= pixels.shape[1] else 1
         np.testing.assert_array_equal(np.concatenate(bands, axis=axis), pixels)
         assert min(band.shape[axis] for band in bands) >= 64  # room for every crop size
@@ -174,17 +174,17 @@ def test_sources_load_without_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    domains._source.cache_clear()
-    domains._digits.cache_clear()
+    domain_images._source.cache_clear()
+    domain_images._digits.cache_clear()
     try:
-        for source in (*domains._TEXTURES, *domains._PHOTOS):
-            assert domains._source(source).ndim == 3
-        assert domains._digits()[0].shape == (1797, 8, 8)
+        for source in (*domain_images._TEXTURES, *domain_images._PHOTOS):
+            assert domain_images._source(source).ndim == 3
+        assert domain_images._digits()[0].shape == (1797, 8, 8)
         for name in DOMAINS:
             generate_domain(name, "test", 16)
     finally:
-        domains._source.cache_clear()
-        domains._digits.cache_clear()
+        domain_images._source.cache_clear()
+        domain_images._digits.cache_clear()
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,29 @@
-"""The offline end-to-end demo (`hf-explvec demo`): image domains, a base stage, twins, transfer, report."""
+"""The offline end-to-end demo (`hf-explvec demo`): image domains, a base stage, twins, transfer, report.
 
-from .pipeline import *  # noqa: F403
-from .pipeline import __all__
+- `config`: [`DemoConfig`], [`quick_config`] and the derived seeds;
+- `domains` (with `domain_images` and `plots`): the offline image domains;
+- `data`: domains as processed splits ([`DemoSplit`], [`Domain`], [`load_domains`]);
+- `pretrain`: the CLIP model and the base stage ([`pretrain_clip`]);
+- `pipeline`: the stages and [`run`];
+- `report`: `report.md` and `results.json`; `plots`: the figures.
+"""
+
+from .config import SEED_OFFSETS, DemoConfig, quick_config
+from .data import DemoSplit, Domain, Domains, load_domain, load_domains
+from .pipeline import run
+from .pretrain import build_clip, pretrain_clip, start_model
+
+__all__ = [
+    "SEED_OFFSETS",
+    "DemoConfig",
+    "DemoSplit",
+    "Domain",
+    "Domains",
+    "build_clip",
+    "load_domain",
+    "load_domains",
+    "pretrain_clip",
+    "quick_config",
+    "run",
+    "start_model",
+]

@@ -1,10 +1,8 @@
-"""What the demo measures and how it reports it: the metrics of each table row, the λ rule, and the report folder
-(`report.md`, `results.json`, heatmap overlays, the λ-sweep plot).
+"""The demo's report: the tables, the summary and verdicts, `report.md` and `results.json` ([`write_report`]).
 
-The measurement functions take a model and a split (an object with `pixel_values` `(N, 3, H, W)`, `labels` `(N,)`
-and `evidence` `(N, M)` or `None`, like [`hf_explvec.demo.DemoSplit`]); the report functions only format and plot
-the results dict that [`hf_explvec.demo.run`] builds. Figures use `matplotlib.figure.Figure` (not pyplot), so the
-caller's backend and open figures are left alone.
+Everything here formats the results dict that [`hf_explvec.demo.run`] builds, and shows only what the run measured:
+every figure comes from that dict, and every setting the text states (the λ rule's tolerance, the paper's goal) is
+read from `results["config"]`. The figures are drawn by [`~hf_explvec.demo.plots`].
 """
 
 from __future__ import annotations
@@ -15,28 +13,20 @@ import logging
 import math
 import os
 import platform
-import time
+import re
 from pathlib import Path
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
-from ..attribution.vit import model_kernel_shap
-from ..evaluation import (
-    accuracy,
-    deletion_auc,
-    e_rmse,
-    insertion_auc,
-    iou_at_k,
-    select_target,
-    spearman,
-)
+from .plots import plot_heatmaps, plot_lambda_sweep
 
 logger = logging.getLogger(__name__)
 
-RELATED_GOAL_E_RMSE = -0.09  # the paper's related-domain gain: E-RMSE at least 9% below the prediction-only target
-ACCURACY_TOLERANCE = 0.04  # ... with accuracy within 4 points
+#: Defaults of the settings the report reads from `results["config"]` (those of [`~hf_explvec.demo.DemoConfig`]),
+#: for results written before they were recorded.
+GOAL_E_RMSE_GAIN = 0.09  # the paper's related-domain result: E-RMSE at least 9% below the prediction-only target...
+GOAL_ACCURACY_DROP = 0.04  # ... with accuracy within 4 points
+MAX_ACCURACY_DROP = 0.04  # the λ rule's tolerance
 
 DEFINITIONS = """\
 - **Explained class**: the true label of each image (the class the self-explaining models are trained to explain).
@@ -61,162 +51,6 @@ DEFINITIONS = """\
   θ_T − θ_base (vision tower and projection): how related the two fine-tunings are.
 - Kernel SHAP rows explain the prediction-only target θ_T with another seed than the reference values: their E-RMSE
   is the sampling error of Kernel SHAP at that budget (the N = {eval_n} row is the noise floor of the reference)."""
-
-DEVELOPMENT_NOTES = """\
-How the default configuration was reached. Every comparison below was made on **validation** splits (Kernel SHAP
-references at N = 300 during the exploration); figures are validation E-RMSE change / accuracy change of the related
-target `digits_on_photos` at a given λ2, against the prediction-only target.
-
-- **Base stage.** Training only the vision tower against a fixed head from the random text tower was dropped: the
-  text embeddings of the digit prompts had cosines 0.92-0.97 with each other, so every head was nearly degenerate.
-  Training both towers with cross-entropy over the class prompts (the templates of all registered domains, one drawn
-  at random per class and step) separates them and gives meaningful zero-shot heads (accuracies in the Setup).
-  1,500 instead of 600 base steps raised the unrelated target's accuracy but did not help the transfer.
-- **Training length.** With 8 fine-tuning epochs the self-explaining source twin under-fitted its Kernel SHAP labels
-  (source E-RMSE only about 40% below its prediction-only twin, attributions at half the scale of the labels); with
-  20 epochs it fits them (about 65-70% lower), and τ_S transfers more per unit of λ2.
-- **α, learning rate, width, data.** All trace nearly the same trade-off on the related target, about 2.5% of E-RMSE
-  per accuracy point: α = 0.8: λ2 = 0.3 gives -10.5% / -4.2 pts; α = 0.9: -9.8% / -4.2; α = 0.95: -12.6% / -4.2 at
-  λ2 = 0.4; learning rate 2e-4: -8.2% / -6.7 at 0.4 (a weaker twin); hidden size 128: -4.9% / -3.3 at 0.3 (its
-  attributions point at the digit far more often, 0.30 -> 0.68, but E-RMSE falls less); 1,200 training images per
-  domain: -9.5% / -3.3 at 0.3, at twice the run time. The paper's α = 0.8, hidden size 64 and 600 images were kept.
-- **Normalisation.** Kernel SHAP values of the logit concentrate on the one evidence patch (RMS about 3 with a logit
-  scale of 14-16), while a prediction-only model's attributions, divided by M = 16, have an RMS of about 0.3: the
-  self-explaining models must make the evidence token about M times longer than [CLS], and τ_S carries that large
-  change, which also disturbs the [CLS] embedding through the shared post-layernorm and projection (the accuracy
-  cost above). Kernel SHAP of the log-probability instead (labels and references) puts the labels at the scale of
-  the attributions and gave a slightly better trade-off (-10.6% / -3.3 pts at λ2 = 0.3), but the model's
-  attributions are defined in logit units, so the default stays with the logit (`shap_value` selects it).
-  Raw E-RMSE also falls when a model's own Kernel SHAP values shrink (large λ2: the SHAP RMS column), so the report
-  adds E-RMSE after L2 normalisation, IoU, Spearman and pointing.
-- **Validation size and grid.** The first full run of this configuration used 120 validation images and the grid
-  0, 0.1, 0.2, 0.3, 0.5, 0.75, 1: there λ2 = 0.3 missed the 4-point tolerance by one validation image (-10.5% /
-  -4.2 pts) and the rule chose 0.2 (validation -5.3% / -1.7; test -4.1% / -1.3). In 5 of the 7 explorations at 120
-  validation images, the next λ2 missed the tolerance by a single image, so validation was doubled to 240 images
-  (0.4 points per image) and 0.4 added to the grid. That run's test table had been printed before this change (it
-  showed -9.3% / -3.3 pts at λ2 = 0.3): the change was decided on validation grounds, but not blind to test.
-- **Unrelated target.** On `texture_tiles` E-RMSE rose with λ2 in most variants (up to +17% at λ2 = 0.5); it fell
-  by at most 1.4% with 1,200 training images, and by 8% at λ2 = 0.3 with hidden size 128, the one variant where the
-  vector helped the unrelated target: the vector taught on digits mostly does not transfer to textures."""
-
-
-# ------------------------------------------------------------------------------------------------------ measurements
-def select_lambda(sweep: list[dict], max_accuracy_drop: float = ACCURACY_TOLERANCE) -> float:
-    r"""
-    The validation rule that picks λ2: the lowest validation E-RMSE among the λ2 whose validation accuracy is within
-    `max_accuracy_drop` of the prediction-only target's (the λ2 = 0 entry); ties go to the smaller λ2. λ2 = 0 is
-    always eligible, so a vector that does not help is not applied.
-
-    Args:
-        sweep (`list[dict]`): one entry per λ2, with keys `lam`, `accuracy` (a fraction) and `e_rmse`, on validation.
-        max_accuracy_drop (`float`, *optional*, defaults to 0.04): the tolerance, a fraction (0.04 is 4 points).
-
-    Returns:
-        `float`: the chosen λ2.
-
-    Raises:
-        `ValueError`: no λ2 = 0 entry, an entry without those keys, or a negative tolerance.
-    """
-    if not max_accuracy_drop >= 0:
-        raise ValueError(f"max_accuracy_drop must be >= 0, got {max_accuracy_drop}.")
-    for entry in sweep:
-        missing = {"lam", "accuracy", "e_rmse"} - set(entry)
-        if missing:
-            raise ValueError(f"every sweep entry needs lam, accuracy and e_rmse; {entry} lacks {sorted(missing)}.")
-    baseline = [entry for entry in sweep if entry["lam"] == 0.0]
-    if not baseline:
-        lams = [entry["lam"] for entry in sweep]
-        raise ValueError(f"the sweep needs a lam = 0 entry (the prediction-only target), got {lams}.")
-    floor = baseline[0]["accuracy"] - max_accuracy_drop - 1e-9  # 1e-9: a drop of exactly the tolerance is within it
-    eligible = [entry for entry in sweep if entry["accuracy"] >= floor or entry["lam"] == 0.0]
-    return min(eligible, key=lambda entry: (entry["e_rmse"], entry["lam"]))["lam"]
-
-
-def kernel_shap_values(model, split, num_samples: int, seed: int, batch_size: int = 256, desc=None, chunk: int = 16,
-                       value: str = "logit"):  # fmt: skip
-    r"""
-    Kernel SHAP values of `model` for the label class of every image of `split` ([`model_kernel_shap`] of `value`,
-    embedding-level masking, baseline 0, i.e. the mean pixel after CLIP normalisation), `chunk` images per call with
-    the seed `seed + first index` (the result does not depend on `batch_size`).
-
-    Returns:
-        `(torch.FloatTensor of shape (N, M), float)`: the values and the wall time per image in seconds.
-    """
-    values, start, device = [], time.perf_counter(), model.device
-    for i in tqdm(range(0, len(split), chunk), desc=desc, disable=desc is None, leave=False):
-        pixel_values, labels = split.pixel_values[i : i + chunk].to(device), split.labels[i : i + chunk].to(device)
-        values.append(model_kernel_shap(model, pixel_values, labels, num_samples=num_samples, batch_size=batch_size,
-                                        seed=seed + i, value=value).cpu())  # fmt: skip
-    return torch.cat(values), (time.perf_counter() - start) / len(split)
-
-
-@torch.inference_mode()
-def forward_attributions(model, split, batch_size: int = 256):
-    r"""
-    One forward pass over `split` in batches.
-
-    Returns:
-        `(logits (N, C), attributions of the label class (N, M), seconds per image)`.
-    """
-    model.eval()
-    start = time.perf_counter()
-    logits, attributions = [], []
-    for i in range(0, len(split), batch_size):
-        outputs = model(split.pixel_values[i : i + batch_size].to(model.device))
-        logits.append(outputs.logits.float().cpu())
-        attributions.append(select_target(outputs.patch_attributions.float().cpu(), split.labels[i : i + batch_size]))
-    return torch.cat(logits), torch.cat(attributions), (time.perf_counter() - start) / len(split)
-
-
-def explanation_metrics(model, split, explained, reference, *, top_k: int = 2, perturbation: bool = True) -> dict:
-    r"""
-    Agreement of the explanations `explained` `(N, M)` with the `reference` Kernel SHAP values `(N, M)` (E-RMSE, raw
-    and L2-normalised, IoU@`top_k`, Spearman), the scales of both, pointing at the evidence (when `split.evidence` is
-    not `None`) and, with `perturbation`, deletion and insertion AUC of `explained` on `model` (label class,
-    baseline 0).
-
-    Returns:
-        `dict[str, float]`.
-    """
-    metrics = {
-        "e_rmse": e_rmse(explained, reference),
-        "e_rmse_l2": e_rmse(explained, reference, normalize="l2"),
-        "iou_at_k": iou_at_k(explained, reference, k=min(top_k, explained.shape[1])),
-        "spearman": spearman(explained, reference),
-        "shap_rms": float(reference.double().pow(2).mean().sqrt()),
-        "attribution_rms": float(explained.double().pow(2).mean().sqrt()),
-    }
-    if split.evidence is not None:  # the most attributed patch lies on the class object
-        metrics["pointing"] = float(split.evidence.gather(1, explained.argmax(dim=1, keepdim=True)).float().mean())
-    if perturbation:
-        device = model.device
-        inputs = (model, split.pixel_values.to(device), explained.to(device), split.labels.to(device))
-        options = {"patch_size": model.config.vision_config.patch_size, "baseline": 0.0}
-        with torch.inference_mode():
-            metrics["deletion_auc"] = deletion_auc(*inputs, **options)
-            metrics["insertion_auc"] = insertion_auc(*inputs, **options)
-    return metrics
-
-
-def evaluate_model(model, split, *, num_samples: int, seed: int, batch_size: int = 256, top_k: int = 2,
-                   perturbation: bool = True, value: str = "logit", desc=None) -> tuple[dict, dict]:  # fmt: skip
-    r"""
-    Accuracy and explanation metrics of a self-explaining model on a split: its own attributions (one forward pass)
-    against its own Kernel SHAP values (`num_samples`, `seed`, `value`).
-
-    Returns:
-        `(metrics, arrays)`: the metrics of [`explanation_metrics`] plus `accuracy`, `explain_seconds_per_image` and
-        `reference_shap_seconds_per_image`; the tensors `attributions`, `reference` and `logits`.
-    """
-    logits, explained, seconds = forward_attributions(model, split)
-    reference, shap_seconds = kernel_shap_values(model, split, num_samples, seed, batch_size, desc, value=value)
-    metrics = {
-        "accuracy": accuracy(logits, split.labels),
-        "explain_seconds_per_image": seconds,
-        "reference_shap_seconds_per_image": shap_seconds,
-    }
-    metrics.update(explanation_metrics(model, split, explained, reference, top_k=top_k, perturbation=perturbation))
-    return metrics, {"attributions": explained, "reference": reference, "logits": logits}
 
 
 # ----------------------------------------------------------------------------------------------------------- tables
@@ -312,13 +146,36 @@ def target_table(target: dict, split: str = "test") -> str:
     return markdown_table(TABLE_HEADER, rows)
 
 
-def transfer_summary(target: dict) -> dict:
+def report_settings(config: dict) -> dict[str, float]:
+    r"""
+    The settings the report states, read from a run's config: `max_accuracy_drop` (the λ rule's tolerance),
+    `goal_e_rmse_gain` and `goal_accuracy_drop` (the paper's related-domain result the verdict compares with).
+    Results written before a setting was recorded get the [`~hf_explvec.demo.DemoConfig`] default.
+
+    Args:
+        config (`dict`): `results["config"]`.
+
+    Returns:
+        `dict[str, float]`
+    """
+    return {
+        "max_accuracy_drop": float(config.get("max_accuracy_drop", MAX_ACCURACY_DROP)),
+        "goal_e_rmse_gain": float(config.get("goal_e_rmse_gain", GOAL_E_RMSE_GAIN)),
+        "goal_accuracy_drop": float(config.get("goal_accuracy_drop", GOAL_ACCURACY_DROP)),
+    }
+
+
+def transfer_summary(
+    target: dict, goal_e_rmse_gain: float = GOAL_E_RMSE_GAIN, goal_accuracy_drop: float = GOAL_ACCURACY_DROP
+) -> dict:
     r"""
     The chosen λ2's test figures against the prediction-only target, and whether they meet the paper's related-domain
-    result (E-RMSE at least 9% lower, accuracy within 4 points).
+    result (E-RMSE at least `goal_e_rmse_gain` lower, accuracy at most `goal_accuracy_drop` lower).
 
     Args:
         target (`dict`): one entry of `results["targets"]`.
+        goal_e_rmse_gain (`float`, *optional*, defaults to 0.09): the relative E-RMSE gain of the goal (a fraction).
+        goal_accuracy_drop (`float`, *optional*, defaults to 0.04): the accuracy drop the goal allows (a fraction).
 
     Returns:
         `dict`: `lam`, `relative_e_rmse` (fraction), `accuracy_change` (fraction), `meets_related_goal` (`bool`),
@@ -332,14 +189,14 @@ def transfer_summary(target: dict) -> dict:
         out[f"{prefix}relative_e_rmse"] = (chosen["e_rmse"] - base["e_rmse"]) / base["e_rmse"]
         out[f"{prefix}accuracy_change"] = chosen["accuracy"] - base["accuracy"]
     out["meets_related_goal"] = bool(
-        out["relative_e_rmse"] <= RELATED_GOAL_E_RMSE and out["accuracy_change"] >= -ACCURACY_TOLERANCE - 1e-9
+        out["relative_e_rmse"] <= -goal_e_rmse_gain and out["accuracy_change"] >= -goal_accuracy_drop - 1e-9
     )
     return out
 
 
-def _validation_note(target: dict) -> str:
+def _validation_note(target: dict, goal_e_rmse_gain: float) -> str:
     """What validation says about λ2 > 0: the E-RMSE range when every λ2 > 0 made it worse, else the cost in accuracy
-    of the first λ2 that reaches the paper's 9% (or the deepest E-RMSE cut when none does)."""
+    of the first λ2 that reaches the goal's E-RMSE gain (or the deepest E-RMSE cut when none does)."""
     sweep = target["sweep"]["validation"]
     base = next(entry for entry in sweep if entry["lam"] == 0.0)
     changes = [((e["e_rmse"] - base["e_rmse"]) / base["e_rmse"], e["accuracy"] - base["accuracy"], e["lam"])
@@ -349,35 +206,42 @@ def _validation_note(target: dict) -> str:
     if all(change >= 0 for change, _, _ in changes):
         low, high = min(c for c, _, _ in changes), max(c for c, _, _ in changes)
         return f"on validation every λ2 > 0 raised E-RMSE (by {100 * low:+.1f}% to {100 * high:+.1f}%)"
-    reaching = [c for c in changes if c[0] <= RELATED_GOAL_E_RMSE]
+    reaching = [c for c in changes if c[0] <= -goal_e_rmse_gain]
     change, accuracy_change, lam = reaching[0] if reaching else min(changes)
     return f"on validation λ2 = {lam:g} gave E-RMSE {100 * change:+.1f}% at {100 * accuracy_change:+.1f} pts"
 
 
-def _verdict(target: dict, summary: dict) -> str:
+def _verdict(target: dict, summary: dict, settings: dict) -> str:
     change = f"E-RMSE {100 * summary['relative_e_rmse']:+.1f}%, accuracy {100 * summary['accuracy_change']:+.1f} pts"
     if summary["lam"] == 0.0:
         head = "the validation rule kept λ2 = 0 (no λ2 > 0 lowered validation E-RMSE within the accuracy tolerance)"
     else:
         head = f"λ2 = {summary['lam']:g} chosen on validation; on test {change}"
-    note = _validation_note(target)
+    note = _validation_note(target, settings["goal_e_rmse_gain"])
     head = f"{head}; {note}" if note else head
     if target["role"] == "related":
         goal = "meets" if summary["meets_related_goal"] else "does not meet"
-        paper = "the paper's related-domain result (≥ 9% lower E-RMSE, accuracy within 4 points)"
+        paper = (
+            f"the paper's related-domain result (≥ {100 * settings['goal_e_rmse_gain']:g}% lower E-RMSE, accuracy "
+            f"within {100 * settings['goal_accuracy_drop']:g} points)"
+        )
         return f"{head}. The chosen λ2 {goal} {paper}."
     if target["role"] == "unrelated":
         gain = -summary["relative_e_rmse"]
-        if gain < 0.09:
+        if gain < settings["goal_e_rmse_gain"]:
             return f"{head}. As the paper reports for unrelated domains, the vector does not help here."
         return f"{head}. Unlike the paper's unrelated case, the vector helps here."
     return f"{head}."
 
 
-def illustrated_lambda(target: dict, max_accuracy_drop: float = ACCURACY_TOLERANCE) -> tuple[float, bool]:
+def illustrated_lambda(target: dict, max_accuracy_drop: float = MAX_ACCURACY_DROP) -> tuple[float, bool]:
     r"""
     The λ2 whose attributions the heatmaps show: the chosen one, or, when the rule kept λ2 = 0, the largest λ2 within
     the validation accuracy tolerance (to show what the vector does; it is marked as not chosen).
+
+    Args:
+        target (`dict`): one entry of `results["targets"]` (`chosen_lam`, `sweep`).
+        max_accuracy_drop (`float`, *optional*, defaults to 0.04): the run's λ-rule tolerance.
 
     Returns:
         `(float, bool)`: the λ2 and whether it is the chosen one.
@@ -390,99 +254,25 @@ def illustrated_lambda(target: dict, max_accuracy_drop: float = ACCURACY_TOLERAN
     return (max(within), False) if within else (0.0, True)
 
 
-# ---------------------------------------------------------------------------------------------------------- figures
-def _overlay(axis, image, values, grid: int, limit: float, title: str):
-    size = image.shape[0]
-    axis.imshow(image.mean(axis=-1), cmap="gray", interpolation="nearest", vmin=0, vmax=255)
-    axis.imshow(values.reshape(grid, grid), cmap="RdBu_r", vmin=-limit, vmax=limit, alpha=0.6,
-                interpolation="nearest", extent=(-0.5, size - 0.5, size - 0.5, -0.5))  # fmt: skip
-    axis.set_title(title, fontsize=7)
-    axis.set_xticks([])
-    axis.set_yticks([])
-
-
-def plot_heatmaps(heatmaps: dict, path: str | os.PathLike, title: str = "") -> None:
+def safe_file_name(name: str) -> str:
     r"""
-    Heatmap overlays, one row per test image: the image (evidence patches outlined), Kernel SHAP values of the
-    prediction-only target, and the patch attributions of the prediction-only target, of the target with the vector
-    (chosen λ2) and of the self-explaining model trained on the target. Red is for the explained class, blue against;
-    each panel has its own symmetric colour scale (its maximum |value| is in the title).
+    A file-name part for a domain or data set name: `/` becomes `--` (`org/name` → `org--name`), every other
+    character outside `[A-Za-z0-9._-]` becomes `-`, and leading dots are dropped, so the result names a file inside
+    the report folder, never a path elsewhere.
 
     Args:
-        heatmaps (`dict`): `images` `(B, H, W, 3)` uint8, `evidence` `(B, M)` bool or `None`, `labels` `(B,)`,
-            `class_names`, `kernel_shap`, `prediction_only`, `with_vector`, `direct` (each `(B, M)`), `lam` (the λ2
-            of `with_vector`, see [`illustrated_lambda`]) and `chosen` (whether it is the chosen λ2).
-        path (`str` or `os.PathLike`): the PNG to write.
-        title (`str`, *optional*): the figure title.
+        name (`str`): e.g. `"digits_on_photos"`, `"org/name"` or `"name:config"`.
+
+    Returns:
+        `str`: never empty.
     """
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
-
-    images = np.asarray(heatmaps["images"])
-    count, size = images.shape[0], images.shape[1]
-    panels = [("Kernel SHAP of θ_T", "kernel_shap"), ("prediction-only θ_T", "prediction_only"),
-              (f"θ_T + {heatmaps['lam']:g}·τ_S" + ("" if heatmaps["chosen"] else " (not chosen)"), "with_vector"),
-              ("self-explaining θ*_T", "direct")]  # fmt: skip
-    grid = round(math.sqrt(np.asarray(heatmaps["kernel_shap"]).shape[1]))
-    patch = size // grid
-    figure = Figure(figsize=(2.0 * (1 + len(panels)), 2.1 * count + 0.4))
-    axes = figure.subplots(count, 1 + len(panels), squeeze=False)
-    for row in range(count):
-        axis = axes[row][0]
-        axis.imshow(images[row], interpolation="nearest")
-        if heatmaps.get("evidence") is not None:
-            for cell in np.flatnonzero(np.asarray(heatmaps["evidence"][row])):
-                top, left = divmod(int(cell), grid)
-                axis.add_patch(Rectangle((left * patch - 0.5, top * patch - 0.5), patch, patch, fill=False, ec="lime"))
-        axis.set_title(f"label: {heatmaps['class_names'][int(heatmaps['labels'][row])]}", fontsize=7)
-        axis.set_xticks([])
-        axis.set_yticks([])
-        for column, (name, key) in enumerate(panels, start=1):
-            values = np.asarray(heatmaps[key][row], dtype=np.float64)
-            limit = float(np.abs(values).max()) or 1.0
-            _overlay(axes[row][column], images[row], values, grid, limit, f"{name}\nmax |a| = {limit:.3g}")
-    figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    safe = re.sub(r"[^A-Za-z0-9._-]", "-", str(name).replace("/", "--")).lstrip(".")
+    return safe or "unnamed"
 
 
-def plot_lambda_sweep(targets: list[dict], path: str | os.PathLike) -> None:
-    r"""
-    Accuracy against E-RMSE over the λ2 grid, one panel per target, validation (circles) and test (squares), λ2
-    written next to each point, the chosen λ2 circled, the self-explaining model trained on the target as triangles,
-    and the validation accuracy floor of the λ rule as a dotted line.
-
-    Args:
-        targets (`list[dict]`): `results["targets"]`.
-        path (`str` or `os.PathLike`): the PNG to write.
-    """
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(5.2 * len(targets), 4.4))
-    axes = figure.subplots(1, len(targets), squeeze=False)[0]
-    for axis, target in zip(axes, targets):
-        for split, marker, colour in (("validation", "o", "tab:blue"), ("test", "s", "tab:orange")):
-            sweep = target["sweep"][split]
-            x = [e["e_rmse"] for e in sweep]
-            y = [100 * e["accuracy"] for e in sweep]
-            axis.plot(x, y, marker=marker, color=colour, label=f"θ_T + λ2·τ_S ({split})")
-            for entry, xi, yi in zip(sweep, x, y):
-                axis.annotate(f"{entry['lam']:g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
-                if entry["lam"] == target["chosen_lam"]:
-                    axis.scatter([xi], [yi], s=180, facecolors="none", edgecolors="red", linewidths=1.5)
-            direct = target["direct"][split]
-            axis.scatter([direct["e_rmse"]], [100 * direct["accuracy"]], marker="^", s=70, color=colour,
-                         edgecolors="black", label=f"self-explaining θ*_T ({split})")  # fmt: skip
-        base = next(e for e in target["sweep"]["validation"] if e["lam"] == 0.0)
-        axis.axhline(100 * (base["accuracy"] - ACCURACY_TOLERANCE), color="tab:blue", linestyle=":", linewidth=1,
-                     label="validation accuracy floor of the λ rule")  # fmt: skip
-        axis.set_title(f"{target['domain']} ({target['role']}); red circle: chosen λ2", fontsize=9)
-        axis.set_xlabel("E-RMSE vs the model's own Kernel SHAP (lower is better)")
-        axis.set_ylabel("accuracy (%)")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+def heatmap_file_name(name: str) -> str:
+    """The heatmap PNG of a target: `heatmaps_<safe name>.png` (see [`safe_file_name`])."""
+    return f"heatmaps_{safe_file_name(name)}.png"
 
 
 # ----------------------------------------------------------------------------------------------------------- report
@@ -536,8 +326,8 @@ def _bullets(results: dict) -> list[str]:
             f"self-explaining models α = {config['alpha']}."
         ),
         (
-            f"- Kernel SHAP: training labels with N = {config['label_num_samples']} (of the prediction-only model of the "
-            f"same domain, label class, through `label_dataset`); evaluation references with N = "
+            f"- Kernel SHAP: training labels with N = {config['label_num_samples']} (of the prediction-only model of "
+            f"the same domain, label class, through `label_dataset`); evaluation references with N = "
             f"{config['eval_num_samples']}; explained score: {config.get('shap_value', 'logit')}."
         ),
         (
@@ -548,7 +338,8 @@ def _bullets(results: dict) -> list[str]:
         (
             f"- Hub: τ_S was pushed to a LocalHub on loopback as `{hub['repo_id']}`, **commit `{hub['commit_sha']}`**, "
             f"and pulled back by name with `TaskVector.from_pretrained` (commit `{hub['pulled_commit']}`, largest "
-            f"difference {hub['max_abs_difference']:.1g}); {hub['num_parameters']:,} parameters, norm {hub['norm']:.3f}."
+            f"difference {hub['max_abs_difference']:.1g}); {hub['num_parameters']:,} parameters, "
+            f"norm {hub['norm']:.3f}."
         ),
         "- Seeds: " + ", ".join(f"{k} {v}" for k, v in results["seeds"].items()) + ".",
     ]
@@ -600,8 +391,9 @@ def _target_section(results: dict, target: dict) -> list[str]:
         "",
         (
             f"cos(τ_S,pred, τ_T) = {_fmt(target['cosine_tau_source_prediction_vs_tau_target'])}; cos(τ_S, τ_T) = "
-            f"{_fmt(target['cosine_tau_source_explainability_vs_tau_target'])}; ‖τ_T‖ = {target['norm_tau_target']:.3f}; "
-            f"RMS of the Kernel SHAP labels of the target's training split (for θ*_T only): {target['labels_rms']:.3f}."
+            f"{_fmt(target['cosine_tau_source_explainability_vs_tau_target'])}; "
+            f"‖τ_T‖ = {target['norm_tau_target']:.3f}; RMS of the Kernel SHAP labels of the target's training split "
+            f"(for θ*_T only): {target['labels_rms']:.3f}."
         ),
         "",
         f"**Test** ({sizes.get('test', '?')} images):",
@@ -612,7 +404,7 @@ def _target_section(results: dict, target: dict) -> list[str]:
         "",
         target_table(target, "validation"),
         "",
-        f"![heatmaps of {name}](heatmaps_{name}.png)",
+        f"![heatmaps of {name}]({heatmap_file_name(name)})",
         "",
     ]
 
@@ -628,6 +420,7 @@ def build_report(results: dict) -> str:
         `str`: markdown.
     """
     config = results["config"]
+    settings = report_settings(config)
     lines = [
         "# hf-explvec offline demo: explainability vectors by task arithmetic",
         "",
@@ -640,7 +433,8 @@ def build_report(results: dict) -> str:
         lines.append(f"- **Note: {config['note']}.**")
     lines += ["", "## Summary", ""]
     for target in results["targets"]:
-        lines.append(f"- **{target['domain']}** ({target['role']}): {_verdict(target, transfer_summary(target))}")
+        summary = transfer_summary(target, settings["goal_e_rmse_gain"], settings["goal_accuracy_drop"])
+        lines.append(f"- **{target['domain']}** ({target['role']}): {_verdict(target, summary, settings)}")
     definitions = DEFINITIONS.format(
         eval_n=config["eval_num_samples"],
         k=config["top_k"],
@@ -659,14 +453,7 @@ def build_report(results: dict) -> str:
         "## Timings",
         "",
         markdown_table(["Stage", "Seconds"], timings),
-        "",
-        "## What we tried",
-        "",
     ]
-    if results.get("default_config"):
-        lines.append(DEVELOPMENT_NOTES)
-    else:
-        lines.append("This run does not use the default configuration; `results.json` has its settings.")
     return "\n".join(lines) + "\n"
 
 
@@ -684,7 +471,9 @@ def _jsonable(value):
 
 def write_report(results: dict, heatmaps: dict, output_dir: str | os.PathLike) -> Path:
     r"""
-    Write `results.json`, `report.md`, `heatmaps_<target>.png` and `lambda_sweep.png` to `output_dir`.
+    Write `results.json`, `report.md`, `heatmaps_<target>.png` and `lambda_sweep.png` to `output_dir`, in that
+    order: the results are on disk before anything that may fail (drawing, formatting). Target names become safe file
+    names ([`heatmap_file_name`]: `org/name` gives `heatmaps_org--name.png`).
 
     Args:
         results (`dict`): the results of [`hf_explvec.demo.run`]; `date` and `machine` are added when missing.
@@ -698,25 +487,28 @@ def write_report(results: dict, heatmaps: dict, output_dir: str | os.PathLike) -
     output_dir.mkdir(parents=True, exist_ok=True)
     results.setdefault("date", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"))
     results.setdefault("machine", machine_description(results["config"]["num_threads"]))
+    settings = report_settings(results["config"])
     for target in results["targets"]:
-        target["summary"] = transfer_summary(target)
-        name = target["domain"]
-        plot_heatmaps(heatmaps[name], output_dir / f"heatmaps_{name}.png",
-                      f"{name} ({target['role']}): test images, explained class = label")  # fmt: skip
-    plot_lambda_sweep(results["targets"], output_dir / "lambda_sweep.png")
+        target["summary"] = transfer_summary(target, settings["goal_e_rmse_gain"], settings["goal_accuracy_drop"])
     (output_dir / "results.json").write_text(json.dumps(_jsonable(results), indent=2, ensure_ascii=False) + "\n")
+    logger.info("results written to %s", output_dir / "results.json")
     report = output_dir / "report.md"
     report.write_text(build_report(results))
+    for target in results["targets"]:
+        name = target["domain"]
+        plot_heatmaps(heatmaps[name], output_dir / heatmap_file_name(name),
+                      f"{name} ({target['role']}): test images, explained class = label")  # fmt: skip
+    plot_lambda_sweep(results["targets"], output_dir / "lambda_sweep.png", settings["max_accuracy_drop"])
     logger.info("report written to %s", report)
     return report
 
 
 def format_summary(results: dict) -> str:
     """The CLI's closing lines: per target the chosen λ2 and its test figures, the Hub commit, the wall time."""
-    hub = results["hub"]
+    hub, settings = results["hub"], report_settings(results.get("config", {}))
     lines = [f"report: {results.get('report', '')}", f"hub: {hub['repo_id']} @ {hub['commit_sha']}"]
     for target in results["targets"]:
-        s = transfer_summary(target)
+        s = transfer_summary(target, settings["goal_e_rmse_gain"], settings["goal_accuracy_drop"])
         lines.append(f"{target['domain']} ({target['role']}): λ2 = {s['lam']:g}, test E-RMSE "
                      f"{100 * s['relative_e_rmse']:+.1f}%, accuracy {100 * s['accuracy_change']:+.1f} pts")  # fmt: skip
     lines.append(f"wall time: {results['timings_seconds']['total']:.1f} s")
@@ -724,17 +516,18 @@ def format_summary(results: dict) -> str:
 
 
 __all__ = [
+    "DEFINITIONS",
+    "TABLE_HEADER",
     "build_report",
-    "evaluate_model",
-    "explanation_metrics",
     "format_summary",
-    "forward_attributions",
+    "heatmap_file_name",
     "illustrated_lambda",
-    "kernel_shap_values",
+    "machine_description",
     "markdown_table",
     "plot_heatmaps",
     "plot_lambda_sweep",
-    "select_lambda",
+    "report_settings",
+    "safe_file_name",
     "target_table",
     "transfer_summary",
     "write_report",

@@ -1,0 +1,515 @@
+"""Small image-classification domains built offline from real pixels shipped in PyPI packages.
+
+The offline demo needs domains in which the class evidence sits in *known patches* at varying positions, so that
+patch attributions can be checked against the truth. Every image is a background with one object pasted on a
+cell-aligned square of the patch grid at a random position; the object decides the class, and the `evidence` column
+marks the patches it covers.
+
+Pixel sources (bundled with the packages; nothing is downloaded, no scikit-image image that needs `pooch` is used):
+
+- scikit-learn `load_digits`: 1,797 handwritten 8×8 digits (the objects of the digit domains, and distractors);
+- colour photos: scikit-learn's `china` and `flower`, scikit-image's `coffee`, `chelsea`, `astronaut`, `rocket`;
+- textures: scikit-image's `brick`, `grass`, `gravel`, `hubble_deep_field` (star field) and `immunohistochemistry`
+  (stained tissue), used in grey so that colour does not give a texture class away.
+
+The registered domains ([`DOMAINS`]), five classes each except the pretraining mixture:
+
+| name                 | class decided by                      | background                          | evidence kind |
+|----------------------|---------------------------------------|-------------------------------------|---------------|
+| `base`               | digit 0-9 or texture (15 classes)     | textures, photos, or plain          | mixed         |
+| `digits_on_textures` | digit 0-4, white ink on a dark plate  | grey brick / grass / gravel         | digit         |
+| `digits_on_photos`   | digit 5-9, coloured ink on dark plate | colour photos                       | digit         |
+| `texture_tiles`      | texture of a 2×2-cell tile            | plain colour + a non-evidence digit | texture       |
+
+**Related and unrelated.** An explainability vector changes how the feature extractor lines up the patch tokens
+that carry the class evidence with the class embedding, so it can only transfer where the same kind of feature
+carries the evidence. `digits_on_textures` and `digits_on_photos` are related: in both the evidence is the stroke
+shape of a handwritten digit on a one-cell plate, while the appearance changes (grey textures vs colour photos,
+white vs coloured ink, other digits, other prompts). `texture_tiles` is unrelated to both, and built as the reverse
+of `digits_on_textures`: the textures that are background there (to be ignored) are the evidence here, and a
+handwritten digit, the evidence there, is a distractor here ([`DomainArrays`] gives its cells). An explanation
+learnt on digits points at the wrong patch on `texture_tiles`, which the `evidence` mask measures.
+[`DEFAULT_TRANSFER`] names these roles; `base` mixes both kinds and gives every model the shared pretrained starting
+point that task arithmetic needs.
+
+**Splits.** Train, validation and test never share source pixels, whatever the seed: the digits are split by index
+(70/15/15 of each class, by a permutation fixed in this module; [`digit_split_indices`]), and each photo or texture
+is cut into three bands (60/20/20 of its longer side), a split cropping only from its own. The seed changes only
+the composition (crops, positions, colours, which digit of the split). Labels are balanced to within one image.
+
+**Geometry.** Images are `image_size²` RGB on a `(image_size // patch_size)²` patch grid (row-major): 32/8 (4×4,
+M = 16) for the tiny test models, 224/32 (7×7, M = 49) for the ViT-B/32 reference scale. Crops are cut at a fixed
+size in source pixels (64-128 for backgrounds, 32-64 for tiles), so 224-pixel images are upsampled, not wider views.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import time
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from .._validation import check_int
+
+logger = logging.getLogger(__name__)
+
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+_DIGIT_FRACTIONS = (0.70, 0.15, 0.15)
+_BAND_FRACTIONS = (0.60, 0.20, 0.20)
+_SPLIT_SEED = 2507_04380  # fixed: which pixels belong to which split never depends on the caller's seed
+GENERATOR_VERSION = 1  # part of every dataset fingerprint; bump when the images a seed gives change
+_BACKGROUND_CROP = (64, 128)  # side of a background crop in source pixels (clipped to the split's band)
+_TILE_CROP = (32, 64)  # side of a texture tile crop in source pixels
+_PLATE = 0.35  # a digit's cells are darkened to this fraction of the background before the ink goes on
+_DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+# Pixel sources ------------------------------------------------------------------------------------------------------
+
+
+# Source name → (package, image). Texture names are also the texture class names.
+_TEXTURES = {
+    "brick wall": ("skimage", "brick"),
+    "grass": ("skimage", "grass"),
+    "gravel": ("skimage", "gravel"),
+    "star field": ("skimage", "hubble_deep_field"),
+    "stained tissue": ("skimage", "immunohistochemistry"),
+}
+_PHOTOS = {
+    "china": ("sklearn", 0),
+    "flower": ("sklearn", 1),
+    **{name: ("skimage", name) for name in ("coffee", "chelsea", "astronaut", "rocket")},
+}
+
+
+def _import(module: str):
+    """Import the package that ships the pixels, with an install hint when it is missing."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        package = "scikit-learn" if module.startswith("sklearn") else "scikit-image"
+        raise ImportError(
+            f"hf_explvec.demo.domains takes its pixels from {package}: `pip install {package}`"
+        ) from error
+
+
+def _load(package: str, image) -> np.ndarray:
+    if package == "sklearn":
+        return _import("sklearn.datasets").load_sample_images().images[image]
+    return getattr(_import("skimage.data"), image)()
+
+
+@functools.cache
+def _source(name: str) -> np.ndarray:
+    """A source image as read-only float32 RGB `(H, W, 3)` in [0, 255]; textures are made grey."""
+    if name in _TEXTURES:
+        pixels = np.asarray(_load(*_TEXTURES[name]), dtype=np.float32)
+        if pixels.ndim == 3:
+            pixels = pixels[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        pixels = np.repeat(pixels[..., None], 3, axis=-1)
+    else:
+        pixels = np.asarray(_load(*_PHOTOS[name]), dtype=np.float32)[..., :3]
+    pixels.setflags(write=False)
+    return pixels
+
+
+def _band(pixels: np.ndarray, split: str) -> np.ndarray:
+    """The split's band of a source image: 60/20/20 along its longer side (a view)."""
+    axis = 0 if pixels.shape[0] >= pixels.shape[1] else 1
+    edges = np.round(np.cumsum((0.0,) + _BAND_FRACTIONS) * pixels.shape[axis]).astype(int)
+    start, stop = edges[SPLITS.index(split)], edges[SPLITS.index(split) + 1]
+    return pixels[start:stop] if axis == 0 else pixels[:, start:stop]
+
+
+@functools.cache
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    """All 1,797 digits as float32 ink coverage in [0, 1] `(N, 8, 8)`, and their classes `(N,)`."""
+    bunch = _import("sklearn.datasets").load_digits()
+    return (np.asarray(bunch.images, dtype=np.float32) / 16.0).clip(0.0, 1.0), bunch.target.astype(np.int64)
+
+
+@functools.cache
+def _digit_splits() -> tuple[np.ndarray, ...]:
+    _, targets = _digits()
+    rng = np.random.default_rng(_SPLIT_SEED)
+    parts: list[list[np.ndarray]] = [[], [], []]
+    for digit in range(10):
+        members = rng.permutation(np.flatnonzero(targets == digit))
+        edges = np.round(np.cumsum((0.0,) + _DIGIT_FRACTIONS) * len(members)).astype(int)
+        for index in range(3):
+            parts[index].append(members[edges[index] : edges[index + 1]])
+    return tuple(np.sort(np.concatenate(part)) for part in parts)
+
+
+def digit_split_indices(split: str) -> np.ndarray:
+    r"""
+    The indices into scikit-learn's `load_digits()` that a split draws from; the three splits partition all 1,797.
+
+    Stratified by digit class (70% / 15% / 15% of each) with a permutation fixed in this module: the same for every
+    seed and every domain.
+
+    Args:
+        split (`str`): `"train"`, `"validation"` or `"test"`.
+
+    Returns:
+        `np.ndarray`: sorted int64 indices, shape `(n_split,)` (a copy).
+    """
+    _check_split(split)
+    return _digit_splits()[SPLITS.index(split)].copy()
+
+
+# Domain specifications and argument checks --------------------------------------------------------------------------
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    r"""
+    What a domain's images look like and what decides their class.
+
+    Classes are the `digits` (in that order), then the `textures`. A digit image is a crop of one of `backgrounds`
+    with the digit on a darkened `digit_cells × digit_cells` plate; a texture image is a plain colour with a
+    `texture_cells × texture_cells` tile of the texture and, when `distractor`, a random digit of the split on a
+    one-cell plate elsewhere (never evidence).
+
+    Args:
+        name (`str`): registry key.
+        description (`str`): one line for cards and logs.
+        class_names (`tuple[str, ...]`): one per class, in label order, to fill the `templates`
+            (`"digit zero"` → `"a photo of the digit zero."`).
+        templates (`tuple[str, ...]`): CLIP prompt templates with one `{}`, for `SelfExplainingCLIPVision.from_clip`.
+        evidence_kind (`str`): `"digit"`, `"texture"` or `"mixed"`; domains of the same kind are related.
+        digits (`tuple[int, ...]`, defaults to `()`): digit classes.
+        textures (`tuple[str, ...]`, defaults to `()`): texture classes (names of the texture sources).
+        backgrounds (`tuple[str, ...]`, defaults to `()`): photo or texture sources behind the digits.
+        ink (`str`, defaults to `"white"`): `"white"`, `"colour"` (a saturated random hue) or `"any"` (either).
+        digit_cells (`int`, defaults to 1), texture_cells (`int`, defaults to 2): object sides in grid cells.
+        distractor (`bool`, defaults to `False`): add a non-evidence digit to texture images.
+    """
+
+    name: str
+    description: str
+    class_names: tuple[str, ...]
+    templates: tuple[str, ...]
+    evidence_kind: str
+    digits: tuple[int, ...] = ()
+    textures: tuple[str, ...] = ()
+    backgrounds: tuple[str, ...] = ()
+    ink: str = "white"
+    digit_cells: int = 1
+    texture_cells: int = 2
+    distractor: bool = False
+
+    def __post_init__(self):
+        if not self.class_names or len(self.class_names) != len(self.digits) + len(self.textures):
+            raise ValueError(
+                f"domain {self.name!r}: expected one class name per digit and texture "
+                f"({len(self.digits)} + {len(self.textures)}), got {len(self.class_names)}"
+            )
+        allowed = {
+            "digits": (self.digits, range(10)),
+            "textures": (self.textures, tuple(_TEXTURES)),
+            "backgrounds": (self.backgrounds, (*_TEXTURES, *_PHOTOS)),
+            "ink": ((self.ink,), ("white", "colour", "any")),
+            "evidence_kind": ((self.evidence_kind,), ("digit", "texture", "mixed")),
+        }
+        for field, (values, options) in allowed.items():
+            bad = [value for value in values if value not in options]
+            if bad:
+                raise ValueError(f"domain {self.name!r}: {field} must be from {list(options)}, got {bad}")
+        if self.digits and not self.backgrounds:
+            raise ValueError(f"domain {self.name!r}: digit classes need at least one background, got none")
+        check_int("digit_cells", self.digit_cells, 1)
+        check_int("texture_cells", self.texture_cells, 1)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def min_grid(self) -> int:
+        """The smallest grid side the objects fit in (a tile and its distractor never overlap)."""
+        digit = self.digit_cells if self.digits else 1
+        return max(digit, (self.texture_cells + int(self.distractor)) if self.textures else 1)
+
+
+_DIGIT_TEMPLATES = ("a photo of the {}.", "the handwritten {}.")
+DOMAINS: dict[str, DomainSpec] = {
+    spec.name: spec
+    for spec in (
+        DomainSpec(
+            "base",
+            "pretraining mixture: digits 0-9 on any background in any ink, and the five texture tiles",
+            class_names=tuple(f"digit {word}" for word in _DIGIT_WORDS) + tuple(_TEXTURES),
+            templates=("a photo of {}.",),
+            evidence_kind="mixed",
+            digits=tuple(range(10)),
+            textures=tuple(_TEXTURES),
+            backgrounds=("brick wall", "grass", "gravel", *_PHOTOS),
+            ink="any",
+        ),
+        DomainSpec(
+            "digits_on_textures",
+            "digits 0-4 in white ink on a dark one-cell plate over grey brick, grass or gravel",
+            class_names=tuple(f"digit {word}" for word in _DIGIT_WORDS[:5]),
+            templates=_DIGIT_TEMPLATES,
+            evidence_kind="digit",
+            digits=(0, 1, 2, 3, 4),
+            backgrounds=("brick wall", "grass", "gravel"),
+        ),
+        DomainSpec(
+            "digits_on_photos",
+            "digits 5-9 in coloured ink on a dark one-cell plate over colour photos",
+            class_names=tuple(f"digit {word}" for word in _DIGIT_WORDS[5:]),
+            templates=_DIGIT_TEMPLATES,
+            evidence_kind="digit",
+            digits=(5, 6, 7, 8, 9),
+            backgrounds=tuple(_PHOTOS),
+            ink="colour",
+        ),
+        DomainSpec(
+            "texture_tiles",
+            "the texture of a 2x2-cell tile on a plain background; a digit elsewhere is a distractor",
+            class_names=tuple(_TEXTURES),
+            templates=("a photo of {}.", "a patch of {} texture."),
+            evidence_kind="texture",
+            textures=tuple(_TEXTURES),
+            distractor=True,
+        ),
+    )
+}
+"""The registered domains by name (the module docstring says what each is and why)."""
+
+DEFAULT_TRANSFER: dict[str, str] = {
+    "base": "base",
+    "source": "digits_on_textures",
+    "related": "digits_on_photos",
+    "unrelated": "texture_tiles",
+}
+"""The demo's roles: pretrain on `base`, take the vector on `source`, apply it on `related` and `unrelated`."""
+
+
+def get_domain(name: str) -> DomainSpec:
+    """The [`DomainSpec`] registered as `name`; a `KeyError` lists the known names."""
+    if not isinstance(name, str):
+        raise TypeError(f"domain name must be a str, got {type(name).__name__}")
+    if name not in DOMAINS:
+        raise KeyError(f"unknown domain {name!r}; known domains: {', '.join(sorted(DOMAINS))}")
+    return DOMAINS[name]
+
+
+def _check_geometry(spec: DomainSpec, image_size, patch_size) -> int:
+    image_size = check_int("image_size", image_size, 1)
+    patch_size = check_int("patch_size", patch_size, 1)
+    if image_size % patch_size:
+        raise ValueError(
+            f"image_size must be a multiple of patch_size, got image_size={image_size}, patch_size={patch_size}"
+        )
+    grid = image_size // patch_size
+    if grid < spec.min_grid:
+        raise ValueError(
+            f"domain {spec.name!r} needs a patch grid of at least {spec.min_grid}x{spec.min_grid}, got "
+            f"{grid}x{grid} (image_size={image_size}, patch_size={patch_size})"
+        )
+    return grid
+
+
+# Composition --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DomainArrays:
+    r"""
+    A domain split as numpy arrays (what [`build_domain`] wraps into a `datasets.Dataset`). `M` is the number of
+    patches, `(image_size // patch_size) ** 2`, in row-major order.
+
+    Args:
+        images (`np.ndarray` of shape `(N, image_size, image_size, 3)`, uint8): RGB images.
+        labels (`np.ndarray` of shape `(N,)`, int64): class indices into `class_names`.
+        evidence (`np.ndarray` of shape `(N, M)`, bool): the patches covered by the class object.
+        distractor (`np.ndarray` of shape `(N, M)`, bool): the patches of a non-evidence digit (`texture_tiles`).
+        digit_indices (`np.ndarray` of shape `(N,)`, int64): the `load_digits()` index of the digit drawn (object or
+            distractor), -1 where there is none.
+        class_names (`tuple[str, ...]`): the domain's class names.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    evidence: np.ndarray
+    distractor: np.ndarray
+    digit_indices: np.ndarray
+    class_names: tuple[str, ...]
+
+
+def _resize(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Resize float `(h, w)` or `(h, w, 3)` to `(size, size[, 3])` float32 (PIL bilinear, antialiased shrinking)."""
+    if pixels.ndim == 3:
+        return np.stack([_resize(pixels[..., channel], size) for channel in range(3)], axis=-1)
+    image = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32))
+    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
+
+
+@functools.cache
+def _digit_alphas(size: int) -> np.ndarray:
+    """Every digit's ink coverage resized to `(size, size)`: read-only `(1797, size, size)`, cached per size."""
+    images, _ = _digits()
+    alphas = (images if size == 8 else np.stack([_resize(image, size) for image in images])).clip(0.0, 1.0)
+    alphas.setflags(write=False)
+    return alphas
+
+
+def _crop(rng: np.random.Generator, source: str, split: str, sides: tuple[int, int], size: int) -> np.ndarray:
+    """A random square crop (side in `sides`, clipped to the band) of the split's band of a source, resized."""
+    band = _band(_source(source), split)
+    high = min(sides[1], *band.shape[:2])
+    side = int(rng.integers(min(sides[0], high), high + 1))
+    top = int(rng.integers(0, band.shape[0] - side + 1))
+    left = int(rng.integers(0, band.shape[1] - side + 1))
+    return _resize(band[top : top + side, left : left + side], size)
+
+
+def _ink(rng: np.random.Generator, ink: str) -> np.ndarray:
+    if ink == "any":
+        ink = "white" if rng.random() < 0.5 else "colour"
+    if ink == "white":
+        return np.full(3, rng.uniform(215.0, 255.0), dtype=np.float32)
+    # A saturated hue: one channel full, one low, one anywhere between.
+    return rng.permutation(np.array([255.0, rng.uniform(0.0, 60.0), rng.uniform(0.0, 255.0)], dtype=np.float32))
+
+
+def _place(rng: np.random.Generator, grid: int, cells: int, taken: np.ndarray) -> tuple[int, int]:
+    """A random top-left cell for a `cells × cells` object clear of the `taken` `(grid, grid)` cells."""
+    free = [
+        (row, column)
+        for row in range(grid - cells + 1)
+        for column in range(grid - cells + 1)
+        if not taken[row : row + cells, column : column + cells].any()
+    ]
+    return free[int(rng.integers(len(free)))]
+
+
+def _paste_digit(canvas: np.ndarray, alpha: np.ndarray, top: int, left: int, ink: np.ndarray) -> None:
+    """Darken the digit's square to a plate, then blend the ink in by the digit's coverage `alpha` (in place)."""
+    region = canvas[top : top + alpha.shape[0], left : left + alpha.shape[1]]
+    region *= _PLATE
+    region += (ink - region) * alpha[..., None]
+
+
+def generate_domain(
+    name: str,
+    split: str,
+    num_examples: int,
+    *,
+    image_size: int = 32,
+    patch_size: int = 8,
+    seed: int = 0,
+    draw_objects: bool = True,
+) -> DomainArrays:
+    r"""
+    Compose `num_examples` images of a domain split as numpy arrays (no `datasets` involved).
+
+    Args:
+        name (`str`): a key of [`DOMAINS`].
+        split (`str`): `"train"`, `"validation"` or `"test"`; splits never share source pixels.
+        num_examples (`int`): number of images (>= 0); labels are balanced to within one image.
+        image_size (`int`, defaults to 32): image side in pixels, a multiple of `patch_size`.
+        patch_size (`int`, defaults to 8): the ViT patch side; objects are aligned to its grid.
+        seed (`int`, defaults to 0): composition seed (>= 0); the same arguments give the same arrays.
+        draw_objects (`bool`, defaults to `True`): `False` leaves objects and distractors out with every random draw
+            unchanged, giving the backgrounds the images were composed on (for checks and baselines).
+
+    Returns:
+        [`DomainArrays`]
+
+    Raises:
+        `KeyError`: unknown domain (the message lists the known ones).
+        `ValueError`: unknown split, negative size or seed, `image_size` not a multiple of `patch_size`, or a grid
+            too small for the domain's objects.
+        `TypeError`: a size or seed that is not an int.
+    """
+    spec = get_domain(name)
+    _check_split(split)
+    num_examples = check_int("num_examples", num_examples, 0)
+    seed = check_int("seed", seed, 0)
+    grid = _check_geometry(spec, image_size, patch_size)
+    start = time.perf_counter()
+
+    rng = np.random.default_rng([seed, zlib.crc32(spec.name.encode()), SPLITS.index(split)])
+    labels = rng.permutation(np.arange(num_examples) % spec.num_classes).astype(np.int64)
+    _, targets = _digits()
+    pool = digit_split_indices(split)
+    by_digit = {digit: pool[targets[pool] == digit] for digit in spec.digits}
+    object_alphas = _digit_alphas(spec.digit_cells * patch_size)
+    distractor_alphas = _digit_alphas(patch_size)
+
+    images = np.empty((num_examples, image_size, image_size, 3), dtype=np.uint8)
+    evidence = np.zeros((num_examples, grid, grid), dtype=bool)
+    distractor = np.zeros((num_examples, grid, grid), dtype=bool)
+    digit_indices = np.full(num_examples, -1, dtype=np.int64)
+    for i, label in enumerate(labels):
+        if label < len(spec.digits):
+            candidates = by_digit[spec.digits[label]]
+            digit_indices[i] = candidates[rng.integers(len(candidates))]
+            background = spec.backgrounds[int(rng.integers(len(spec.backgrounds)))]
+            canvas = _crop(rng, background, split, _BACKGROUND_CROP, image_size)
+            row, column = _place(rng, grid, spec.digit_cells, evidence[i])
+            evidence[i, row : row + spec.digit_cells, column : column + spec.digit_cells] = True
+            ink = _ink(rng, spec.ink)  # drawn even when the object is not, to keep the random stream the same
+            if draw_objects:
+                _paste_digit(canvas, object_alphas[digit_indices[i]], row * patch_size, column * patch_size, ink)
+        else:
+            colour = rng.uniform(70.0, 190.0, size=3).astype(np.float32)
+            canvas = colour + rng.normal(0.0, 3.0, size=(image_size, image_size, 3)).astype(np.float32)
+            side = spec.texture_cells * patch_size
+            texture = spec.textures[label - len(spec.digits)]
+            tile = _crop(rng, texture, split, _TILE_CROP, side) * rng.uniform(0.85, 1.15)
+            row, column = _place(rng, grid, spec.texture_cells, evidence[i])
+            evidence[i, row : row + spec.texture_cells, column : column + spec.texture_cells] = True
+            if draw_objects:
+                top, left = row * patch_size, column * patch_size
+                canvas[top : top + side, left : left + side] = tile
+            if spec.distractor:
+                digit_indices[i] = pool[rng.integers(len(pool))]
+                row, column = _place(rng, grid, 1, evidence[i])
+                distractor[i, row, column] = True
+                ink = _ink(rng, "white")
+                if draw_objects:
+                    alpha = distractor_alphas[digit_indices[i]]
+                    _paste_digit(canvas, alpha, row * patch_size, column * patch_size, ink)
+        images[i] = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+
+    logger.debug(
+        "composed %d images of %s/%s (%d px, patch %d) in %.2fs",
+        num_examples,
+        name,
+        split,
+        image_size,
+        patch_size,
+        time.perf_counter() - start,
+    )
+    flat = (num_examples, grid * grid)
+    return DomainArrays(
+        images, labels, evidence.reshape(flat), distractor.reshape(flat), digit_indices, spec.class_names
+    )
+
+
+__all__ = [
+    "DEFAULT_TRANSFER",
+    "DOMAINS",
+    "GENERATOR_VERSION",
+    "SPLITS",
+    "DomainArrays",
+    "DomainSpec",
+    "digit_split_indices",
+    "generate_domain",
+    "get_domain",
+]
