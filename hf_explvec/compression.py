@@ -37,7 +37,7 @@ FORMATS = ("dense", "sparse", "low_rank", "mixed")
 """Values of [`storage_format`], meant for the `format` field of a saved vector's `config.json`."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors have no boolean ==
 class SparseTensor:
     r"""
     A tensor stored as the flat positions and values of its kept entries; all others are zero.
@@ -84,7 +84,7 @@ class SparseTensor:
         return dense.view(self.shape)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors have no boolean ==
 class LowRankTensor:
     r"""
     A matrix stored as two factors, dense = `b @ a` (the LoRA convention: `a` is `lora_A`, `b` is `lora_B`).

@@ -200,6 +200,17 @@ def test_add_scaled_matches_the_dense_update(kind, dtype):
     torch.testing.assert_close(target, expected)
 
 
+def test_add_scaled_writes_through_to_a_non_contiguous_target():
+    delta = make_delta(3)
+    key = "vision_model.encoder.layers.0.mlp.fc1.weight"
+    for entry in (C.sparsify_magnitude(delta, 0.3)[key], C.low_rank(delta, 2)[key]):
+        storage = torch.randn(8, 11)
+        target = storage.t()  # a view: the update must land in `storage`
+        expected = target + 0.5 * entry.to_dense()
+        C.add_scaled_(target, entry, 0.5)
+        torch.testing.assert_close(storage.t(), expected)
+
+
 # ------------------------------------------------------------------------------------------- encode / decode
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(
