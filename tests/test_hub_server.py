@@ -30,9 +30,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from hf_explvec.hub.loopback import LocalHub, hub_client_env
-from hf_explvec.hub.loopback.env import FAKE_TOKEN
-from hf_explvec.hub.loopback.storage import HubError
+from hf_explvec.hub.loopback import FAKE_TOKEN, HubError, LocalHub, hub_client_env
 
 
 def _read(path: str) -> bytes:

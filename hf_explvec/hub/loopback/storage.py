@@ -11,13 +11,13 @@ Layout under the root directory:
 
 A tree maps each file path to `{"oid": git blob id, "size": bytes, "lfs": {"oid", "size", "pointerSize"} | None}`.
 For an LFS file the blob id is the one of its git-lfs pointer, as on the Hub. Every write happens under one lock and
-every file is written atomically (temporary file + `os.replace`), so readers never see half-written state.
+every file is written atomically (temporary file + `os.replace`), so readers never see half-written state: an LFS
+upload is kept only once complete and checked, and a commit becomes visible only when its ref is replaced.
 
-Besides storage, this module holds the Hub's data model that the HTTP layer (`server`) serialises: repo info,
-tree and paths-info entries, pre-upload decisions (regular or LFS) and the parsing of NDJSON commit payloads.
+This module is the state only. What the Hub clients see of it (JSON bodies, headers) is in `responses`, which URL
+leads where in `routes`, and the HTTP server in `server`.
 """
 
-import base64
 import datetime
 import fnmatch
 import hashlib
@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "HubError", "HubStorage", "LFS_SIZE_THRESHOLD", "card_data", "git_blob_id", "lfs_pointer", "parse_commit_payload"
+    "LFS_SIZE_THRESHOLD", "LOCAL_USER", "REPO_TYPES", "HubError", "HubStorage", "check_repo_path", "git_blob_id",
+    "is_sha256", "lfs_pointer",
 ]  # fmt: skip
 
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
@@ -152,6 +153,11 @@ def _looks_binary(sample: bytes) -> bool:
     return False
 
 
+def is_sha256(oid: Any) -> bool:
+    """Whether `oid` is a sha256 as LFS objects are named: 64 lowercase hexadecimal characters."""
+    return isinstance(oid, str) and _SHA256_RE.fullmatch(oid) is not None
+
+
 def check_repo_path(path: Any) -> str:
     """Validate a path inside a repository (relative, no `..`, no empty segment)."""
     if not isinstance(path, str) or not path or path.startswith("/") or "\\" in path:
@@ -171,50 +177,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def _write_json(path: Path, obj: Any) -> None:
     _write_atomic(path, json.dumps(obj, indent=1, sort_keys=True).encode())
-
-
-def card_data(readme: str | None) -> dict | None:
-    """The YAML metadata block at the top of a README, or `None` if there is none or it is not a mapping."""
-    match = re.match(r"^---[ \t]*\n(.*?)\n?---[ \t]*(\n|$)", readme or "", flags=re.DOTALL)
-    if match is None:
-        return None
-    import yaml  # a dependency of huggingface_hub and datasets
-
-    try:
-        data = yaml.safe_load(match[1])
-    except yaml.YAMLError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def parse_commit_payload(body: bytes) -> tuple[dict, list[dict]]:
-    """Parse the NDJSON body of `POST /api/{type}s/{id}/commit/{rev}` into its header and operations.
-
-    Lines are `{"key": "header"|"file"|"lfsFile"|"deletedFile"|"deletedFolder", "value": {...}}`; `file` content is
-    base64. Returns the header (`summary`, `description`, `parentCommit`) and operations for `commit_files`.
-    """
-    header, operations = None, []
-    for line in body.splitlines():
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-            key, value = item["key"], item["value"]
-            if key == "header":
-                header = value
-            elif key == "file":
-                raw = value["content"]
-                content = base64.b64decode(raw) if value.get("encoding", "base64") == "base64" else raw.encode()
-                operations.append({"op": "file", "path": value["path"], "content": content})
-            elif key in ("lfsFile", "deletedFile", "deletedFolder"):
-                operations.append({"op": key, "path": value["path"], "oid": value.get("oid")})
-            else:
-                raise HubError(400, f"Unknown commit line key {key!r}, expected header, file, lfsFile or deleted*")
-        except (ValueError, KeyError, TypeError) as err:
-            raise HubError(400, f"Malformed commit line: {type(err).__name__}: {err}") from None
-    if header is None:
-        raise HubError(400, "Commit payload has no header line")
-    return header, operations
 
 
 class HubStorage:
@@ -274,7 +236,7 @@ class HubStorage:
         return oid
 
     def lfs_path(self, sha256: str) -> Path:
-        if not isinstance(sha256, str) or not _SHA256_RE.fullmatch(sha256):
+        if not is_sha256(sha256):
             raise HubError(400, f"Invalid LFS oid {sha256!r}: expected 64 lowercase hex characters")
         return self.root / "lfs" / sha256
 
@@ -308,29 +270,6 @@ class HubStorage:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-
-    def lfs_batch(self, operation: str, objects: list[dict], href: Callable[[str], str]) -> list[dict]:
-        """Objects of a Git LFS batch answer (basic transfer); `href(oid)` is the object's URL on the server.
-
-        Uploads of objects already stored get no `actions` (the client skips them); others get `upload` (a `PUT` to
-        `href?size=`) and `verify` (a `POST` to `href/verify`). Downloads get a `download` action or a 404 error.
-        """
-        out = []
-        for obj in objects:
-            oid, size = obj.get("oid"), obj.get("size")
-            item: dict[str, Any] = {"oid": str(oid), "size": size if isinstance(size, int) else 0}
-            if not (isinstance(oid, str) and _SHA256_RE.fullmatch(oid) and isinstance(size, int) and size >= 0):
-                item["error"] = {"code": 422, "message": f"Invalid oid {oid!r} or size {size!r}"}
-            elif operation == "download":
-                if self.has_lfs(oid):
-                    item["actions"] = {"download": {"href": href(oid), "header": {}}}
-                else:
-                    item["error"] = {"code": 404, "message": f"Object {oid} does not exist"}
-            elif not self.has_lfs(oid):
-                upload = {"href": f"{href(oid)}?size={size}", "header": {}}
-                item["actions"] = {"upload": upload, "verify": {"href": f"{href(oid)}/verify", "header": {}}}
-            out.append(item)
-        return out
 
     def file_path(self, entry: dict) -> Path:
         """Where the content of a tree entry lies on disk."""
@@ -376,114 +315,6 @@ class HubStorage:
     def snapshot(self, repo_type: str, repo_id: str, revision: str) -> dict:
         """The commit a revision points to (see [`HubStorage.commit`])."""
         return self.commit(repo_type, repo_id, self.resolve(repo_type, repo_id, revision))
-
-    # -- views served by the API ----------------------------------------------------------------------------------
-    def repo_info(self, repo_type: str, repo_id: str, revision: str, blobs: bool = False) -> dict:
-        """The body of `GET /api/{type}s/{id}[/revision/{rev}]`, as `ModelInfo`/`DatasetInfo` parse it."""
-        meta, commit = self.repo_meta(repo_type, repo_id), self.snapshot(repo_type, repo_id, revision)
-        siblings = []
-        for path, entry in sorted(commit["tree"].items()):
-            sibling: dict[str, Any] = {"rfilename": path}
-            if blobs:
-                sibling.update(size=entry["size"], blobId=entry["oid"])
-                if entry["lfs"]:
-                    lfs = entry["lfs"]
-                    sibling["lfs"] = {"size": lfs["size"], "sha256": lfs["oid"], "pointerSize": lfs["pointerSize"]}
-            siblings.append(sibling)
-        card = card_data(self.read_text(commit["tree"], "README.md"))
-        info: dict[str, Any] = {
-            "_id": commit["id"][:24], "id": repo_id, "author": repo_id.split("/")[0], "sha": commit["id"],
-            "lastModified": commit["date"], "createdAt": meta["createdAt"], "private": meta["private"],
-            "gated": False, "disabled": False, "downloads": 0, "likes": 0, "siblings": siblings,
-            "tags": [t for t in (card or {}).get("tags") or [] if isinstance(t, str)],
-            "usedStorage": sum(e["size"] for e in commit["tree"].values()),
-        }  # fmt: skip
-        if card is not None:
-            info["cardData"] = card
-        if repo_type == "model":
-            info.update(modelId=repo_id, library_name=(card or {}).get("library_name"))
-            info["pipeline_tag"] = (card or {}).get("pipeline_tag")
-        elif repo_type == "dataset":
-            info.update(description=None, citation=None, paperswithcode_id=None)
-        return info
-
-    @staticmethod
-    def path_info(tree: dict, path: str) -> dict:
-        """A `tree`/`paths-info` entry: a file (with `lfs` if stored in LFS) or a directory."""
-        entry = tree.get(path)
-        if entry is None:  # a directory: its oid hashes what lies below it
-            inside = sorted((p, e["oid"]) for p, e in tree.items() if p.startswith(path + "/"))
-            oid = hashlib.sha1(json.dumps(inside).encode()).hexdigest()
-            return {"type": "directory", "oid": oid, "size": 0, "path": path}
-        out = {"type": "file", "oid": entry["oid"], "size": entry["size"], "path": path}
-        if entry["lfs"]:
-            out["lfs"] = dict(entry["lfs"])
-        return out
-
-    @staticmethod
-    def list_tree(tree: dict, path: str, recursive: bool) -> list[str]:
-        """Paths of the files and directories under `path` (directories first unless recursive); 404 if none."""
-        prefix = path.strip("/") + "/" if path.strip("/") else ""
-        dirs, files = set(), []
-        for p in tree:
-            if not p.startswith(prefix):
-                continue
-            parts = p[len(prefix) :].split("/")
-            if recursive:
-                dirs.update(prefix + "/".join(parts[:i]) for i in range(1, len(parts)))
-                files.append(p)
-            elif len(parts) > 1:
-                dirs.add(prefix + parts[0])
-            else:
-                files.append(p)
-        if prefix and not files:
-            raise HubError(404, f"Directory {path} not found", "EntryNotFound")
-        return sorted(dirs | set(files)) if recursive else sorted(dirs) + sorted(files)
-
-    def refs_info(self, repo_type: str, repo_id: str) -> dict:
-        """The body of `GET /api/{type}s/{id}/refs`: branches, tags, converts and pull requests."""
-        refs = self.refs(repo_type, repo_id)
-
-        def fmt(kind: str, prefix: str) -> list[dict]:
-            return [{"name": n, "ref": prefix + n, "targetCommit": sha} for n, sha in sorted(refs[kind].items())]
-
-        branches, tags, pulls = fmt("heads", "refs/heads/"), fmt("tags", "refs/tags/"), fmt("pulls", "refs/pr/")
-        return {"branches": branches, "tags": tags, "converts": [], "pullRequests": pulls}
-
-    def commits_info(self, repo_type: str, repo_id: str, revision: str) -> list[dict]:
-        """The body of `GET /api/{type}s/{id}/commits/{rev}`: the first-parent history, newest first."""
-        history = self.history(repo_type, repo_id, self.resolve(repo_type, repo_id, revision))
-        keys = ("id", "title", "message", "date")
-        return [{**{k: c[k] for k in keys}, "authors": [{"user": a} for a in c["authors"]]} for c in history]
-
-    def with_last_commit(self, repo_type: str, repo_id: str, sha: str, entries: list[dict]) -> list[dict]:
-        """Add `lastCommit` (`id`, `title`, `date`) to `tree`/`paths-info` entries, as `expand=True` asks."""
-        last = self.last_commits(repo_type, repo_id, sha, [e["path"] for e in entries])
-        for entry in entries:
-            commit = last[entry["path"]]
-            entry["lastCommit"] = {"id": commit["id"], "title": commit["title"], "date": commit["date"]}
-        return entries
-
-    def preupload(self, tree: dict, files: list[dict], gitignore: str | None) -> list[dict]:
-        """Answer of the pre-upload endpoint for files `{"path", "size", "sample" (base64 of the first 512 bytes)}`.
-
-        Each answer has `uploadMode` (see [`HubStorage.upload_mode`]), `shouldIgnore` (from `gitignore` or the repo's
-        `.gitignore`) and `oid`, the id of the file already at that path (sha256 if in LFS, else git blob id) that the
-        client compares to skip unchanged files.
-        """
-        out = []
-        for item in files if isinstance(files, list) else [files]:
-            path = check_repo_path(item.get("path") if isinstance(item, dict) else None)
-            try:
-                size, sample = int(item.get("size") or 0), base64.b64decode(item.get("sample") or "", validate=True)
-            except (ValueError, TypeError) as err:
-                raise HubError(400, f"Invalid size or sample for {path}: {err}") from None
-            mode = self.upload_mode(tree, path, size, sample)
-            entry = tree.get(path)
-            oid = None if entry is None else (entry["lfs"]["oid"] if entry["lfs"] else entry["oid"])
-            ignore = self.should_ignore(tree, path, gitignore)
-            out.append({"path": path, "uploadMode": mode, "shouldIgnore": ignore, "oid": oid})
-        return out
 
     def _branch_ref(self, refs: dict, revision: str) -> tuple[str, str]:
         """(kind, name) of the branch or pull-request ref a commit can be pushed to."""
