@@ -401,7 +401,7 @@ def test_bad_pixel_values():
 
 
 def test_bad_forward_and_value_fn_outputs(images_3x3):
-    with pytest.raises(ValueError, match=r"class scores of shape"):
+    with pytest.raises(ValueError, match=r"logits of shape \(64, num_classes\)"):
         patch_kernel_shap(lambda x: x.sum(dim=(1, 2, 3)), images_3x3, 0, patch_size=8, num_samples=40)
     with pytest.raises(ValueError, match="value_fn must return shape"):
         kernel_shap(lambda z, i: torch.zeros(3), 4, 2, num_samples=8)

@@ -63,8 +63,7 @@ def logits_of(output: Any, rows: int | None = None, *, name: str = "forward_fn")
         )
     if rows is not None and (logits.dim() != 2 or logits.shape[0] != rows):
         raise ValueError(
-            f"{name} must return logits of shape ({rows}, num_classes) for {rows} images, "
-            f"got {tuple(logits.shape)}"
+            f"{name} must return logits of shape ({rows}, num_classes) for {rows} images, got {tuple(logits.shape)}"
         )
     return logits
 
@@ -131,17 +130,14 @@ def check_targets(
             f"{name} must be an int or a ({batch_size},) integer tensor of class ids, got {type(target).__name__}"
         )
     if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer class ids (an integer dtype), got dtype {tensor.dtype}")
+        raise TypeError(f"{name} must hold integer class ids, got dtype {tensor.dtype} (an integer dtype is needed)")
     if tensor.dim() == 0:
         tensor = tensor.expand(batch_size)
     if tuple(tensor.shape) != (batch_size,):
-        raise ValueError(f"{name} must be an int or have shape ({batch_size},), got shape {tuple(tensor.shape)}")
+        raise ValueError(f"{name} must be an int or have shape ({batch_size},), got {tuple(tensor.shape)}")
     tensor = tensor.to(device=tensor.device if device is None else device, dtype=torch.long).clone()
     if batch_size and int(tensor.min()) < 0:
-        raise ValueError(
-            f"{name} must hold class ids >= 0, got {int(tensor.min())} (values in "
-            f"[{int(tensor.min())}, {int(tensor.max())}])"
-        )
+        raise ValueError(f"{name} must hold class ids >= 0, got values in [{int(tensor.min())}, {int(tensor.max())}]")
     if num_classes is not None:
         check_class_range(tensor, num_classes, name=name)
     return tensor
@@ -163,8 +159,9 @@ def check_class_range(targets: torch.Tensor, num_classes: int, *, name: str = "t
         bad = low if low < 0 else high
         origin = f" (num_classes={num_classes} from {source})" if source else ""
         raise ValueError(
-            f"{name} must be in [0, {num_classes}): class ids in [0, {num_classes - 1}] for a model with "
-            f"{num_classes} classes, got {bad}{origin}"
+            f"{name} must hold class ids in [0, {num_classes - 1}], got values in [{low}, {high}]: {name} must be in "
+            f"[0, {num_classes}), ids in [0, {num_classes - 1}] for a model with {num_classes} classes{origin}, "
+            f"got {bad}"
         )
 
 

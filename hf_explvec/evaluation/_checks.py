@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..attribution._forward import check_targets
+
 __all__ = [
     "as_float_matrix",
     "as_labels",
@@ -109,23 +111,9 @@ def as_labels(value: Any, name: str, batch_size: int, num_classes: int | None = 
         `TypeError`: bools, floats or complex values.
         `ValueError`: a wrong shape or ids out of range.
     """
-    if isinstance(value, bool):
-        raise TypeError(f"`{name}` must hold integer class ids, got a bool.")
-    if isinstance(value, int):
-        tensor = torch.full((batch_size,), value, dtype=torch.int64)
-    else:
-        tensor = as_tensor(value, name)
-        if tensor.dtype == torch.bool or tensor.is_floating_point() or tensor.is_complex():
-            raise TypeError(f"`{name}` must hold integer class ids, got dtype {tensor.dtype}.")
-        if tensor.ndim != 1 or tensor.shape[0] != batch_size:
-            raise ValueError(f"`{name}` must have shape ({batch_size},), got {tuple(tensor.shape)}.")
-        tensor = tensor.to(torch.int64)
-    if batch_size and (tensor.min() < 0 or (num_classes is not None and tensor.max() >= num_classes)):
-        upper = "num_classes - 1" if num_classes is None else str(num_classes - 1)
-        raise ValueError(
-            f"`{name}` must hold class ids in [0, {upper}], got values in [{int(tensor.min())}, {int(tensor.max())}]."
-        )
-    return tensor
+    if isinstance(value, (list, tuple)):
+        value = as_tensor(value, name)
+    return check_targets(value, batch_size, num_classes, name=f"`{name}`")
 
 
 def check_reduction(reduction: Any) -> None:
