@@ -182,7 +182,8 @@ def scaled_sum_is_finite(target: torch.Tensor, delta: torch.Tensor, lam: float) 
     bound = float(target.detach().abs().max()) + abs(lam) * float(delta.detach().abs().max())
     if bound < 0.5 * limit:  # NaN compares false and falls through to the exact check
         return True
-    work = target.detach().to(torch.float32).add_(delta.detach().to(target.device, torch.float32), alpha=lam)
+    work = target.detach().to(torch.float32, copy=True)  # a copy also when target is already float32
+    work.add_(delta.detach().to(target.device, torch.float32), alpha=lam)
     return bool(torch.isfinite(work.to(target.dtype)).all())
 
 

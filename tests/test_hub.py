@@ -6,9 +6,10 @@ import socket
 import pytest
 import torch
 from huggingface_hub import EvalResult, HfApi, ModelCard, hf_hub_download
+from huggingface_hub.errors import LocalEntryNotFoundError
 from transformers import AutoModel
 
-from hf_explvec import SelfExplainingCLIPVision, TaskVector, TaskVectorConfig
+from hf_explvec import HubConnectionError, SelfExplainingCLIPVision, TaskVector, TaskVectorConfig
 from hf_explvec.testing import hub_client_env, tiny_clip_model
 
 
@@ -156,7 +157,7 @@ def test_missing_weights_and_pickles_are_refused(local_hub):
         local_hub.endpoint,
         pretrained_model_name_or_path="org/pickled",
     )
-    with pytest.raises(Exception):  # the pickle was never downloaded
+    with pytest.raises(LocalEntryNotFoundError):  # the pickle was never downloaded
         hf_hub_download("org/pickled", "pytorch_model.bin", local_files_only=True)
 
 
@@ -187,8 +188,9 @@ def test_server_refusing_connections(tmp_path):
         port = s.getsockname()[1]  # closed once the block ends: connections are refused
     endpoint = f"http://127.0.0.1:{port}"
     with hub_client_env(endpoint, tmp_path / "hf_home"):
-        error = expect_error(ConnectionError, endpoint, "'org/vec'", pretrained_model_name_or_path="org/vec")
-    assert "cannot reach" in str(error)
+        error = expect_error(HubConnectionError, endpoint, "'org/vec'", pretrained_model_name_or_path="org/vec")
+    assert "cannot reach" in str(error) and isinstance(error, ConnectionError)
+    assert (error.repo_id, error.revision, error.endpoint) == ("org/vec", "main", endpoint)
 
 
 def test_model_with_only_pickled_weights_is_refused(local_hub, tmp_path):
@@ -199,5 +201,5 @@ def test_model_with_only_pickled_weights_is_refused(local_hub, tmp_path):
     HfApi().upload_folder(folder_path=tmp_path, repo_id="org/pickled-model")
     with pytest.raises(OSError, match="safetensors"):
         AutoModel.from_pretrained("org/pickled-model")
-    with pytest.raises(Exception):  # the pickle was never even downloaded
+    with pytest.raises(LocalEntryNotFoundError):  # the pickle was never even downloaded
         hf_hub_download("org/pickled-model", "pytorch_model.bin", local_files_only=True)

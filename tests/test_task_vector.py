@@ -134,6 +134,23 @@ def test_provenance_through_algebra(vector):
     assert (vector + other).config.source_dataset is None
     assert (vector + vector).config.source_dataset == "digits"
     assert (vector * 2).config.recommended_lam is None and (vector * 2).config.source_dataset == "digits"
+    # a λ chosen for τ is not the λ of τ + τ = 2τ (nor of any sum or difference)
+    assert (vector + vector).config.recommended_lam is None and (vector - vector).config.recommended_lam is None
+    assert sum([vector, vector]).config.recommended_lam is None
+    assert vector.to(torch.float16).config == vector.config  # same vector in another dtype
+
+
+def test_config_json_contract_round_trip(vector, tmp_path):
+    path = tmp_path / "config.json"
+    vector.config.to_json_file(path, vector.layout())
+    raw = json.loads(path.read_text())
+    assert raw == {**vector.config.to_dict(), **vector.layout()}
+    assert raw["format_version"] == 1 and raw["vector_type"] == "clip_vision"
+    config, layout = TaskVectorConfig.from_json_file(path)
+    assert config == vector.config and layout == vector.layout()
+    assert TaskVectorConfig.from_dict(vector.config.to_dict()) == vector.config
+    legacy = {k: v for k, v in raw.items() if k != "format_version"}  # files without the key read as version 1
+    assert TaskVectorConfig.from_dict(legacy) == vector.config
 
 
 def test_to_dtype(vector):
@@ -396,7 +413,7 @@ def test_vit_b32_architecture_vector():
     assert 87_000_000 < vector.num_parameters < 89_000_000
     model = copy.deepcopy(base)
     vector.apply_to(model, lam=1.0)
-    for (name, p), q in zip(model.named_parameters(), finetuned.parameters()):
+    for (name, p), q in zip(model.named_parameters(), finetuned.parameters(), strict=True):
         torch.testing.assert_close(p, q, msg=name)
 
 
