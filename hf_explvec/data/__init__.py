@@ -1,8 +1,9 @@
 """The data stage: load splits by name ([`load_split`]), label them with Kernel SHAP patch values
 ([`label_dataset`]), push them with a card ([`push_shap_dataset`]).
 
-Modules: `load` (by name, to the Hub, provenance), `label` (the labelling entry point and its checks), `shards`
-(per-example Kernel SHAP and the resumable shard store), `images` (images to pixels, label checks).
+Modules: `load` (by name, to the Hub, provenance), `label` (the labelling entry point and its checks), `rows`
+(per-example Kernel SHAP, the work split between processes), `shards` (the checksummed, resumable shard store),
+`images` (images to pixels, label checks).
 """
 
 from .label import *  # noqa: F403

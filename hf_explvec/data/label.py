@@ -19,12 +19,14 @@ How a run is made reproducible, resumable and parallel:
 - **Per-example seeds.** Example `i` is explained alone with the seed `example_seed(seed, i)`, so its values depend
   neither on batching, nor on sharding, nor on the number of processes.
 - **Shards.** Values are written shard by shard to `output_dir` (see [`~hf_explvec.data.shards.ShardStore`]),
-  atomically; a killed job restarted with the same arguments skips the finished shards.
+  atomically, with a SHA-256 per shard in the manifest; a killed job restarted with the same arguments skips the
+  finished shards and recomputes any whose bytes no longer match.
 - **Processes.** Under `accelerate launch`, process `r` of `P` labels shards `r, r + P, r + 2P, ...`; after a barrier
   every process reads all shards and returns the whole labelled data set, in the original order.
 
 Loading a split by name and pushing a labelled one with its card live in [`~hf_explvec.data.load`]; the shard
-store and the per-row work in [`~hf_explvec.data.shards`]; images to pixels in [`~hf_explvec.data.images`].
+store in [`~hf_explvec.data.shards`]; the per-row work and the process split in [`~hf_explvec.data.rows`]; images
+to pixels in [`~hf_explvec.data.images`].
 """
 
 from __future__ import annotations
@@ -54,10 +56,8 @@ from ..attribution.vit import model_kernel_shap
 from ..modeling import SelfExplainingCLIPVision
 from .images import image_processor_for, preprocess, rows_sha256, to_rgb
 from .load import SHAP_COLUMNS, load_split, push_shap_dataset, shap_dataset_card, shap_provenance, with_provenance
-from .shards import (
-    STORE_FORMAT,
+from .rows import (
     LabellingRun,
-    ShardStore,
     compute_shards,
     example_seed,
     forward_of,
@@ -65,6 +65,7 @@ from .shards import (
     resolve_subject,
     weights_fingerprint,
 )
+from .shards import STORE_FORMAT, ShardStore
 
 __all__ = [
     "Explainer",

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import datasets
 from huggingface_hub import DatasetCard, HfApi
-from huggingface_hub.errors import HfHubHTTPError
 
 from ..hub import dataset_card, describe_repo, load_remote_card, raise_hub_error
 
@@ -110,6 +109,8 @@ def load_split(
         )
     except datasets.exceptions.DatasetNotFoundError as error:
         raise FileNotFoundError(f"data set not found: {describe_repo(name, 'dataset', revision)}: {error}") from error
+    except Exception as error:  # a failed connection becomes HubConnectionError naming the repo; others unchanged
+        raise_hub_error(error, name, "dataset", revision)
     provenance = card_provenance(name, revision, token)
     if provenance is not None and shap_provenance(dataset) is None:
         dataset.info.description = with_provenance(dataset.info.description, provenance)
@@ -209,5 +210,5 @@ def push_shap_dataset(
             revision=revision,
             commit_message="hf_explvec card: SHAP provenance",
         )
-    except HfHubHTTPError as error:
-        raise_hub_error(error, repo_id, "dataset", revision)
+    except Exception as error:  # Hub errors (refusals, failed connections) name the repo; others unchanged
+        raise_hub_error(error, repo_id, "dataset", revision, action="push to")
