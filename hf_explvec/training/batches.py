@@ -117,8 +117,8 @@ def check_examples(dataset, model_config, use_shap: bool, name: str, num_workers
     `labels` integers in `[0, num_labels)`, and (with `use_shap`) `shap_values` of `num_patches` finite values.
 
     One pass over the data: a `datasets.Dataset` without a transform is read from Arrow in blocks of 64 rows
-    (a few seconds per 10,000 images of 224 x 224); any other data set is read example by example, through its
-    `__getitem__` and transform, like one epoch of data loading.
+    (about 15 s per 10,000 images of 224 x 224 on a busy 2-core machine); any other data set is read example by
+    example, through its `__getitem__` and transform, like one epoch of data loading.
 
     Args:
         dataset: A data set returned by [`prepare_dataset`].
