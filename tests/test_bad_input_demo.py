@@ -4,7 +4,8 @@ error whose message names the setting and the value, before anything is written 
 import pytest
 
 from hf_explvec.demo import DemoConfig, quick_config, run
-from hf_explvec.demo.report import heatmap_file_name, safe_file_name
+from hf_explvec.demo.config import safe_file_name
+from hf_explvec.demo.report import heatmap_file_name
 from hf_explvec.testing import tiny_clip_model
 
 CONFIG_CASES = [

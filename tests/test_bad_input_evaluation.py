@@ -12,8 +12,10 @@ from hf_explvec.evaluation import (
     deletion_auc,
     e_rmse,
     fidelity_sparsity_auc,
+    forward_attributions,
     insertion_auc,
     iou_at_k,
+    kernel_shap_values,
     load_metric,
     metric_path,
     perturbation_curve,
@@ -193,3 +195,36 @@ def test_select_lambda_refuses_bad_sweeps_and_leaves_them_unchanged(entries, tol
     with pytest.raises(ValueError, match=message):
         select_lambda(entries, tolerance)
     assert entries == before
+
+
+class Split:
+    """A split as the protocol reads it: `pixel_values`, `labels`, `len`."""
+
+    def __init__(self, count):
+        self.pixel_values, self.labels = PIXELS[:count].clone(), LABELS[:count].clone()
+
+    def __len__(self):
+        return len(self.labels)
+
+
+@pytest.mark.parametrize(
+    ("function", "args", "kwargs", "error", "message"),
+    [
+        (forward_attributions, (Split(3),), {"batch_size": 0}, ValueError, r"`batch_size` must be >= 1, got 0"),
+        (forward_attributions, (Split(0),), {}, ValueError, r"the split holds no images"),
+        (kernel_shap_values, (Split(3), 64, 0), {"chunk": 0}, ValueError, r"`chunk` must be >= 1, got 0"),
+        (kernel_shap_values, (Split(0), 64, 0), {}, ValueError, r"the split holds no images; Kernel SHAP needs"),
+    ],
+    ids=["batch size 0", "empty split", "chunk 0", "empty split for Kernel SHAP"],
+)
+def test_protocol_refuses_bad_splits_before_touching_the_model(function, args, kwargs, error, message):
+    model = tiny_forward()
+    model.train()
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    split = args[0]
+    pixels = split.pixel_values.clone()
+    with pytest.raises(error, match=message):
+        function(model, *args, **kwargs)
+    assert model.training  # not even switched to eval mode
+    assert all(torch.equal(value, model.state_dict()[key]) for key, value in state.items())
+    assert torch.equal(pixels, split.pixel_values)

@@ -97,6 +97,8 @@ def test_quick_run_results_json_holds_figures_config_seeds_and_timings(quick_run
     config = quick_config()
     assert saved["config"]["lambdas"] == list(config.lambdas) and saved["config"]["seed"] == 0
     assert saved["seeds"]["labels"] == 1000 and saved["default_config"] is False
+    assert saved["config"]["max_accuracy_drop"] == 0.04  # the settings the report states are recorded
+    assert saved["config"]["goal_e_rmse_gain"] == 0.09 and saved["config"]["goal_accuracy_drop"] == 0.04
     assert saved["source"]["twins_identical_to_labelled_model"] is True
     for target in saved["targets"]:
         assert target["role"] in ("related", "unrelated")

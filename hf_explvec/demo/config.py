@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 
 from .._validation import check_finite, check_int
 
-__all__ = ["SEED_OFFSETS", "DemoConfig", "derived_seed", "quick_config"]
+__all__ = ["SEED_OFFSETS", "DemoConfig", "derived_seed", "quick_config", "safe_file_name"]
 
 # Offsets of the derived seeds (all from DemoConfig.seed), recorded in results.json.
 SEED_OFFSETS = {"data": 0, "pretrain": 0, "training": 0, "labels": 1000, "validation_shap": 2000, "test_shap": 3000,
@@ -204,3 +205,19 @@ def derived_seed(config: DemoConfig, what: str) -> int:
     if what not in SEED_OFFSETS:
         raise KeyError(f"unknown seed {what!r}; expected one of {sorted(SEED_OFFSETS)}.")
     return config.seed + SEED_OFFSETS[what]
+
+
+def safe_file_name(name: str) -> str:
+    r"""
+    A file-name part for a domain or data set name: `/` becomes `--` (`org/name` → `org--name`), every other
+    character outside `[A-Za-z0-9._-]` becomes `-`, and leading dots are dropped, so the result names a file inside
+    the report folder, never a path elsewhere.
+
+    Args:
+        name (`str`): e.g. `"digits_on_photos"`, `"org/name"` or `"name:config"`.
+
+    Returns:
+        `str`: never empty.
+    """
+    safe = re.sub(r"[^A-Za-z0-9._-]", "-", str(name).replace("/", "--")).lstrip(".")
+    return safe or "unnamed"

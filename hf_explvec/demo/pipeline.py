@@ -51,7 +51,7 @@ from ..evaluation import (
 )
 from ..task_vector import TaskVector, transfer
 from ..training import TrainingConfig, train, train_twins
-from .config import SEED_OFFSETS, DemoConfig, derived_seed
+from .config import SEED_OFFSETS, DemoConfig, derived_seed, safe_file_name
 from .data import DemoSplit, Domain, load_domains
 from .domains import DOMAINS
 from .pretrain import build_clip, check_clip_pair, pretrain_clip, start_model
@@ -66,9 +66,10 @@ def _training_config(config: DemoConfig, work: Path, name: str, alpha: float, nu
     ten steps has none, so that a one-step run does take a step)."""
     steps = config.num_train_epochs * math.ceil(num_examples / config.batch_size)
     return TrainingConfig(
-        work / name, alpha=alpha, learning_rate=config.learning_rate, num_train_epochs=config.num_train_epochs,
-        per_device_batch_size=config.batch_size, warmup_steps=int(0.1 * steps), seed=derived_seed(config, "training"),
-        log_every=10_000, disable_tqdm=not config.show_progress,
+        work / safe_file_name(name), alpha=alpha, learning_rate=config.learning_rate,
+        num_train_epochs=config.num_train_epochs, per_device_batch_size=config.batch_size,
+        warmup_steps=int(0.1 * steps), seed=derived_seed(config, "training"), log_every=10_000,
+        disable_tqdm=not config.show_progress,
     )  # fmt: skip
 
 
@@ -90,8 +91,9 @@ def shap_labels(model, split: DemoSplit, config: DemoConfig, work: Path, name: s
         split.dataset, model, split.processor, num_samples=config.label_num_samples,
         seed=derived_seed(config, "labels"), batch_size=config.shap_batch_size,
         explainer=functools.partial(model_kernel_shap, model), value=config.shap_value,
-        output_dir=work / "shap_labels" / name, resume=False, show_progress=config.show_progress,
-        model_id=f"hf_explvec.demo/{name}", image_column="image", label_column="label",
+        output_dir=work / "shap_labels" / safe_file_name(name), resume=False,
+        show_progress=config.show_progress, model_id=f"hf_explvec.demo/{name}",
+        image_column="image", label_column="label",
     )  # fmt: skip
     if labelled["shap_target"] != split.labels.tolist():
         raise RuntimeError(f"label_dataset explained other classes than the labels for {name}.")

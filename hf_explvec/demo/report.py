@@ -13,11 +13,11 @@ import logging
 import math
 import os
 import platform
-import re
 from pathlib import Path
 
 import numpy as np
 
+from .config import safe_file_name
 from .plots import plot_heatmaps, plot_lambda_sweep
 
 logger = logging.getLogger(__name__)
@@ -252,22 +252,6 @@ def illustrated_lambda(target: dict, max_accuracy_drop: float = MAX_ACCURACY_DRO
     floor = next(e for e in sweep if e["lam"] == 0.0)["accuracy"] - max_accuracy_drop - 1e-9
     within = [e["lam"] for e in sweep if e["lam"] > 0 and e["accuracy"] >= floor]
     return (max(within), False) if within else (0.0, True)
-
-
-def safe_file_name(name: str) -> str:
-    r"""
-    A file-name part for a domain or data set name: `/` becomes `--` (`org/name` → `org--name`), every other
-    character outside `[A-Za-z0-9._-]` becomes `-`, and leading dots are dropped, so the result names a file inside
-    the report folder, never a path elsewhere.
-
-    Args:
-        name (`str`): e.g. `"digits_on_photos"`, `"org/name"` or `"name:config"`.
-
-    Returns:
-        `str`: never empty.
-    """
-    safe = re.sub(r"[^A-Za-z0-9._-]", "-", str(name).replace("/", "--")).lstrip(".")
-    return safe or "unnamed"
 
 
 def heatmap_file_name(name: str) -> str:

@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..attribution.vit import model_kernel_shap
+from ._checks import check_positive_int
 from .agreement import accuracy, e_rmse, iou_at_k, select_target, spearman
 from .perturbation import deletion_auc, insertion_auc
 
@@ -98,6 +99,7 @@ def kernel_shap_values(
     """
     if len(split) == 0:
         raise ValueError("the split holds no images; Kernel SHAP needs at least one.")
+    chunk = check_positive_int(chunk, "chunk")
     values, start, device = [], time.perf_counter(), model.device
     for i in tqdm(range(0, len(split), chunk), desc=desc, disable=desc is None, leave=False):
         pixel_values, labels = split.pixel_values[i : i + chunk].to(device), split.labels[i : i + chunk].to(device)
@@ -122,6 +124,7 @@ def forward_attributions(model, split, batch_size: int = 256) -> tuple[torch.Ten
     """
     if len(split) == 0:
         raise ValueError("the split holds no images.")
+    batch_size = check_positive_int(batch_size, "batch_size")
     model.eval()
     start = time.perf_counter()
     logits, attributions = [], []
