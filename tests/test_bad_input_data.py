@@ -203,14 +203,35 @@ def test_label_dataset_bad_input_changes_nothing(
     assert all(torch.equal(weights[name], tensor) for name, tensor in model.state_dict().items())
 
 
-def test_bad_manifest_is_named_and_left(tmp_path, model, processor, digits):
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("[1, 2", r"cannot read the labelling manifest .*manifest.json"),
+        ("[1, 2]", r"the labelling manifest .*manifest.json must hold a JSON object, got list"),
+    ],
+    ids=["garbage", "not-an-object"],
+)
+def test_bad_manifest_is_named_and_left(tmp_path, model, processor, digits, text, match):
     directory = tmp_path / "run"
     directory.mkdir()
-    (directory / "manifest.json").write_text("[1, 2")
+    (directory / "manifest.json").write_text(text)
     files = files_sha256(directory)
-    with pytest.raises(ValueError, match=r"cannot read the labelling manifest .*manifest.json"):
+    with pytest.raises(ValueError, match=match):
         label(digits, model, processor, directory)
     assert files_sha256(directory) == files
+
+
+def test_shard_store_refuses_non_finite_values(tmp_path):
+    from hf_explvec.data.shards import ShardStore
+
+    store = ShardStore(tmp_path / "run", "fingerprint", 3, 4)
+    store.prepare({}, resume=True)
+    files = files_sha256(tmp_path / "run")
+    values = np.zeros((3, 4), dtype=np.float32)
+    values[1, 2] = np.inf
+    with pytest.raises(ValueError, match=r"row 4: its SHAP values are not finite \(NaN or Inf\); shard 1 is not"):
+        store.write(1, np.arange(3, 6), values, np.zeros(3, dtype=np.int64), "sha")
+    assert files_sha256(tmp_path / "run") == files
 
 
 # ---------------------------------------------------------------------------- label_dataset: faults mid-run
