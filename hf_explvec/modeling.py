@@ -190,12 +190,13 @@ class SelfExplainingCLIPVision(PreTrainedModel):
                 f"({batch_size}, {self.num_patches}) along with labels."
             )
         # The loss path: every value check in one synchronisation, the details looked up only on failure.
+        labels = labels.to(pixel_values.device)  # a copy when it moves: the caller's tensor is never modified
         ignored = labels == IGNORE_INDEX
         out_of_range = ((labels < 0) | (labels >= num_classes)) & ~ignored
         flags = [out_of_range.any(), ignored.any(), ~torch.isfinite(pixel_values).all()]
         if shap_values is not None:
-            flags.append(~torch.isfinite(shap_values).all())
-        bad_label, any_ignored, bad_pixels, *bad_shap = torch.stack([f.to("cpu") for f in flags]).tolist()
+            flags.append(~torch.isfinite(shap_values.to(pixel_values.device)).all())
+        bad_label, any_ignored, bad_pixels, *bad_shap = torch.stack(flags).tolist()
         if bad_label:
             row = int(out_of_range.nonzero()[0, 0])
             raise ValueError(
