@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -408,3 +409,25 @@ def test_bad_forward_and_value_fn_outputs(images_3x3):
     with pytest.raises(TypeError, match="value_fn must return a torch.Tensor"):
         kernel_shap(lambda z, i: 0.0, 4, 2, num_samples=8)
     assert min_num_samples(49) == 98
+
+
+@pytest.mark.parametrize(
+    "value, minimum, error, message",
+    [
+        (2.0, 1, TypeError, "n must be an int, got float"),
+        (True, 0, TypeError, "got bool"),
+        (np.bool_(True), 0, TypeError, "got bool"),
+        (0, 1, ValueError, "n must be >= 1, got 0"),
+    ],
+)
+def test_check_int_refuses(value, minimum, error, message):
+    from hf_explvec._validation import check_int
+
+    with pytest.raises(error, match=message):
+        check_int("n", value, minimum)
+
+
+def test_check_int_accepts_numpy_integers():
+    from hf_explvec._validation import check_int
+
+    assert check_int("n", np.int64(3), 1) == 3 and type(check_int("n", np.int64(3), 1)) is int

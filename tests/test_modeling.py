@@ -285,3 +285,15 @@ def test_from_clip_loads_model_and_tokenizer_by_path(clip, tokenizer, tmp_path):
     x = pixels()
     torch.testing.assert_close(by_path(x).logits, by_object(x).logits)
     assert by_path.config.clip_name_or_path == str(tmp_path)
+
+
+def test_pooled_features_accepts_tensors_and_outputs():
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    from hf_explvec.heads import pooled_features
+
+    features = torch.randn(2, 16)
+    assert pooled_features(features) is features
+    assert pooled_features(BaseModelOutputWithPooling(pooler_output=features)) is features
+    with pytest.raises(TypeError, match="pooler_output"):
+        pooled_features((features,))

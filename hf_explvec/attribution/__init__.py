@@ -9,6 +9,10 @@ Two entry points:
 
 The sampler ([`plan_coalitions`], [`sample_coalitions`]) and the constrained solver
 ([`solve_kernel_shap`]) are public for callers that run their own evaluation loop.
+
+`_forward` (package-private, public names) is the one "forward -> score -> target" helper: reading logits from a
+model output, the explained score, target validation and selection, and the refusal of non-finite scores. The
+evaluation metrics and the labelling job use it too.
 """
 
 from .kernel_shap import ValueFunction, kernel_shap, min_num_samples

@@ -17,7 +17,7 @@ coalitions, and `"embedding"` and `"pixel"` give the same values up to float rou
 
 import torch
 
-from .._validation import check_finite_tensor, check_pixel_values
+from .._validation import check_finite_tensor
 from ._forward import VALUE_OPTIONS, check_finite_values, check_targets, score, select_targets
 from .kernel_shap import kernel_shap
 from .patches import make_baseline, patch_kernel_shap
@@ -115,8 +115,7 @@ def model_kernel_shap(
             f"model_kernel_shap explains a SelfExplainingCLIPVision, got {type(model).__name__}; "
             "for any other classifier use patch_kernel_shap(forward_fn, ...)."
         )
-    check_pixel_values(pixel_values)
-    model._check_inputs(pixel_values, None, None)
+    model._check_inputs(pixel_values, None, None)  # the model's own input policy: floating tensors of its size
     check_finite_tensor(pixel_values, "pixel_values", unit="image index")
     vision = model.config.vision_config
     targets = check_targets(target, pixel_values.shape[0], model.config.num_labels, device=pixel_values.device)
