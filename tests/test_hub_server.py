@@ -466,6 +466,31 @@ def test_stopped_hub_refuses_connections_then_serves_the_same_endpoint(local_hub
     _assert_v1_intact(local_hub, *repo_v1)
 
 
+def test_pending_and_cleared_faults(local_hub, repo_v1):
+    local_hub.inject_fault("commit", times=2)
+    local_hub.inject_fault("download", after_bytes=0)
+    assert local_hub.pending_faults() == {"commit": 2, "download": 1}
+    local_hub.clear_faults()
+    assert local_hub.pending_faults() == {}
+    HfApi().upload_file(path_or_fileobj=b"v2", path_in_repo="w.bin", repo_id="org/faulty")  # no fault fires
+    assert local_hub.read_file("org/faulty", "w.bin") == b"v2"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/nothing-here"),
+        ("PUT", "/api/models/org/faulty"),  # a known path with a method it does not take
+        ("GET", "/datasets/org/resolve/main/w.bin"),  # `datasets/` names the type: `org/resolve` is no repo path
+        ("DELETE", "/_lfs/" + "0" * 64),
+    ],
+)
+def test_unknown_routes_answer_404_naming_method_and_path(local_hub, repo_v1, method, path):
+    response = get_session().request(method, local_hub.endpoint + path)
+    assert response.status_code == 404
+    assert response.json()["error"] == f"Local Hub has no route for {method} {path}"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

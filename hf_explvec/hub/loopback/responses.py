@@ -18,9 +18,9 @@ from typing import Any
 from .storage import LOCAL_USER, HubError, HubStorage, check_repo_path, is_sha256
 
 __all__ = [
-    "DropConnection", "Response", "card_data", "commit_answer", "commits_info", "error_response", "file_response",
-    "json_response", "lfs_batch", "list_tree", "parse_commit_payload", "parse_range", "path_info", "preupload",
-    "refs_info", "repo_info", "whoami", "with_last_commit",
+    "REPO_URL_PREFIX", "DropConnection", "Response", "card_data", "commit_answer", "commits_info", "error_response",
+    "file_response", "json_response", "lfs_batch", "list_tree", "parse_commit_payload", "parse_range", "path_info",
+    "preupload", "refs_info", "repo_info", "whoami", "with_last_commit",
 ]  # fmt: skip
 
 REPO_URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}

@@ -28,6 +28,7 @@ import socket
 import tempfile
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -93,24 +94,54 @@ class _Handler(BaseHTTPRequestHandler):
 
         A chunk is a view of a buffer that the next chunk overwrites: `write` must use it before returning.
         """
-        buffer = memoryview(bytearray(_CHUNK))
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            buffer = memoryview(bytearray(_CHUNK))
             while size := int(self.rfile.readline(1024).split(b";")[0].strip() or b"0", 16):
                 self._copy_exact(size, write, buffer)
                 self.rfile.readline(1024)
             while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):  # trailers
                 pass
         else:
-            self._copy_exact(int(self.headers.get("Content-Length") or 0), write, buffer)
+            size = int(self.headers.get("Content-Length") or 0)
+            self._copy_exact(size, write, memoryview(bytearray(min(size, _CHUNK))))  # small bodies: small buffer
         self._body_done = True
 
     def _copy_exact(self, size: int, write: Callable[[bytes], Any], buffer: memoryview) -> None:
-        while size > 0:
-            n = self.rfile.readinto(buffer[: min(size, len(buffer))])
-            if not n:
+        if size > len(buffer):  # a large body (an LFS upload): receive the next chunk while `write` hashes this one
+            return self._copy_pipelined(size, write, buffer)
+        n = self.rfile.readinto(buffer[:size]) or 0
+        while n < size:
+            got = self.rfile.readinto(buffer[n:size])
+            if not got:
                 raise HubError(400, "Request body ended early")
-            write(buffer[:n])
-            size -= n
+            n += got
+        if size:
+            write(buffer[:size])
+
+    def _copy_pipelined(self, size: int, write: Callable[[bytes], Any], buffer: memoryview) -> None:
+        """`_copy_exact` with two buffers: `write` of one runs in a helper thread while the other is received.
+
+        `write` is called in order, one chunk at a time; its exceptions are raised here.
+        """
+        buffers, pending, i = (buffer, memoryview(bytearray(len(buffer)))), None, 0
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="LocalHub-body") as pool:
+            try:
+                while size > 0:
+                    chunk = buffers[i % 2]
+                    n = self.rfile.readinto(chunk[: min(size, len(chunk))])
+                    if not n:
+                        raise HubError(400, "Request body ended early")
+                    if pending is not None:
+                        pending.result()  # the previous chunk is written: its buffer can be filled next
+                    pending = pool.submit(write, chunk[:n])
+                    size, i = size - n, i + 1
+                pending.result()
+            except BaseException:
+                if pending is not None:
+                    pending.cancel()
+                    with contextlib.suppress(BaseException):
+                        pending.result()  # let `write` finish before its buffer is dropped
+                raise
 
     # -- response -------------------------------------------------------------------------------------------------
     def _send(self, response: Response) -> None:
