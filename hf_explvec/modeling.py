@@ -127,8 +127,12 @@ class SelfExplainingCLIPVision(PreTrainedModel):
     def from_pretrained(cls, *args, **kwargs):
         """`PreTrainedModel.from_pretrained` with `use_safetensors=True` by default: pickled `.bin` weights are
         refused."""
+        from .hub.repo import hub_errors  # the model module does not depend on the Hub code
+
         kwargs.setdefault("use_safetensors", True)
-        return super().from_pretrained(*args, **kwargs)
+        name = str(args[0] if args else kwargs.get("pretrained_model_name_or_path"))
+        with hub_errors(name, "model", kwargs.get("revision")):  # a failed connection: HubConnectionError
+            return super().from_pretrained(*args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module):

@@ -10,12 +10,20 @@ import json
 import time
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from huggingface_hub import HfApi, constants
 from transformers import AutoModel
 
-from hf_explvec import HubConnectionError, SelfExplainingCLIPVision, TaskVector, TaskVectorConfig
+from hf_explvec import (
+    HubConnectionError,
+    SelfExplainingCLIPVision,
+    TaskVector,
+    TaskVectorConfig,
+    load_split,
+    push_shap_dataset,
+)
 from hf_explvec.testing import tiny_clip_model
 
 
@@ -47,7 +55,8 @@ def assert_same_tensors(a: dict, b: dict):
 
 def server_state(hub, repo_id):
     """Everything a failed push must leave as it was: commits, repo files and LFS objects, byte for byte."""
-    return hub.commits(repo_id), sha256_files(hub.root / "repos"), sha256_files(hub.root / "lfs")
+    repo_type = "dataset" if repo_id == "org/shap" else "model"
+    return hub.commits(repo_id, repo_type), sha256_files(hub.root / "repos"), sha256_files(hub.root / "lfs")
 
 
 def assert_nothing_partial(hub, repo_id, before, kind="lfs_upload"):
@@ -242,3 +251,81 @@ def test_a_file_given_as_vector_folder_is_refused(local_hub, tmp_path):
 def test_push_to_an_invalid_repo_id_is_refused(local_hub):
     with pytest.raises(ValueError, match="not a valid repo id"):
         make_vector().push_to_hub("org/with space/and/slashes")
+
+
+# ------------------------------------------------------------------------------- group 4: models and data sets
+@pytest.mark.parametrize(
+    ("kind", "after_bytes"),
+    [pytest.param("download", None, id="download-cut"), pytest.param("refused", None, id="connection-refused")],
+)
+def test_model_download_fault_raises_and_leaves_the_cache_clean(local_hub, no_retry_wait, kind, after_bytes):
+    model = make_model()
+    model.push_to_hub("org/model")
+    before = server_state(local_hub, "org/model")
+    if kind == "refused":
+        local_hub.stop()
+    else:
+        local_hub.inject_fault(kind, 40, after_bytes=after_bytes)
+    try:
+        with pytest.raises(HubConnectionError) as info:
+            SelfExplainingCLIPVision.from_pretrained("org/model", force_download=True)
+    finally:
+        if kind == "refused":
+            local_hub.start()
+        local_hub.clear_faults()
+    message_names(info.value, "'org/model'", "'main'", local_hub.endpoint)
+    assert_cache_clean()
+    assert server_state(local_hub, "org/model") == before
+    assert_same_tensors(SelfExplainingCLIPVision.from_pretrained("org/model").state_dict(), model.state_dict())
+
+
+def shap_dataset(seed):
+    generator = torch.Generator().manual_seed(seed)
+    data = {
+        "label": [0, 1, 0, 1],
+        "shap_values": torch.randn(4, 16, generator=generator).tolist(),
+        "shap_target": [0, 1, 0, 1],
+    }
+    return datasets.Dataset.from_dict(data)
+
+
+@pytest.mark.parametrize(("kind", "times", "after_bytes"), PUSH_FAULTS)
+def test_dataset_push_fault_raises_and_keeps_the_earlier_revision(local_hub, no_retry_wait, kind, times, after_bytes):
+    provenance = {"model": "tiny", "num_samples": 8}
+    first = shap_dataset(0)
+    push_shap_dataset(first, "org/shap", provenance=provenance)
+    before = server_state(local_hub, "org/shap")
+    error = push_with_fault(
+        local_hub,
+        lambda: push_shap_dataset(shap_dataset(1), "org/shap", provenance=provenance),
+        kind,
+        times,
+        after_bytes,
+    )
+    message_names(error, "'org/shap'", "'main'", local_hub.endpoint)
+    assert error.repo_type == "dataset"
+    assert_nothing_partial(local_hub, "org/shap", before, kind)
+    loaded = load_split("org/shap", "train", download_mode="force_redownload")
+    assert loaded["shap_values"] == first["shap_values"]
+
+
+@pytest.mark.parametrize(
+    "kind", [pytest.param("download", id="download-cut"), pytest.param("refused", id="connection-refused")]
+)
+def test_dataset_download_fault_raises(local_hub, no_retry_wait, kind):
+    push_shap_dataset(shap_dataset(0), "org/shap", provenance={"model": "tiny"})
+    before = server_state(local_hub, "org/shap")
+    if kind == "refused":
+        local_hub.stop()
+    else:
+        local_hub.inject_fault(kind, 40, after_bytes=0)
+    try:
+        with pytest.raises(HubConnectionError) as info:
+            load_split("org/shap", "train")
+    finally:
+        if kind == "refused":
+            local_hub.start()
+        local_hub.clear_faults()
+    message_names(info.value, "'org/shap'", local_hub.endpoint)
+    assert server_state(local_hub, "org/shap") == before
+    assert [p for p in Path(constants.HF_HUB_CACHE).rglob("*.incomplete")] == []

@@ -87,7 +87,12 @@ def _refused(error: BaseException) -> bool:
     for _ in range(32):  # the chain of causes, however it was built
         if error is None:
             return False
-        if isinstance(error, ConnectionRefusedError) or type(error).__name__ == "ConnectError":
+        if (
+            isinstance(error, ConnectionRefusedError | LocalEntryNotFoundError)
+            or type(error).__name__ == "ConnectError"
+        ):
+            return True
+        if "connection refused" in str(error).lower() or "couldn't reach" in str(error).lower():  # datasets' wording
             return True
         error = error.__cause__ or error.__context__
     return False
@@ -170,9 +175,18 @@ def hub_errors(
         raise mapped from error
 
 
-def raise_hub_error(error: Exception, repo_id: str, repo_type: str, revision: str | None, filename: str | None = None):
-    """Raise [`hub_error`]`(error, ...)`, chained to `error` (kept for callers written before [`hub_errors`])."""
-    mapped = hub_error(error, repo_id, repo_type, revision, filename=filename)
+def raise_hub_error(
+    error: Exception,
+    repo_id: str,
+    repo_type: str,
+    revision: str | None,
+    filename: str | None = None,
+    *,
+    action: str = "download",
+):
+    """Raise [`hub_error`]`(error, ...)` chained to `error`, or `error` itself when it is no Hub client error (for
+    an `except` clause; [`hub_errors`] is the same as a context manager)."""
+    mapped = hub_error(error, repo_id, repo_type, revision, action=action, filename=filename)
     if mapped is error:
         raise error
     raise mapped from error
