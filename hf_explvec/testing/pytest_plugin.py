@@ -13,6 +13,9 @@ def test_push(local_hub):
     model.push_to_hub("org/name")  # goes to local_hub.endpoint; the real Hub is never contacted
     assert "config.json" in local_hub.commits("org/name")[0]["files"]
 ```
+
+To test how code copes with a server that goes away, cut requests with `local_hub.inject_fault("download" |
+"lfs_upload" | "commit", times=...)` or stop the server with `local_hub.stop()` (see [`LocalHub`]).
 """
 
 from collections.abc import Iterator

@@ -214,8 +214,10 @@ class LocalHub:
       [`LocalHub.start`] serves them again on the same port.
 
     Note that `huggingface_hub` retries: it resumes a cut download (up to 5 times in a row without progress, 1 s
-    apart) and retries a cut LFS upload (5 times, with backoff of 1, 2, 4, 8 and 8 s). Inject more faults than it
-    retries (e.g. `times=6` with `after_bytes=0`) to see it give up; one fault shows that it recovers.
+    apart) and retries a cut LFS upload, like most API calls to a stopped server (5 times, with backoff of 1, 2, 4, 8
+    and 8 s); a cut commit is not retried. Inject more faults than it retries (e.g. `times=6` with `after_bytes=0`)
+    to see it give up, and skip its waits in tests (`monkeypatch.setattr(time, "sleep", lambda s: None)`); one fault
+    shows that it recovers.
 
     Example:
         ```py
