@@ -87,9 +87,8 @@ def main():
         return
 
     torch.set_num_threads(torch.get_num_threads())
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {'tiny' if args.tiny else 'ViT-B/32'} vision tower"
-    )
+    tower = "tiny" if args.tiny else "ViT-B/32"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {tower} vision tower")
     print(
         f"{'model dtype':<12} {'params':>12} {'apply_to ms':>12} {'bare add ms':>12} {'ratio':>6}  "
         f"{'apply extra MB':>14} {'bare extra MB':>13} {'largest fp32 MB':>15}"
