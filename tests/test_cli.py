@@ -58,7 +58,10 @@ def _fails(argv, capsys) -> tuple[int, str]:
     with pytest.raises(SystemExit) as exit:
         main(argv)
     err = capsys.readouterr().err
-    return exit.value.code, err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]  # progress bars may share stderr
+    assert len(errors) == 1 and errors[0].startswith("hf-explvec: error: "), err
+    return exit.value.code, errors[0] + "\n"
 
 
 def test_missing_model_folder_is_one_line_and_exit_1(tmp_path, capsys):
