@@ -28,17 +28,7 @@ NUM_SAMPLES = 48  # 3 M for M = 16 patches
 BAD_ROW = 4  # in shard 1 (rows 3..5) with shard_size=3: shard 0 is finished before the fault
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets_cache")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "private_datasets_cache")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
+from conftest import reset_accelerate_state
 
 import hf_explvec._process
 from hf_explvec import SelfExplainingCLIPVision
@@ -29,16 +29,7 @@ tiny = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tiny)
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state_and_one_thread():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "fresh_accelerate_state")
 
 
 def make_config(output_dir, **overrides) -> TrainingConfig:
@@ -383,12 +374,10 @@ def test_unwritable_output_dir_is_refused_before_any_step(unwritable_dir, inside
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A checkpoint of a 2-step run with batch size 8 on 32 examples (alpha 0.8)."""
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     output_dir = tmp_path_factory.mktemp("resume") / "run"
     train(tiny.build_model(), arrow_data(), make_config(output_dir, checkpoint_every=2))
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     return output_dir / "checkpoints" / "step_00000002"
 
 
@@ -544,7 +533,6 @@ def test_a_refused_run_leaves_a_copy_based_workflow_working(tmp_path):
     bad = with_value(arrow_data(), "shap_values", 1, float("nan"))
     with pytest.raises(DatasetFormatError, match="row 1"):
         train(model, bad, make_config(tmp_path / "bad"))
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     result = train(copy.deepcopy(model), arrow_data(), make_config(tmp_path / "good"))
     assert result.global_step == 2 and (tmp_path / "good" / "model.safetensors").is_file()

@@ -36,20 +36,8 @@ _spec.loader.exec_module(tiny)
 NUM_SAMPLES = 48  # 3 M for M = 16 patches: well-posed, fast
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread, as in the scripts' processes, from before the model is built: the head of `from_clip` is a
-    forward pass of the text tower, whose bits (hence the weights hash) depend on the thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    """label_dataset puts its shards in the datasets cache when no output_dir is given."""
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets_cache")
+# One torch thread, as in the scripts' processes: see conftest.one_torch_thread.
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "private_datasets_cache")
 
 
 @pytest.fixture(scope="module")

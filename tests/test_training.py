@@ -10,7 +10,6 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 
 from hf_explvec import SelfExplainingCLIPVision
 from hf_explvec.training import (
@@ -28,18 +27,7 @@ tiny = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tiny)
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state_and_one_thread():
-    """Accelerate keeps process-wide state (mixed precision, accumulation); each test starts from none. One torch
-    thread: the tiny model gains nothing from more, and a second thread on a busy core slows it 10-30x."""
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "fresh_accelerate_state")
 
 
 @pytest.fixture(scope="module")
