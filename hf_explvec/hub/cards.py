@@ -6,7 +6,8 @@ body only) with huggingface_hub's `ModelCard` / `DatasetCard`. The YAML front ma
 whose body still matches its marker is ours, unedited, and is regenerated; any other README (one the user wrote or
 edited) keeps its body and only gets its metadata updated ([`merge_cards`]).
 
-Builders: [`model_card`] (a [`SelfExplainingCLIPVision`]'s config), [`vector_card`] (a [`TaskVector`]'s provenance
+Builders: [`model_card`] (the config of a [`SelfExplainingCLIPVision`] or an
+[`ExplainingCLIPForImageClassification`]), [`vector_card`] (a [`TaskVector`]'s provenance
 and layout) and [`dataset_card`] (a SHAP-labelled data set). They take plain values, so this module imports neither
 the model nor the vector code.
 """
@@ -96,38 +97,74 @@ def _hub_name(name_or_path: str | None) -> str | None:
     return name_or_path if name_or_path and not os.path.isdir(name_or_path) else None
 
 
+SELF_EXPLAINING_MODEL_TYPE = "self_explaining_clip_vision"
+"""`model_type` of [`SelfExplainingCLIPVisionConfig`]; any other config is an explaining linear classifier."""
+
+
+def _explained_metadata(config) -> tuple[list[str] | str | None, str | None, dict | None]:
+    """`base_model`, `base_model_relation` and the provenance record of an explained model (vector applied)."""
+    record = getattr(config, "explainability", None) or None
+    if record is None:
+        return None, None, None
+    bases = [name for name in (_hub_name(record.get("model")), _hub_name(record.get("vector"))) if name]
+    if len(bases) == 2:
+        return bases, "merge", record
+    return (bases[0] if bases else None), None, record
+
+
 def model_card(config, repo_id: str | None = None, eval_results=None) -> ModelCard:
     r"""
-    The card of a self-explaining model (`hub_cards/self_explaining_model.md`).
+    The card of an explaining model: a [`SelfExplainingCLIPVision`] (`hub_cards/self_explaining_model.md`) or an
+    [`ExplainingCLIPForImageClassification`] (`hub_cards/explaining_classifier.md`).
+
+    When an explainability vector was applied (`config.explainability`, written by
+    [`hf_explvec.from_pretrained_with_vector`]), the metadata says `base_model: [the model, the vector]` and
+    `base_model_relation: merge` (Hub names only; a local folder is left out, and with one name left the relation is
+    not stated), and the text names the model, the vector, their revisions and λ.
 
     Args:
-        config ([`SelfExplainingCLIPVisionConfig`]): The model's config (class names, α, CLIP name, patch grid).
+        config ([`SelfExplainingCLIPVisionConfig`] or [`ExplainingCLIPForImageClassificationConfig`]): The model's
+            config (class names, patch grid, provenance).
         repo_id (`str`, *optional*): Where the model lives, for the usage snippet.
         eval_results (`list[huggingface_hub.EvalResult]`, *optional*): Written as `model-index` metadata.
     """
-    clip = config.clip_name_or_path
+    base_model, relation, record = _explained_metadata(config)
+    self_explaining = getattr(config, "model_type", None) == SELF_EXPLAINING_MODEL_TYPE
+    if self_explaining:
+        source = config.clip_name_or_path
+        tags = ["self-explaining", "image-classification"]
+    else:
+        source = getattr(config, "classifier_name_or_path", None)
+        tags = ["explaining-classifier", "image-classification"]
+    if base_model is None:
+        base_model = _hub_name(source)
+    extra = {"base_model_relation": relation} if relation else {}
     data = ModelCardData(
         library_name=LIBRARY_NAME,
         pipeline_tag="image-classification",
-        tags=BASE_TAGS + ["self-explaining", "image-classification"],
-        base_model=_hub_name(clip),
+        tags=BASE_TAGS + tags + (["explainability-vector-applied"] if record else []),
+        base_model=base_model,
         eval_results=eval_results,
         model_name=repo_id if eval_results else None,
+        **extra,
     )
-    names = config.class_names
+    names = list(config.class_names)
+    vision = config.vision_config
     return render_card(
-        "self_explaining_model",
+        "self_explaining_model" if self_explaining else "explaining_classifier",
         data,
-        title=f"Self-explaining CLIP classifier {repo_id or ''}".strip(),
+        title=f"{'Self-explaining' if self_explaining else 'Explaining'} CLIP classifier {repo_id or ''}".strip(),
         repo_id=repo_id or "path/to/this/model",
-        clip_name_or_path=clip,
+        clip_name_or_path=source,
+        source_revision=getattr(config, "classifier_revision", None),
         num_classes=len(names),
         class_preview=", ".join(names[:10]) + (f", … ({len(names) - 10} more)" if len(names) > 10 else ""),
         num_patches=config.num_patches,
         grid_size=config.grid_size,
-        patch_size=config.vision_config.patch_size,
-        image_size=config.vision_config.image_size,
-        alpha=config.alpha,
+        patch_size=vision.patch_size,
+        image_size=vision.image_size,
+        alpha=getattr(config, "alpha", None),
+        explainability=record,
     )
 
 
