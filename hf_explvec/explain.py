@@ -151,13 +151,14 @@ def _check_path(value) -> Path:
 
 def _tensor_items(tensor: torch.Tensor, start: int, where: str) -> list[_Item]:
     """The images of a tensor, by the documented policy (float: pixel_values; uint8: raw pixels, channels first)."""
+    shape = tuple(tensor.shape)
     if tensor.is_floating_point():
         if tensor.dim() == 3:
             tensor = tensor.unsqueeze(0)
         if tensor.dim() != 4 or tensor.shape[1] != 3 or tensor.shape[0] == 0:
             raise ValueError(
                 f"{where}: a floating-point tensor is processed pixel_values of shape (3, H, W) or (batch_size, 3, H, "
-                f"W), got shape {tuple(tensor.shape)}."
+                f"W), got shape {shape}."
             )
         finite = torch.isfinite(tensor.detach()).flatten(1).all(dim=1)
         if not bool(finite.all()):
@@ -172,7 +173,7 @@ def _tensor_items(tensor: torch.Tensor, start: int, where: str) -> list[_Item]:
         if tensor.dim() != 4 or tensor.shape[1] not in (1, 3, 4) or tensor.shape[0] == 0 or 0 in tensor.shape[2:]:
             raise ValueError(
                 f"{where}: a uint8 tensor is raw pixels, channels first: (C, H, W) or (batch_size, C, H, W) with C in "
-                f"1, 3 or 4, got shape {tuple(tensor.shape)} (a numpy array is read channels last, as PIL does)."
+                f"1, 3 or 4, got shape {shape} (a numpy array is read channels last, as PIL does)."
             )
         rows = tensor.detach().cpu().permute(0, 2, 3, 1).numpy()
         return [_Item(start + i, raw=row) for i, row in enumerate(rows)]
