@@ -31,7 +31,14 @@ from .perturbation import deletion_auc, insertion_auc
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["evaluate_model", "explanation_metrics", "forward_attributions", "kernel_shap_values", "select_lambda"]
+__all__ = [
+    "eligible_lambdas",
+    "evaluate_model",
+    "explanation_metrics",
+    "forward_attributions",
+    "kernel_shap_values",
+    "select_lambda",
+]
 
 
 def select_lambda(sweep: list[dict], max_accuracy_drop: float = 0.04) -> float:
@@ -64,9 +71,17 @@ def select_lambda(sweep: list[dict], max_accuracy_drop: float = 0.04) -> float:
     if not baseline:
         lams = [entry["lam"] for entry in sweep]
         raise ValueError(f"the sweep needs a lam = 0 entry (the prediction-only target), got {lams}.")
-    floor = baseline[0]["accuracy"] - max_accuracy_drop - 1e-9  # 1e-9: a drop of exactly the tolerance is within it
-    eligible = [entry for entry in sweep if entry["accuracy"] >= floor or entry["lam"] == 0.0]
+    allowed = set(eligible_lambdas(sweep, max_accuracy_drop))
+    eligible = [entry for entry in sweep if entry["lam"] in allowed]
     return min(eligible, key=lambda entry: (entry["e_rmse"], entry["lam"]))["lam"]
+
+
+def eligible_lambdas(sweep: list[dict], max_accuracy_drop: float) -> list[float]:
+    r"""The λ2 that [`select_lambda`] chooses among: accuracy within `max_accuracy_drop` of the λ2 = 0 entry (which
+    `select_lambda` checks to exist), and λ2 = 0 itself."""
+    baseline = next(entry for entry in sweep if entry["lam"] == 0.0)
+    floor = baseline["accuracy"] - max_accuracy_drop - 1e-9  # 1e-9: a drop of exactly the tolerance is within it
+    return [entry["lam"] for entry in sweep if entry["accuracy"] >= floor or entry["lam"] == 0.0]
 
 
 def kernel_shap_values(
