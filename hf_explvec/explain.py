@@ -396,6 +396,35 @@ def _check_shapes(model, pixels: list[torch.Tensor], batch: list[_Item]) -> None
             )
 
 
+def pixel_batches(model, items: Iterator[_Item], image_processor, batch_size: int):
+    r"""
+    The inputs of [`explain`] as batches of model inputs: for each batch of at most `batch_size` items, the items,
+    their `pixel_values` `(B, 3, S, S)` (float32, CPU; raw images through the image processor, resolved on first
+    need by [`resolve_image_processor`]), the input images' `(height, width)` and their view boxes ([`view_box`]).
+    """
+    processor = None
+    while batch := list(islice(items, batch_size)):
+        pixels, sizes, boxes = [], [], []
+        raws = [(i, _open(item)) for i, item in enumerate(batch) if item.pixels is None]
+        if raws:
+            processor = processor or resolve_image_processor(model, image_processor)
+            processed = preprocess(processor, [image for _, image in raws])
+            by_position = {i: row for (i, _), row in zip(raws, processed, strict=True)}
+            raw_sizes = {i: (image.height, image.width) for i, image in raws}
+        for i, item in enumerate(batch):
+            if item.pixels is None:
+                pixels.append(by_position[i])
+                sizes.append(raw_sizes[i])
+                boxes.append(view_box(processor, *raw_sizes[i]))
+            else:
+                pixels.append(item.pixels.float().cpu())
+                height, width = item.pixels.shape[-2:]
+                sizes.append((int(height), int(width)))
+                boxes.append((0.0, 0.0, float(width), float(height)))
+        _check_shapes(model, pixels, batch)
+        yield batch, torch.stack(pixels), sizes, boxes
+
+
 def explaining_outputs(model, pixel_values: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     r"""
     `logits` `(B, C)` and `patch_attributions` `(B, C, M)` of one forward pass of an explaining model, checked.
@@ -509,33 +538,14 @@ def explain(
         if isinstance(target, Sequence) and not isinstance(target, str):
             target = torch.as_tensor(np.asarray(target))
         targets = check_targets(target, count, len(names))
-    processor = None
     device = _model_device(model)
     results: list[Explanation] = []
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            while batch := list(islice(items, batch_size)):
-                pixels, sizes, boxes = [], [], []
-                raws = [(i, _open(item)) for i, item in enumerate(batch) if item.pixels is None]
-                if raws:
-                    processor = processor or resolve_image_processor(model, image_processor)
-                    processed = preprocess(processor, [image for _, image in raws])
-                    by_position = {i: row for (i, _), row in zip(raws, processed, strict=True)}
-                    raw_sizes = {i: (image.height, image.width) for i, image in raws}
-                for i, item in enumerate(batch):
-                    if item.pixels is None:
-                        pixels.append(by_position[i])
-                        sizes.append(raw_sizes[i])
-                        boxes.append(view_box(processor, *raw_sizes[i]))
-                    else:
-                        pixels.append(item.pixels)
-                        height, width = item.pixels.shape[-2:]
-                        sizes.append((int(height), int(width)))
-                        boxes.append((0.0, 0.0, float(width), float(height)))
-                _check_shapes(model, pixels, batch)
-                logits, attributions = explaining_outputs(model, torch.stack(pixels).to(device), len(names))
+            for batch, pixels, sizes, boxes in pixel_batches(model, items, image_processor, batch_size):
+                logits, attributions = explaining_outputs(model, pixels.to(device), len(names))
                 probabilities = logits.float().softmax(dim=-1).cpu()
                 predicted = probabilities.argmax(dim=-1)
                 chosen = predicted if targets is None else targets[[item.index for item in batch]]
