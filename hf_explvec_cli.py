@@ -84,6 +84,98 @@ def _add_demo_parser(commands, common) -> None:
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
+def _lam(text: str):
+    """`--lam`: a number, or `auto` (chosen on `--validation-images`)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
+_MODEL_HELP = (
+    "your classifier: a Hub repo id or local folder of a CLIPForImageClassification (or of a CLIPModel, with "
+    "--class-names for zero-shot, or a self-explaining model)"
+)
+_VECTOR_HELP = "the explainability vector: a Hub repo id or a local folder saved by TaskVector.save_pretrained"
+
+
+def _add_vector_options(parser) -> None:
+    """The options `explain` and `apply` share: which model, which vector, which λ, the base check."""
+    parser.add_argument("--model", required=True, help=_MODEL_HELP)
+    parser.add_argument("--model-revision", default=None, help="branch, tag or commit of --model (default: main)")
+    parser.add_argument("--vector", required=True, help=_VECTOR_HELP)
+    parser.add_argument("--revision", default=None, help="branch, tag or commit of --vector (default: main)")
+    parser.add_argument(
+        "--class-names",
+        default=None,
+        help="comma-separated class names: explain a zero-shot CLIPModel with these classes (its text head)",
+    )
+    parser.add_argument(
+        "--no-base-check",
+        action="store_true",
+        help="apply the vector even if --model does not descend from the vector's base model (not advised)",
+    )
+
+
+def _add_explain_parser(commands, common) -> None:
+    explain = commands.add_parser(
+        "explain",
+        parents=[common],
+        help="explain images with your classifier plus an explainability vector: JSON and one overlay PNG per image",
+        description="Load --model and --vector by name, add λ·vector to the model, and explain each IMAGE: the "
+        "predicted class, its probability and the patch attribution grid. Writes OUTPUT_DIR/explanations.json (a "
+        'list with one entry per image: {"image": path, "label": predicted class name, "score": its probability, '
+        '"attributions": the g×g grid, row-major, "overlay": the PNG}) and one overlay PNG per image.',
+        epilog="λ: --lam X uses X; without --lam the vector's recommended_lam is used (an error if it has none). "
+        "--lam auto sweeps λ on your validation images (--validation-images, required with auto) with choose_lam: "
+        "give a folder with one subfolder per class, named as the model's classes (DIR/cat/1.png, DIR/dog/2.png), "
+        "and λ is the one with the lowest explanation error whose accuracy stays within --tolerance of λ=0; give a "
+        "folder of images without class subfolders, or a glob ('val/*.jpg'), and prediction agreement with λ=0 "
+        "replaces accuracy. The explanation error is measured against Kernel SHAP on those images (cost: "
+        "--shap-samples forward passes per image and λ).",
+    )
+    explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    _add_vector_options(explain)
+    explain.add_argument("--lam", type=_lam, default=None, help="λ: a number, or 'auto' (see below)")
+    explain.add_argument("--output-dir", default="explanations", help="where to write (default: ./explanations)")
+    explain.add_argument(
+        "--validation-images",
+        default=None,
+        metavar="DIR_OR_GLOB",
+        help="with --lam auto: a folder (class subfolders give labels) or a glob of validation images",
+    )
+    explain.add_argument(
+        "--lambdas", type=float, nargs="+", default=None, help="with --lam auto: the λ grid to sweep (must include 0)"
+    )
+    explain.add_argument(
+        "--tolerance", type=float, default=None, help="with --lam auto: the accuracy (or agreement) drop allowed"
+    )
+    explain.add_argument(
+        "--shap-samples", type=int, default=None, help="with --lam auto: Kernel SHAP samples per image (the reference)"
+    )
+    explain.add_argument("--device", default=None, help="torch device (default: cpu)")
+
+
+def _add_apply_parser(commands, common) -> None:
+    apply = commands.add_parser(
+        "apply",
+        parents=[common],
+        help="add an explainability vector to your classifier and save or push the explained model",
+        description="Load --model and --vector by name, add λ·vector (default λ: the vector's recommended_lam), and "
+        "save the explained model to a folder or push it to the Hub, with its image processor and a card that "
+        "records the model, the vector (id and revision) and λ. It loads back with AutoModel, "
+        'AutoModelForImageClassification and pipeline("image-classification") after `import hf_explvec`.',
+    )
+    _add_vector_options(apply)
+    apply.add_argument("--lam", type=float, default=None, help="λ (default: the vector's recommended_lam)")
+    target = apply.add_mutually_exclusive_group(required=True)
+    target.add_argument("--save-to", default=None, metavar="DIR", help="save the explained model to this folder")
+    target.add_argument("--push-to", default=None, metavar="REPO", help="push the explained model to this repo")
+    apply.add_argument("--private", action="store_true", help="with --push-to: create the repo private")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `hf-explvec` (no heavy imports)."""
     common = argparse.ArgumentParser(add_help=False)
@@ -101,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--seed", type=int, default=0)
     _add_label_parser(commands, common)
     _add_demo_parser(commands, common)
+    _add_explain_parser(commands, common)
+    _add_apply_parser(commands, common)
     return parser
 
 

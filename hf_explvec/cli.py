@@ -6,6 +6,7 @@
 import logging
 import shlex
 import sys
+from pathlib import Path
 
 from hf_explvec_cli import build_parser, main
 
@@ -41,6 +42,122 @@ def _label(args) -> None:
     print(f"labelled {len(labelled)} examples of {args.dataset}[{args.split}] with {args.num_samples} samples each")
 
 
+def _class_names(args) -> list[str] | None:
+    if args.class_names is None:
+        return None
+    names = [name.strip() for name in args.class_names.split(",")]
+    if not all(names):
+        raise ValueError(f"--class-names must be comma-separated non-empty names, got {args.class_names!r}.")
+    return names
+
+
+def _load_for_vector(args):
+    """The explaining model (no vector yet) and the vector, from the names on the command line."""
+    from .explained_model import load_explaining_model
+    from .task_vector import TaskVector
+
+    vector = TaskVector.from_pretrained(args.vector, revision=args.revision)  # first: small, and fails fast
+    model = load_explaining_model(args.model, revision=args.model_revision, class_names=_class_names(args))
+    if args.device:
+        model = model.to(args.device)
+    return model, vector
+
+
+def _apply(model, vector, args, lam) -> None:
+    from .base_check import BaseModelMismatchError
+    from .explained_model import apply_vector
+
+    try:
+        apply_vector(model, vector, lam, check_base=not args.no_base_check)
+    except BaseModelMismatchError as error:  # worded for the command line: the flag, not the keyword argument
+        error.args = (str(error).replace("check_base=False", "--no-base-check"),)
+        raise
+
+
+def _validation_split(pattern: str, model):
+    r"""The validation images of `--lam auto` as a `datasets.Dataset`: a folder with one subfolder per class
+    (`imagefolder`, labels mapped to the model's class ids by name), else a folder of images or a glob (no labels)."""
+    import glob
+    import os
+
+    import datasets
+
+    if os.path.isdir(pattern):
+        subfolders = sorted(entry.name for entry in os.scandir(pattern) if entry.is_dir())
+        if subfolders:
+            label2id = {str(name): int(i) for name, i in model.config.label2id.items()}
+            unknown = [name for name in subfolders if name not in label2id]
+            if unknown:
+                raise ValueError(
+                    f"--validation-images {pattern}: subfolders {unknown} are not classes of the model "
+                    f"({sorted(label2id, key=label2id.get)}); name each subfolder after a class."
+                )
+            split = datasets.load_dataset("imagefolder", data_dir=pattern, split="train")
+            folder_names = split.features["label"].names
+            ids = [label2id[folder_names[i]] for i in split["label"]]
+            return split.remove_columns("label").add_column("label", ids)
+        files = sorted(str(path) for path in Path(pattern).iterdir() if path.is_file())
+    else:
+        files = sorted(glob.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"--validation-images {pattern!r}: no image files found.")
+    return datasets.Dataset.from_dict({"image": files}).cast_column("image", datasets.Image())
+
+
+def _explain(args) -> None:
+    import json
+
+    from .explain import explain, save_overlays
+    from .lam import choose_lam
+
+    missing = [path for path in args.images if not Path(path).is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise FileNotFoundError(f"image file not found: {missing[0]}{more}")
+    if (args.lam == "auto") != (args.validation_images is not None):
+        raise ValueError("--lam auto needs --validation-images (and --validation-images is only used by --lam auto).")
+    model, vector = _load_for_vector(args)
+    lam = args.lam
+    if lam == "auto":
+        split = _validation_split(args.validation_images, model)
+        options = {"lambdas": args.lambdas, "tolerance": args.tolerance, "num_samples": args.shap_samples}
+        result = choose_lam(model, vector, split, **{k: v for k, v in options.items() if v is not None})
+        lam = result.lam
+        print(result.table if hasattr(result, "table") else result)
+        print(f"chosen λ = {lam:g}")
+    _apply(model, vector, args, lam)
+    explanations = explain(model, list(args.images))
+    output_dir = Path(args.output_dir)
+    overlays = save_overlays(explanations, None, output_dir)
+    entries = []
+    for path, explanation, overlay in zip(args.images, explanations, overlays, strict=True):
+        entry = explanation.to_dict()
+        entry.update(image=str(path), overlay=str(overlay))
+        entries.append(entry)
+    (output_dir / "explanations.json").write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+    record = model.config.explainability
+    print(f"explained {len(entries)} images with {args.model} + {record['lam']:g} × {args.vector}")
+    for entry in entries:
+        print(f"  {entry['image']}: {entry['label']} ({entry['score']:.1%}) -> {entry['overlay']}")
+    print(f"wrote {output_dir / 'explanations.json'}")
+
+
+def _apply_command(args) -> None:
+    model, vector = _load_for_vector(args)
+    _apply(model, vector, args, args.lam)
+    record = model.config.explainability
+    what = f"{args.model} + {record['lam']:g} × {args.vector}"
+    if args.save_to:
+        folder = Path(args.save_to)
+        model.save_pretrained(folder)
+        if not (folder / "README.md").exists():
+            model.generate_model_card().save(folder / "README.md")
+        print(f"saved the explained model ({what}) to {folder}")
+    else:
+        commit = model.push_to_hub(args.push_to, private=args.private or None)
+        print(f"pushed the explained model ({what}) to {args.push_to} at {commit.oid}")
+
+
 _DEMO_OPTIONS = {  # argparse name -> DemoConfig field
     "seed": "seed", "threads": "num_threads", "clip": "clip", "source_dataset": "source", "target_dataset": "targets",
     "image_column": "image_column", "label_column": "label_column", "lambdas": "lambdas", "alpha": "alpha",
@@ -73,7 +190,13 @@ def _quickstart(args, argv) -> None:
     print(format_report(run(args.output_dir, steps=args.steps, lam=args.lam, seed=args.seed), args.lam))
 
 
-COMMANDS = {"quickstart": _quickstart, "label": lambda args, argv: _label(args), "demo": _run_demo}
+COMMANDS = {
+    "quickstart": _quickstart,
+    "label": lambda args, argv: _label(args),
+    "demo": _run_demo,
+    "explain": lambda args, argv: _explain(args),
+    "apply": lambda args, argv: _apply_command(args),
+}
 
 
 def run(args, argv=None) -> None:

@@ -156,7 +156,8 @@ def model_card(config, repo_id: str | None = None, eval_results=None) -> ModelCa
         title=f"{'Self-explaining' if self_explaining else 'Explaining'} CLIP classifier {repo_id or ''}".strip(),
         repo_id=repo_id or "path/to/this/model",
         clip_name_or_path=source,
-        source_revision=getattr(config, "classifier_revision", None),
+        classifier_name_or_path=source,
+        classifier_revision=getattr(config, "classifier_revision", None),
         num_classes=len(names),
         class_preview=", ".join(names[:10]) + (f", … ({len(names) - 10} more)" if len(names) > 10 else ""),
         num_patches=config.num_patches,
@@ -174,18 +175,25 @@ def vector_card(
     r"""
     The card of a task vector (`hub_cards/task_vector.md`).
 
+    Its metadata names the vector's base model as `base_model` with `base_model_relation: adapter` (the Hub's relation
+    for weights that are added to a base), when the base is a Hub name. The body reports the storage format and the
+    size of the weights on disk next to the dense size, and how the vector was compressed or merged.
+
     Args:
         provenance (`Mapping`): The fields of its [`TaskVectorConfig`] (`base_model`, `source_dataset`,
-            `recommended_lam`, ...).
-        layout (`Mapping`): `num_parameters`, `num_tensors`, `dtype` and `fingerprint` of the weights.
+            `recommended_lam`, `sparsify_method`, `density`, `rank`, `merge`, ...).
+        layout (`Mapping`): `num_parameters`, `num_tensors`, `dtype` and `fingerprint` of the weights, and their
+            storage `format` and `storage_bytes` when known.
         repo_id (`str`, *optional*): Where the vector lives, for the usage snippet.
         revision (`str`, *optional*): The branch it is pushed to, for the usage snippet.
     """
     lam = provenance.get("recommended_lam")
+    base_model = _hub_name(provenance.get("base_model"))
     data = ModelCardData(
         library_name=LIBRARY_NAME,
         tags=BASE_TAGS + ["task-vector", "explainability-vector"],
-        base_model=_hub_name(provenance.get("base_model")),
+        base_model=base_model,
+        base_model_relation="adapter" if base_model else None,
         datasets=[provenance["source_dataset"]] if provenance.get("source_dataset") else None,
     )
     return render_card(
@@ -199,8 +207,53 @@ def vector_card(
         num_tensors=layout["num_tensors"],
         dtype=layout["dtype"],
         fingerprint=layout["fingerprint"],
+        storage=_storage_description(provenance, layout),
+        compressed=layout.get("format", "dense") != "dense",
+        merged_from=_merge_description(provenance.get("merge")),
         **provenance,
     )
+
+
+_DTYPE_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def _format_bytes(n: int) -> str:
+    """`n` bytes as B, kB, MB or GB (powers of 1000, as the Hub shows file sizes)."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def _storage_description(provenance: Mapping, layout: Mapping) -> str:
+    """E.g. `sparse (magnitude, density 0.1): 17.4 kB of weights on disk, 4.8× smaller than dense (83.8 kB)`."""
+    storage_format = layout.get("format", "dense")
+    how = []
+    if provenance.get("sparsify_method"):
+        how.append(f"{provenance['sparsify_method']}, density {provenance.get('density')}")
+    if provenance.get("rank"):
+        how.append(f"rank {provenance['rank']}")
+    text = storage_format.replace("_", "-") + (f" ({'; '.join(how)})" if how else "")
+    nbytes = layout.get("storage_bytes")
+    if nbytes is None:
+        return text
+    text += f": {_format_bytes(nbytes)} of weights on disk"
+    dense = layout["num_parameters"] * _DTYPE_BYTES.get(layout["dtype"], 4)
+    if storage_format != "dense" and nbytes:
+        text += f", {dense / nbytes:.1f}× smaller than dense ({_format_bytes(dense)})"
+    return text
+
+
+def _merge_description(merge: Mapping | None) -> str | None:
+    """E.g. `ties (density 0.2) of org/a@1a2b… (weight 1.0), not recorded (weight 0.5)`, or `None`."""
+    if not merge:
+        return None
+    sources = [
+        f"{source or 'not recorded'} (weight {weight})"
+        for source, weight in zip(merge["sources"], merge["weights"], strict=True)
+    ]
+    density = f" (density {merge['density']})" if merge.get("density") is not None else ""
+    return f"{merge['method']}{density} of {', '.join(sources)}"
 
 
 def dataset_card(repo_id: str, provenance: dict, columns: str, remote_card=None) -> DatasetCard:
