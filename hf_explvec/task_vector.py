@@ -1,6 +1,9 @@
-"""TaskVector: the difference of two CLIP vision feature extractors, its algebra, and applying it to a model.
+"""TaskVector: the difference of two CLIP vision feature extractors, its algebra, its compressed and merged forms,
+and applying it to a model.
 
-Any state dict or module with a CLIP vision tower works; this module does not import the model code.
+Any state dict or module with a CLIP vision tower works; this module does not import the model code. The tensor work
+of compression and merging lives in [`hf_explvec.compression`] (pure functions); this module gives it the vector's
+provenance, checks, files and Hub methods.
 """
 
 import copy
@@ -18,6 +21,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from . import arithmetic as A
+from . import compression as C
+from . import task_vector_compression as TVC
+from .compression import LowRankTensor, SparseTensor
 from .hub import describe_repo, download_snapshot, push_folder, vector_card
 from .task_vector_config import (
     CONFIG_NAME,
@@ -48,7 +54,7 @@ def _named_tensors(obj) -> dict[str, torch.Tensor]:
     raise TypeError(f"expected an nn.Module or a state dict, got {type(obj).__name__}.")
 
 
-class TaskVector:
+class TaskVector(TVC.TaskVectorCompressionMixin):
     r"""
     A task vector τ = θ* − θ over the CLIP vision tower and visual projection.
 
@@ -64,6 +70,13 @@ class TaskVector:
     must have the same keys and shapes, or [`~arithmetic.IncompatibleKeysError`] lists the differences. A vector
     never holds NaN or infinity: construction raises `ValueError` naming the tensors.
 
+    Compressed vectors: each entry is a dense tensor, a [`~compression.SparseTensor`] (from [`~TaskVector.sparsify`])
+    or a [`~compression.LowRankTensor`] (from [`~TaskVector.low_rank`]); [`~TaskVector.merge`] merges several vectors
+    (sum, TIES, DARE-TIES). They save and load in their compact form and `apply_to` adds them without building the
+    dense vector. Scaling (`2 * a`, `-a`, `a / 2`), `to()` and `norm()` work on the stored values and factors and
+    keep them compressed; `+`, `-`, `cosine_similarity` and the merges densify one key at a time and return dense
+    results; `to_dense()` densifies the whole vector.
+
     Hub methods as in transformers and huggingface_hub: `save_pretrained(folder)`, `push_to_hub(repo_id)` and
     `TaskVector.from_pretrained(folder_or_repo_id)`. They are written here rather than inherited from
     `huggingface_hub.ModelHubMixin`: the vector's `config.json` is [`TaskVectorConfig`]'s contract (checked on load),
@@ -71,25 +84,38 @@ class TaskVector:
     the revision and the endpoint ([`hf_explvec.hub.HubConnectionError`] when the connection fails).
 
     Args:
-        vector (`dict[str, torch.Tensor]`):
-            Canonical name -> delta tensor (floating point). Tensors are used as given, not copied.
+        vector (`dict[str, torch.Tensor | SparseTensor | LowRankTensor]`):
+            Canonical name -> delta (floating point), dense or compressed. Tensors are used as given, not copied.
+            Each entry is checked on its own (floating point, not on the meta device, finite); compressed entries
+            through their stored values and factors, without densifying.
         config ([`TaskVectorConfig`], *optional*):
             Provenance.
+
+    Attributes:
+        commit_hash (`str` or `None`): The commit sha a Hub repo's revision resolved to, for a loaded vector.
+        name_or_path (`str` or `None`): The folder or repo id the vector was loaded from.
     """
 
     def __init__(self, vector: dict, config: TaskVectorConfig | None = None):
         if not hasattr(vector, "items") or not vector:
             raise ValueError("a task vector needs a non-empty mapping of parameter name -> tensor.")
-        bad = sorted(k for k, v in vector.items() if not torch.is_tensor(v) or not v.is_floating_point())
+        bad = sorted(
+            k
+            for k, v in vector.items()
+            if not (torch.is_tensor(v) or isinstance(v, SparseTensor | LowRankTensor)) or not v.dtype.is_floating_point
+        )
         if bad:
-            raise TypeError(f"task vector entries must be floating-point tensors; not so: {A.preview(bad)}.")
-        meta = sorted(k for k, v in vector.items() if v.is_meta)
+            raise TypeError(
+                "task vector entries must be floating-point tensors (dense, or compression.SparseTensor / "
+                f"LowRankTensor); not so: {A.preview(bad)}."
+            )
+        meta = sorted(k for k, v in vector.items() if any(t.is_meta for t in TVC.value_parts(v).values()))
         if meta:
             raise ValueError(
                 f"task vector entries must hold data, not meta tensors (no values); on the meta device: "
                 f"{A.preview(meta)}."
             )
-        nonfinite = A.nonfinite_keys(vector)
+        nonfinite = sorted(k for k, v in vector.items() if not TVC.parts_finite(TVC.value_parts(v)))
         if nonfinite:
             raise ValueError(f"task vector holds NaN or Inf in {len(nonfinite)} tensors: {A.preview(nonfinite)}.")
         if config is not None and not isinstance(config, TaskVectorConfig):
@@ -97,6 +123,13 @@ class TaskVector:
         self._vector = dict(sorted(vector.items()))
         self.config = config if config is not None else TaskVectorConfig()
         self.commit_hash: str | None = None
+        self.name_or_path: str | None = None
+
+    def _with(self, vector: dict, config: TaskVectorConfig | None = None) -> "TaskVector":
+        """A new vector of `vector` with `config` (this one's by default) that keeps where this one was loaded from."""
+        new = TaskVector(vector, self.config if config is None else config)
+        new.commit_hash, new.name_or_path = self.commit_hash, self.name_or_path
+        return new
 
     # ----------------------------------------------------------------------------------------------- creation
     @classmethod
@@ -143,7 +176,9 @@ class TaskVector:
     def _binary(self, other, op) -> "TaskVector":
         if not isinstance(other, TaskVector):
             return NotImplemented
-        return TaskVector(A.combine(self._vector, other._vector, op), combined_provenance(self.config, other.config))
+        A.check_same_layout(self._vector, other._vector, "the two task vectors")
+        combined = {k: op(C.to_dense(v), C.to_dense(other._vector[k])) for k, v in self._vector.items()}
+        return TaskVector(combined, combined_provenance(self.config, other.config))
 
     def __add__(self, other):
         return self._binary(other, torch.add)
@@ -163,7 +198,14 @@ class TaskVector:
         if isinstance(factor, TaskVector) or not isinstance(factor, numbers.Number):
             return NotImplemented
         factor = _check_scalar(factor, "the scaling factor")
-        return TaskVector(A.scale(self._vector, factor), dataclasses.replace(self.config, recommended_lam=None))
+        scaled = {k: TVC.scaled_parts(v, factor) for k, v in self._vector.items()}
+        nonfinite = sorted(k for k, parts in scaled.items() if not TVC.parts_finite(parts))
+        if nonfinite:
+            raise ValueError(
+                f"{factor!r} * task vector holds NaN or Inf in {len(nonfinite)} tensors: {A.preview(nonfinite)}."
+            )
+        vector = {k: TVC.rebuild(self._vector[k], parts) for k, parts in scaled.items()}
+        return TaskVector(vector, dataclasses.replace(self.config, recommended_lam=None))
 
     __rmul__ = __mul__
 
@@ -176,29 +218,41 @@ class TaskVector:
         return self * (1.0 / divisor)
 
     def norm(self) -> float:
-        """L2 norm of the vector (all tensors as one flat vector), accumulated in float64."""
-        return A.global_norm(self._vector)
+        """L2 norm of the vector (all tensors as one flat vector), accumulated in float64 (compressed entries are
+        not densified)."""
+        return math.sqrt(math.fsum(TVC.squared_norm(v) for v in self._vector.values()))
 
     def cosine_similarity(self, other: "TaskVector") -> float:
-        """Cosine of the angle between two vectors with the same keys and shapes."""
+        """Cosine of the angle between two vectors with the same keys and shapes (compressed entries are densified
+        one key at a time)."""
         if not isinstance(other, TaskVector):
             raise TypeError(f"cosine_similarity takes a TaskVector, got {type(other).__name__}.")
+        A.check_same_layout(self._vector, other._vector, "the two task vectors")
         denominator = self.norm() * other.norm()
         if denominator == 0:
             raise ValueError("the cosine similarity is undefined for a zero task vector.")
-        return max(-1.0, min(1.0, A.dot(self._vector, other._vector) / denominator))
+        dot = math.fsum(
+            float(torch.dot(C.to_dense(v).flatten().double(), C.to_dense(other._vector[k]).flatten().double()))
+            for k, v in self._vector.items()
+        )
+        return max(-1.0, min(1.0, dot / denominator))
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "TaskVector":
-        """A copy in another floating dtype and/or on another device (tensors already there are shared)."""
+        """A copy in another floating dtype and/or on another device (tensors already there are shared); compressed
+        entries stay compressed (their indices keep their integer dtype)."""
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}.")
-        moved = TaskVector({k: v.to(device=device, dtype=dtype) for k, v in self._vector.items()}, self.config)
-        moved.commit_hash = self.commit_hash
-        return moved
+        moved = {
+            k: TVC.rebuild(v, {name: t.to(device=device, dtype=dtype) for name, t in TVC.value_parts(v).items()})
+            for k, v in self._vector.items()
+        }
+        return self._with(moved)
 
     # ------------------------------------------------------------------------------------------ introspection
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Canonical name -> delta. A new dict holding the vector's own tensors (not copies)."""
+    def state_dict(self) -> dict[str, C.Entry]:
+        """Canonical name -> delta. A new dict holding the vector's own entries (not copies): dense tensors, or
+        [`~compression.SparseTensor`] / [`~compression.LowRankTensor`] in a compressed vector (`to_dense()` first
+        for tensors only)."""
         return dict(self._vector)
 
     def keys(self) -> list[str]:
@@ -213,7 +267,8 @@ class TaskVector:
 
     @property
     def num_parameters(self) -> int:
-        return sum(v.numel() for v in self._vector.values())
+        """Number of values of the dense vector (compressed entries count their dense shape)."""
+        return sum(math.prod(v.shape) for v in self._vector.values())
 
     @property
     def dtype(self) -> torch.dtype:
@@ -226,7 +281,11 @@ class TaskVector:
         return A.layout_fingerprint(self._vector)
 
     def __repr__(self) -> str:
-        return f"TaskVector({len(self)} tensors, {self.num_parameters:,} parameters, dtype={self.dtype}, {self.config})"
+        storage = "" if self.storage_format == "dense" else f", {self.storage_format} ({self.storage_nbytes:,} bytes)"
+        return (
+            f"TaskVector({len(self)} tensors, {self.num_parameters:,} parameters, dtype={self.dtype}{storage}, "
+            f"{self.config})"
+        )
 
     # -------------------------------------------------------------------------------------------------- apply
     def apply_to(self, model: nn.Module, lam: float = 1.0, inplace: bool = True, strict: bool = True) -> nn.Module:
@@ -238,7 +297,8 @@ class TaskVector:
         whatever their prefix. The vector's projection is applied where the model has a visual projection and
         skipped where it has none. Each update is computed in float32 and written back in the parameter's dtype and
         on its device, one tensor at a time: besides the model and the vector, at most one parameter-sized tensor is
-        in flight (none for float32 parameters on the vector's device).
+        in flight (none for float32 parameters on the vector's device). A compressed vector is never densified:
+        sparse entries are added with `index_add_`, low-rank ones with `addmm_` ([`~compression.add_scaled_`]).
 
         Everything is checked before anything is written: on a bad input the model is left exactly as it was. This
         includes the result itself: if `θ + lam·τ` would not be finite in a parameter's dtype (e.g. float16 with a
@@ -279,12 +339,12 @@ class TaskVector:
         try:
             with torch.no_grad():
                 for target, delta in pairs.values():
-                    A.add_scaled_(target, delta, lam)
+                    C.add_scaled_(target, delta, lam)
                     done.append((target, delta))
         except BaseException:
             with torch.no_grad():  # best effort: undo what was written (exact up to float rounding)
                 for target, delta in done:
-                    A.add_scaled_(target, delta, -lam)
+                    C.add_scaled_(target, delta, -lam)
             raise
         return model
 
@@ -298,7 +358,7 @@ class TaskVector:
             )
         with torch.no_grad():
             overflow = [(target.dtype, key) for key, (target, delta) in pairs.items()
-                        if not A.scaled_sum_is_finite(target, delta, lam)]  # fmt: skip
+                        if not TVC.scaled_sum_is_finite(target, delta, lam)]  # fmt: skip
         if overflow:
             dtypes = sorted({str(dtype).removeprefix("torch.") for dtype, _ in overflow})
             raise ValueError(
@@ -343,23 +403,27 @@ class TaskVector:
 
     # -------------------------------------------------------------------------------------------- save / load
     def layout(self) -> dict:
-        """The weights' description written into `config.json` ([`LAYOUT_KEYS`]) and the card."""
+        """The weights' description written into `config.json` ([`LAYOUT_KEYS`]) and the card: dtype, parameter and
+        tensor counts, layout fingerprint, storage `format` and `storage_bytes`."""
         return {
             "dtype": str(self.dtype).removeprefix("torch."),
             "num_parameters": self.num_parameters,
             "num_tensors": len(self),
             "fingerprint": self.fingerprint,
+            "format": self.storage_format,
+            "storage_bytes": self.storage_nbytes,
         }
 
     def _write_files(self, folder: Path, max_shard_size: int | str = "5GB") -> None:
-        """Write the weights (sharded above `max_shard_size`) and `config.json` into `folder`."""
+        """Write the weights (compact entries as [`~compression.encode`] parts, sharded above `max_shard_size`) and
+        `config.json` into `folder`."""
         self.config.validate()
         save_torch_state_dict(
-            self._vector,
+            C.encode(self._vector),
             folder,
             filename_pattern=WEIGHTS_PATTERN,
             max_shard_size=max_shard_size,
-            metadata={"format": "pt", "vector_type": VECTOR_TYPE},
+            metadata={"format": "pt", "vector_type": VECTOR_TYPE, "storage_format": self.storage_format},
         )
         self.config.to_json_file(Path(folder) / CONFIG_NAME, self.layout())
 
@@ -367,7 +431,12 @@ class TaskVector:
         r"""
         Save the vector to a directory: `task_vector.safetensors` (or shards `task_vector-0000i-of-0000n.safetensors`
         with `task_vector.safetensors.index.json` when larger than `max_shard_size`), `config.json` with the
-        provenance, dtype, parameter count and layout fingerprint, and a `README.md` card unless one is there.
+        provenance, dtype, parameter count, layout fingerprint, storage format and size, and a `README.md` card
+        unless one is there.
+
+        A compressed vector is saved compact: a sparse entry as `<name>.indices`, `<name>.values` and `<name>.shape`,
+        a low-rank one as `<name>.lora_a`, `<name>.lora_b` and `<name>.shape` ([`~compression.encode`]); its
+        `config.json` has `format_version` 2. A dense vector keeps `format_version` 1, readable by older hf_explvec.
 
         Args:
             save_directory (`str` or `os.PathLike`): Where to save.
@@ -458,13 +527,16 @@ class TaskVector:
             `FileNotFoundError`: repository, revision or weights not found, or `pretrained_model_name_or_path` is
             neither a folder nor a valid repo id. [`~hf_explvec.hub.HubConnectionError`] (a `ConnectionError`): the
             Hub cannot be reached and nothing is cached, or the connection failed during the download (nothing
-            partial is left in the cache). `ValueError`: corrupted or truncated weights, or a `config.json` that is
-            not JSON, of another kind of vector or of a newer `format_version`. `TypeError`: a mistyped config field.
-            Remote errors name the repo, revision and endpoint.
+            partial is left in the cache). `ValueError`: corrupted or truncated weights (including compact parts
+            that do not fit together), weights of another storage format than `config.json`'s `format`, or a
+            `config.json` that is not JSON, of another kind of vector or of a newer `format_version`. `TypeError`: a
+            mistyped config field. Remote errors name the repo, revision and endpoint.
         """
         source = str(pretrained_model_name_or_path)
         if os.path.isdir(source):
-            return load_vector_folder(source)
+            vector = load_vector_folder(source)
+            vector.name_or_path = source
+            return vector
         folder = download_snapshot(
             source,
             revision=revision,
@@ -478,7 +550,7 @@ class TaskVector:
             vector = load_vector_folder(folder)
         except (FileNotFoundError, TypeError, ValueError) as error:
             raise type(error)(f"{describe_repo(source, 'model', revision)}: {error}") from error
-        vector.commit_hash = folder.name
+        vector.commit_hash, vector.name_or_path = folder.name, source
         return vector
 
 
@@ -518,10 +590,14 @@ def load_vector_folder(folder: str | os.PathLike) -> TaskVector:
     r"""
     Load a [`TaskVector`] saved by `save_pretrained` from a local folder: safetensors only, never pickle.
 
+    Compact files (`format` other than `"dense"` in `config.json`) are rebuilt with [`~compression.decode`], which
+    checks every part.
+
     Raises:
         `FileNotFoundError`: no `config.json` or no `task_vector*.safetensors` in the folder.
-        `ValueError`: the config describes another kind of vector, or the weights do not match the config's
-            parameter count or layout fingerprint (truncated or foreign files).
+        `ValueError` naming the files: the config describes another kind of vector, the weights are corrupted (also
+            compact parts that do not fit together), of another storage format than the config's `format`, or do not
+            match the config's parameter count, storage size or layout fingerprint (truncated or foreign files).
     """
     folder = Path(folder)
     config_path = folder / CONFIG_NAME
@@ -542,20 +618,33 @@ def load_vector_folder(folder: str | os.PathLike) -> TaskVector:
             tensors.update(load_file(folder / name))
         except Exception as error:  # safetensors raises its own error types for corrupt headers
             raise ValueError(f"cannot read {folder / name}: corrupted or truncated safetensors ({error}).") from error
+    where = ", ".join(str(folder / name) for name in files)
+    storage_format = layout.get("format", "dense")
+    if storage_format != "dense" or any(k.endswith(_COMPACT_SUFFIXES) for k in tensors):
+        try:
+            tensors = C.decode(tensors, expected_format=storage_format)
+        except ValueError as error:
+            raise ValueError(
+                f"the weights in {where} do not hold the {storage_format!r} vector its {CONFIG_NAME} describes: {error}"
+            ) from error
     try:
         vector = TaskVector(tensors, config)
     except (TypeError, ValueError) as error:
         raise ValueError(f"the weights in {folder} are not a valid task vector: {error}") from error
-    if (
-        layout.get("fingerprint", vector.fingerprint) != vector.fingerprint
-        or layout.get("num_parameters", vector.num_parameters) != vector.num_parameters
-    ):
+    expected = {k: layout[k] for k in ("fingerprint", "num_parameters", "storage_bytes") if k in layout}
+    found = {"fingerprint": vector.fingerprint, "num_parameters": vector.num_parameters}
+    if "storage_bytes" in expected:
+        found["storage_bytes"] = vector.storage_nbytes
+    if any(expected[k] != found[k] for k in expected):
         raise ValueError(
-            f"the weights in {folder} do not match its {CONFIG_NAME}: expected {layout.get('num_parameters')} "
-            f"parameters with layout {layout.get('fingerprint')}, found {vector.num_parameters} with "
-            f"{vector.fingerprint}."
+            f"the weights in {where} do not match its {CONFIG_NAME}: expected "
+            f"{', '.join(f'{k} {v}' for k, v in sorted(expected.items()))}; found "
+            f"{', '.join(f'{k} {found[k]}' for k in sorted(expected))}."
         )
     return vector
+
+
+_COMPACT_SUFFIXES = (C.INDICES, C.VALUES, C.SHAPE, C.LORA_A, C.LORA_B)
 
 
 def _index_files(index_path: Path) -> list[str]:
