@@ -1,7 +1,9 @@
 """hf_explvec: explainability vectors for CLIP image classifiers (task arithmetic, arXiv 2507.04380).
 
-Importing the package registers [`SelfExplainingCLIPVisionConfig`] and [`SelfExplainingCLIPVision`] with
-transformers' `AutoConfig`, `AutoModel` and `AutoModelForImageClassification`.
+Importing the package registers [`SelfExplainingCLIPVisionConfig`] / [`SelfExplainingCLIPVision`] and
+[`ExplainingCLIPForImageClassificationConfig`] / [`ExplainingCLIPForImageClassification`] with transformers'
+`AutoConfig`, `AutoModel` and `AutoModelForImageClassification`, and [`ImageExplanationPipeline`] as transformers'
+`pipeline("image-explanation")`.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
@@ -9,7 +11,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 from .arithmetic import IncompatibleKeysError
 from .attribution import kernel_shap, patch_kernel_shap
 from .attribution.vit import model_kernel_shap
-from .configuration import SelfExplainingCLIPVisionConfig
+from .classifier import SUPPORTED_MODEL_CLASSES, ExplainingCLIPForImageClassification, explaining_model
+from .configuration import ExplainingCLIPForImageClassificationConfig, SelfExplainingCLIPVisionConfig
 from .data import label_dataset, load_split, push_shap_dataset, shap_provenance
 from .demo.domains import DEFAULT_TRANSFER, DOMAINS, DomainSpec, build_domain, build_domain_dict, generate_domain
 from .evaluation import (
@@ -26,9 +29,17 @@ from .evaluation import (
     select_target,
     spearman,
 )
+from .explained_model import (
+    ImageExplanationPipeline,
+    apply_vector,
+    from_pretrained_with_vector,
+    load_explaining_model,
+    register_pipeline,
+    remove_vector,
+)
 from .heads import DEFAULT_TEMPLATES, build_class_embeddings
 from .hub import HubConnectionError
-from .modeling import SelfExplainingCLIPVision, SelfExplainingOutput, attribution_map
+from .modeling import MissingHeadError, SelfExplainingCLIPVision, SelfExplainingOutput, attribution_map
 from .task_vector import TaskVector, TaskVectorConfig, transfer
 from .training import DatasetFormatError, TrainingConfig, TrainResult, TwinsResult, train, train_twins
 
@@ -37,17 +48,31 @@ __version__ = "0.1.0.dev0"
 AutoConfig.register(SelfExplainingCLIPVisionConfig.model_type, SelfExplainingCLIPVisionConfig, exist_ok=True)
 AutoModel.register(SelfExplainingCLIPVisionConfig, SelfExplainingCLIPVision, exist_ok=True)
 AutoModelForImageClassification.register(SelfExplainingCLIPVisionConfig, SelfExplainingCLIPVision, exist_ok=True)
+register_pipeline()  # pipeline("image-explanation", model=...)
+_CLASSIFIER_CONFIG = ExplainingCLIPForImageClassificationConfig
+AutoConfig.register(_CLASSIFIER_CONFIG.model_type, _CLASSIFIER_CONFIG, exist_ok=True)
+AutoModel.register(_CLASSIFIER_CONFIG, ExplainingCLIPForImageClassification, exist_ok=True)
+AutoModelForImageClassification.register(_CLASSIFIER_CONFIG, ExplainingCLIPForImageClassification, exist_ok=True)
 
 __all__ = [
+    "remove_vector",
+    "load_explaining_model",
+    "from_pretrained_with_vector",
+    "apply_vector",
+    "ImageExplanationPipeline",
     "DEFAULT_TEMPLATES",
     "DEFAULT_TRANSFER",
     "DOMAINS",
     "DomainSpec",
     "DatasetFormatError",
+    "ExplainingCLIPForImageClassification",
+    "ExplainingCLIPForImageClassificationConfig",
     "FidelityResult",
     "HubConnectionError",
     "PerturbationCurve",
     "IncompatibleKeysError",
+    "MissingHeadError",
+    "SUPPORTED_MODEL_CLASSES",
     "SelfExplainingCLIPVision",
     "SelfExplainingCLIPVisionConfig",
     "SelfExplainingOutput",
@@ -63,6 +88,7 @@ __all__ = [
     "build_domain_dict",
     "deletion_auc",
     "e_rmse",
+    "explaining_model",
     "fidelity_sparsity_auc",
     "generate_domain",
     "insertion_auc",

@@ -1,11 +1,54 @@
-"""Configuration of the self-explaining CLIP vision classifier."""
+"""Configurations of the explaining CLIP classifiers: [`SelfExplainingCLIPVisionConfig`] (text-embedding head) and
+[`ExplainingCLIPForImageClassificationConfig`] (the linear head of transformers' `CLIPForImageClassification`), and
+the provenance record `explainability` both carry."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPVisionConfig, PreTrainedConfig
 
-from ._validation import check_probability
+from ._validation import check_finite, check_probability
+
+EXPLAINABILITY_KEYS = ("model", "model_revision", "vector", "vector_revision", "lam")
+"""Keys of a config's `explainability` record: the model and the explainability vector applied to it (names or
+paths and revisions, strings or `None`), and the vector's scaling λ (a finite float)."""
+
+
+def validate_explainability(value) -> dict | None:
+    r"""
+    Check a config's `explainability` record and return it normalised (a new dict, keys in [`EXPLAINABILITY_KEYS`]
+    order, `lam` as a `float`, string keys not given set to `None`).
+
+    Args:
+        value (`dict` or `None`):
+            `{"model": str | None, "model_revision": str | None, "vector": str | None, "vector_revision": str | None,
+            "lam": float}`: which model an explainability vector was applied to, which vector, and with which λ.
+
+    Raises:
+        `TypeError`: not a mapping, a name or revision that is not a string, a `lam` that is not a real number.
+        `ValueError`: unknown keys, no `lam`, or a `lam` that is not finite.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"explainability must be a dict with keys {list(EXPLAINABILITY_KEYS)} or None, got {type(value).__name__}."
+        )
+    unknown = sorted(str(key) for key in value if key not in EXPLAINABILITY_KEYS)
+    if unknown:
+        raise ValueError(f"explainability has unknown keys {unknown}; expected keys {list(EXPLAINABILITY_KEYS)}.")
+    if "lam" not in value:
+        raise ValueError("explainability must record lam, the scaling of the vector that was applied.")
+    record = {}
+    for key in EXPLAINABILITY_KEYS[:-1]:
+        item = value.get(key)
+        if item is not None and not isinstance(item, str):
+            raise TypeError(f"explainability[{key!r}] must be a string or None, got {type(item).__name__}: {item!r}.")
+        record[key] = item
+    record["lam"] = check_finite("explainability['lam']", value["lam"])
+    return record
 
 
 @strict
@@ -32,6 +75,9 @@ class SelfExplainingCLIPVisionConfig(PreTrainedConfig):
             Log of the logit scale. [`SelfExplainingCLIPVision.from_clip`] copies the CLIP model's learned value.
         clip_name_or_path (`str`, *optional*):
             Name or path of the CLIP model the feature extractor and head were taken from (provenance).
+        explainability (`dict`, *optional*):
+            Provenance of an explainability vector applied to the model: `{"model", "model_revision", "vector",
+            "vector_revision", "lam"}` (see [`validate_explainability`]). Checked on construction and on assignment.
 
     Example:
 
@@ -58,6 +104,7 @@ class SelfExplainingCLIPVisionConfig(PreTrainedConfig):
     alpha: float | int = 1.0
     logit_scale_init_value: float | int = 2.6592
     clip_name_or_path: str | None = None
+    explainability: dict | None = None
 
     def __post_init__(self, **kwargs):
         given_id2label = None if self.id2label is None else {int(k): v for k, v in self.id2label.items()}
@@ -77,18 +124,15 @@ class SelfExplainingCLIPVisionConfig(PreTrainedConfig):
         self.alpha = check_probability("alpha", self.alpha)
         if self.projection_dim <= 0:
             raise ValueError(f"projection_dim must be positive, got {self.projection_dim}.")
-        image_size, patch_size = self.vision_config.image_size, self.vision_config.patch_size
-        if not isinstance(image_size, int) or not isinstance(patch_size, int) or image_size % patch_size:
-            raise ValueError(
-                f"vision_config.image_size ({image_size}) must be an int divisible by vision_config.patch_size "
-                f"({patch_size}) so that patches form a square grid."
-            )
+        check_patch_grid(self.vision_config)
 
     def __setattr__(self, name, value):
         # @strict only checks types (and not those of string annotations): check alpha's range on assignment, so
         # that `config.alpha = 1.5` is refused before it changes the loss. (@strict wraps this method.)
         if name == "alpha":
             value = check_probability("alpha", value)
+        elif name == "explainability":
+            value = validate_explainability(value)
         super().__setattr__(name, value)
 
     @property
@@ -100,6 +144,88 @@ class SelfExplainingCLIPVisionConfig(PreTrainedConfig):
     def num_patches(self) -> int:
         """Number of patch tokens M = grid_size**2, the length of the attribution vector of each class."""
         return self.grid_size**2
+
+
+@strict
+class ExplainingCLIPForImageClassificationConfig(PreTrainedConfig):
+    r"""
+    Configuration of an [`ExplainingCLIPForImageClassification`]: transformers' `CLIPForImageClassification` (a CLIP
+    vision tower and a linear classifier on the mean of its patch tokens) that also outputs patch attributions.
+
+    Args:
+        vision_config (`CLIPVisionConfig` or `dict`, *optional*):
+            Configuration of the CLIP vision tower. Defaults to `CLIPVisionConfig()` (ViT-B/32 at 224).
+        id2label (`dict[int, str]`, *optional*):
+            Class names by index, as in any transformers classifier (two classes `LABEL_0`, `LABEL_1` by default);
+            `num_labels` is its length and must be at least 1.
+        classifier_name_or_path (`str`, *optional*):
+            Name or path of the `CLIPForImageClassification` the weights were copied from (provenance).
+        classifier_revision (`str`, *optional*):
+            Its revision (commit sha) when it was loaded from the Hub.
+        explainability (`dict`, *optional*):
+            Provenance of an explainability vector applied to the model: `{"model", "model_revision", "vector",
+            "vector_revision", "lam"}` (see [`validate_explainability`]). Checked on construction and on assignment.
+
+    Example:
+
+    ```python
+    >>> from hf_explvec import ExplainingCLIPForImageClassificationConfig
+    >>> from hf_explvec.testing import TINY_VISION
+
+    >>> config = ExplainingCLIPForImageClassificationConfig(vision_config=TINY_VISION, id2label={0: "cat", 1: "dog"})
+    >>> config.num_labels, config.num_patches
+    (2, 16)
+    ```
+    """
+
+    model_type = "explaining_clip_image_classifier"
+    sub_configs_defaults = {"vision_config": CLIPVisionConfig}
+
+    vision_config: dict | CLIPVisionConfig | None = None
+    classifier_name_or_path: str | None = None
+    classifier_revision: str | None = None
+    explainability: dict | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.label2id is None:
+            self.label2id = {name: i for i, name in self.id2label.items()}
+        if self.num_labels < 1:
+            raise ValueError(
+                f"an ExplainingCLIPForImageClassification needs at least one class (a linear classifier), got "
+                f"num_labels={self.num_labels}."
+            )
+        check_patch_grid(self.vision_config)
+
+    def __setattr__(self, name, value):
+        if name == "explainability":  # @strict wraps this method: types are checked as well
+            value = validate_explainability(value)
+        super().__setattr__(name, value)
+
+    @property
+    def class_names(self) -> list[str]:
+        """The class names in label order (from `id2label`)."""
+        return [self.id2label[i] for i in sorted(self.id2label)]
+
+    @property
+    def grid_size(self) -> int:
+        """Number of patches along each side of the image (`image_size // patch_size`)."""
+        return self.vision_config.image_size // self.vision_config.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        """Number of patch tokens M = grid_size**2, the length of the attribution vector of each class."""
+        return self.grid_size**2
+
+
+def check_patch_grid(vision_config) -> None:
+    """Raise `ValueError` unless the image size is an int divisible by the patch size (a square grid of patches)."""
+    image_size, patch_size = vision_config.image_size, vision_config.patch_size
+    if not isinstance(image_size, int) or not isinstance(patch_size, int) or image_size % patch_size:
+        raise ValueError(
+            f"vision_config.image_size ({image_size}) must be an int divisible by vision_config.patch_size "
+            f"({patch_size}) so that patches form a square grid."
+        )
 
 
 def validate_class_names(class_names) -> None:
@@ -120,4 +246,9 @@ def validate_class_names(class_names) -> None:
         raise ValueError(f"class_names must be distinct; duplicated: {duplicated!r}.")
 
 
-__all__ = ["SelfExplainingCLIPVisionConfig"]
+__all__ = [
+    "EXPLAINABILITY_KEYS",
+    "ExplainingCLIPForImageClassificationConfig",
+    "SelfExplainingCLIPVisionConfig",
+    "validate_explainability",
+]

@@ -44,6 +44,95 @@ IGNORE_INDEX = -100
 """The label that leaves a row out of the cross-entropy (PyTorch's and transformers' `ignore_index`)."""
 
 
+class MissingHeadError(ValueError):
+    r"""
+    A checkpoint lacks the weights of the model's head (or they do not fit it): loading it would build a random head
+    and give meaningless predictions, so nothing is loaded.
+
+    Raised by [`SelfExplainingCLIPVision.from_pretrained`] on a checkpoint without `class_embeddings`,
+    `logit_scale` and `visual_projection.weight` (e.g. a `CLIPForImageClassification` or a `CLIPVisionModel`), and
+    by [`ExplainingCLIPForImageClassification.from_pretrained`] / `from_classifier` on one without
+    `classifier.weight` and `classifier.bias` (e.g. a `CLIPVisionModel` or a `CLIPModel`).
+
+    Attributes:
+        missing_keys (`list[str]`): The head keys the checkpoint lacks.
+    """
+
+    def __init__(self, message: str, missing_keys=()):
+        super().__init__(message)
+        self.missing_keys = sorted(missing_keys)
+
+
+def _loading_info_keys(info: dict) -> set[str]:
+    """Keys that `from_pretrained` initialised at random: missing, or mismatched (with `ignore_mismatched_sizes`)."""
+    mismatched = {key if isinstance(key, str) else key[0] for key in info.get("mismatched_keys") or ()}
+    return set(info.get("missing_keys") or ()) | mismatched
+
+
+def check_head_loaded(model, info: dict, head_keys, name: str, remedy: str) -> None:
+    r"""
+    Raise [`MissingHeadError`] when `from_pretrained` left any of `head_keys` randomly initialised.
+
+    Args:
+        model (`PreTrainedModel`): The freshly loaded model (its config names the checkpoint's architectures).
+        info (`dict`): The loading info from `from_pretrained(..., output_loading_info=True)`.
+        head_keys (`Iterable[str]`): The state-dict keys of the head.
+        name (`str`): The name or path the checkpoint was loaded from.
+        remedy (`str`): What to use instead, appended to the message.
+    """
+    random = _loading_info_keys(info)
+    head_missing = sorted(key for key in head_keys if key in random)
+    if not head_missing:
+        return
+    others = len(random) - len(head_missing)
+    architectures = [a for a in (getattr(model.config, "architectures", None) or []) if a != type(model).__name__]
+    kind = f" (it holds a {', '.join(architectures)} checkpoint)" if architectures else ""
+    raise MissingHeadError(
+        f"{name!r} has no {type(model).__name__} head{kind}: the checkpoint lacks {', '.join(head_missing)}"
+        f"{f' (and {others} other weights)' if others else ''}. Loading it would give a randomly initialised head "
+        f"and meaningless predictions, so nothing was loaded. {remedy}",
+        missing_keys=head_missing,
+    )
+
+
+def load_checked(cls, from_pretrained, args: tuple, kwargs: dict, head_keys, remedy: str):
+    """`from_pretrained(*args, **kwargs)` (transformers') with `use_safetensors=True` by default, Hub failures as
+    [`HubConnectionError`], and a [`MissingHeadError`] instead of a random head."""
+    from .hub.repo import hub_errors  # the model module does not depend on the Hub code
+
+    kwargs.setdefault("use_safetensors", True)
+    want_info = kwargs.pop("output_loading_info", False)
+    name = str(args[0] if args else kwargs.get("pretrained_model_name_or_path"))
+    with hub_errors(name, "model", kwargs.get("revision")):  # a failed connection: HubConnectionError
+        model, info = from_pretrained(*args, output_loading_info=True, **kwargs)
+    check_head_loaded(model, info, head_keys, name, remedy)
+    return (model, info) if want_info else model
+
+
+def save_with_image_processor(model, save, save_directory, image_processor, kwargs: dict) -> None:
+    """`save(save_directory, **kwargs)` (transformers' `save_pretrained`), then the image processor beside the
+    weights (`preprocessor_config.json`): `image_processor`, or [`~hf_explvec.data.images.image_processor_for`]
+    (CLIP's, sized to the model)."""
+    from .data.images import image_processor_for  # lazy: the data code imports `datasets`
+
+    if kwargs.get("push_to_hub"):
+        raise ValueError(
+            f"{type(model).__name__}.save_pretrained(push_to_hub=True) is not supported: call "
+            "model.push_to_hub(repo_id), which uploads the weights, the image processor and the model card in one "
+            "commit. Nothing was written."
+        )
+    if image_processor is None:
+        image_processor = image_processor_for(model)
+    elif not callable(getattr(image_processor, "save_pretrained", None)):
+        raise TypeError(
+            f"image_processor must be a transformers image processor (with save_pretrained), got "
+            f"{type(image_processor).__name__}. Nothing was written."
+        )
+    save(save_directory, **kwargs)
+    if kwargs.get("is_main_process", True):
+        image_processor.save_pretrained(save_directory)
+
+
 @dataclass
 class SelfExplainingOutput(ModelOutput):
     r"""
@@ -123,16 +212,40 @@ class SelfExplainingCLIPVision(PreTrainedModel):
         self.register_buffer("logit_scale", torch.empty(()))
         self.post_init()
 
+    HEAD_KEYS = ("class_embeddings", "logit_scale", "visual_projection.weight")
+    """The state-dict keys of the head: a checkpoint without them is refused by `from_pretrained`."""
+
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained` with `use_safetensors=True` by default: pickled `.bin` weights are
-        refused."""
-        from .hub.repo import hub_errors  # the model module does not depend on the Hub code
+        r"""
+        `PreTrainedModel.from_pretrained` with `use_safetensors=True` by default (pickled `.bin` weights are
+        refused), Hub connection failures raised as [`HubConnectionError`], and no random head: a checkpoint that
+        lacks the head (`class_embeddings`, `logit_scale`, `visual_projection.weight`), such as a
+        `CLIPForImageClassification`, a `CLIPVisionModel` or a `CLIPModel`, raises [`MissingHeadError`] naming the
+        missing keys. Build the model from those with [`ExplainingCLIPForImageClassification.from_classifier`] or
+        [`SelfExplainingCLIPVision.from_clip`] (or [`hf_explvec.explaining_model`]).
+        """
+        remedy = (
+            "For a CLIPForImageClassification use ExplainingCLIPForImageClassification.from_classifier(...); for a "
+            "CLIPModel (zero-shot) use SelfExplainingCLIPVision.from_clip(..., class_names); hf_explvec."
+            "explaining_model picks the right one."
+        )
+        return load_checked(cls, super().from_pretrained, args, kwargs, cls.HEAD_KEYS, remedy)
 
-        kwargs.setdefault("use_safetensors", True)
-        name = str(args[0] if args else kwargs.get("pretrained_model_name_or_path"))
-        with hub_errors(name, "model", kwargs.get("revision")):  # a failed connection: HubConnectionError
-            return super().from_pretrained(*args, **kwargs)
+    def save_pretrained(self, save_directory, *, image_processor=None, **kwargs):
+        r"""
+        transformers' `save_pretrained` (safetensors weights, `config.json`), plus the image processor
+        (`preprocessor_config.json`), so that `pipeline("image-classification", model=save_directory)` works after
+        `import hf_explvec`.
+
+        Args:
+            save_directory (`str` or `os.PathLike`): The folder; created if missing.
+            image_processor (`BaseImageProcessor`, *optional*): The processor to save; defaults to CLIP's, sized to
+                the model ([`hf_explvec.data.images.image_processor_for`]). Pass the one your model was trained with
+                if it differs.
+            kwargs: As in transformers' `save_pretrained` (`push_to_hub=True` is refused: use `push_to_hub`).
+        """
+        save_with_image_processor(self, super().save_pretrained, save_directory, image_processor, kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -418,18 +531,21 @@ class SelfExplainingCLIPVision(PreTrainedModel):
         create_pr: bool = False,
         max_shard_size: int | str = "50GB",
         eval_results=None,
+        image_processor=None,
         **kwargs,
     ):
         r"""
-        Upload the model (safetensors, config) with its card in one commit, like transformers' `push_to_hub`, but
-        with hf_explvec's card: a README already in the repo that someone wrote or edited keeps its text and only gets
-        its metadata updated. After `import hf_explvec`, `AutoModel.from_pretrained(repo_id)` loads it back.
+        Upload the model (safetensors, config, image processor) with its card in one commit, like transformers'
+        `push_to_hub`, but with hf_explvec's card: a README already in the repo that someone wrote or edited keeps its
+        text and only gets its metadata updated. After `import hf_explvec`, `AutoModel.from_pretrained(repo_id)` loads
+        it back and `pipeline("image-classification", model=repo_id)` runs it.
 
         Args:
             repo_id (`str`): The repository; created if missing.
             commit_message, commit_description, private, token, revision, create_pr, max_shard_size: As in
                 transformers' `push_to_hub`.
             eval_results (`list[huggingface_hub.EvalResult]`, *optional*): Results for the card's `model-index`.
+            image_processor (`BaseImageProcessor`, *optional*): As in [`~SelfExplainingCLIPVision.save_pretrained`].
 
         Returns:
             `huggingface_hub.CommitInfo`.
@@ -439,7 +555,7 @@ class SelfExplainingCLIPVision(PreTrainedModel):
         if kwargs:
             raise TypeError(f"push_to_hub got unexpected arguments: {sorted(kwargs)}.")
         return push_folder(
-            lambda folder: self.save_pretrained(folder, max_shard_size=max_shard_size),
+            lambda folder: self.save_pretrained(folder, max_shard_size=max_shard_size, image_processor=image_processor),
             lambda: self.generate_model_card(repo_id, eval_results),
             repo_id,
             revision=revision,
@@ -476,4 +592,4 @@ def attribution_map(outputs: SelfExplainingOutput, target: int | torch.Tensor | 
     return attributions.gather(1, index).view(batch_size, grid, grid)
 
 
-__all__ = ["SelfExplainingCLIPVision", "SelfExplainingOutput", "attribution_map"]
+__all__ = ["MissingHeadError", "SelfExplainingCLIPVision", "SelfExplainingOutput", "attribution_map"]
