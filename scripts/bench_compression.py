@@ -32,6 +32,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -40,7 +41,6 @@ from pathlib import Path
 import torch
 
 from hf_explvec import TaskVector
-from hf_explvec import compression as C
 from hf_explvec.demo import DemoConfig, quick_config
 from hf_explvec.demo.data import load_domain, load_domains
 from hf_explvec.demo.domains import DEFAULT_TRANSFER, DOMAINS
@@ -178,49 +178,41 @@ def apply_vector(models: dict, vector, lam: float, config: DemoConfig):
 
 
 # ------------------------------------------------------------------------------------------------- compression
-# Interim: hf_explvec.compression's pure functions on τ_S's tensors, applied as a dense TaskVector and saved with
-# safetensors (the TaskVector methods for compressed forms are being added).
-def variants(vector: TaskVector, vector2: TaskVector | None) -> list[tuple[str, str, dict]]:
-    """(family, label, entries) of every measured form of τ_S (and the merges with τ_S')."""
-    delta = vector.state_dict()
-    out = [("full", "full", delta)]
+def variants(vector: TaskVector, vector2: TaskVector | None) -> list[tuple[str, str, TaskVector]]:
+    """(family, label, vector) of every measured form of τ_S (and the merges with τ_S'), by TaskVector's methods."""
+    out = [("full", "full", vector)]
     for density in DENSITIES:
-        out.append(("magnitude", f"d={density:g}", C.sparsify_magnitude(delta, density)))
+        out.append(("magnitude", f"d={density:g}", vector.sparsify(density, method="magnitude")))
     for density in DENSITIES:
         generator = torch.Generator().manual_seed(DARE_SEED)
-        out.append(("dare", f"d={density:g}", C.sparsify_random_rescaled(delta, density, generator)))
+        out.append(("dare", f"d={density:g}", vector.sparsify(density, method="random_rescaled", generator=generator)))
     for rank in RANKS:
-        out.append(("low_rank", f"r={rank}", C.low_rank(delta, rank)))
+        out.append(("low_rank", f"r={rank}", vector.low_rank(rank)))
     if vector2 is not None:
-        pair = [delta, vector2.state_dict()]
-        out.append(("merge", "τ_S' alone", pair[1]))
-        out.append(("merge", "sum ½+½", C.sum_merge(pair, [0.5, 0.5])))
-        out.append(("merge", "ties", C.ties_merge(pair, density=MERGE_DENSITY)))
+        pair = [vector, vector2]
+        out.append(("merge", "τ_S' alone", vector2))
+        out.append(("merge", "sum ½+½", TaskVector.merge(pair, weights=[0.5, 0.5], method="sum")))
+        out.append(("merge", "ties", TaskVector.merge(pair, method="ties", density=MERGE_DENSITY)))
         generator = torch.Generator().manual_seed(DARE_SEED)
-        out.append(("merge", "dare_ties", C.dare_ties_merge(pair, density=MERGE_DENSITY, generator=generator)))
+        merged = TaskVector.merge(pair, method="dare_ties", density=MERGE_DENSITY, generator=generator)
+        out.append(("merge", "dare_ties", merged))
     return out
 
 
-def as_vector(form) -> TaskVector:
-    return TaskVector(C.densify(form))
-
-
-def file_size(form, folder: Path) -> tuple[int, int]:
-    """(bytes of the safetensors file, bytes of the whole folder)."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(C.encode(form), folder / "model.safetensors")
+def file_size(vector: TaskVector, folder: Path) -> tuple[int, int]:
+    """(bytes of the safetensors file(s) `save_pretrained` writes, bytes of the whole folder with config and card);
+    the folder is loaded back and must hold the same entries kind (`storage_format`)."""
+    shutil.rmtree(folder, ignore_errors=True)  # only what this save writes is measured
+    vector.save_pretrained(folder)
+    if TaskVector.from_pretrained(folder).storage_format != vector.storage_format:
+        raise RuntimeError(f"{folder} did not load back as a {vector.storage_format} vector")
     files = [p for p in folder.rglob("*") if p.is_file()]
     return sum(p.stat().st_size for p in files if p.suffix == ".safetensors"), sum(p.stat().st_size for p in files)
 
 
-def storage_nbytes(form) -> int:
-    return C.storage_nbytes(form)
-
-
-def relative_error(form, vector: TaskVector) -> float:
-    return C.relative_error(vector.state_dict(), form)
+def relative_error(form: TaskVector, vector: TaskVector) -> float:
+    """`|form - vector| / |vector|` (dense copies)."""
+    return (form.to_dense() - vector).norm() / vector.norm()
 
 
 # ---------------------------------------------------------------------------------------------------------- report
@@ -342,16 +334,16 @@ def main(argv=None):
             full_bytes = full_bytes or sizes[0]
             lams = [(chosen, True)]
             if family == "merge":
-                own = select_lambda(lambda_sweep(models, as_vector(form), config), config.max_accuracy_drop)
+                own = select_lambda(lambda_sweep(models, form, config), config.max_accuracy_drop)
                 if own != chosen:  # else the row at the chosen λ2 is this vector's own choice too
                     lams.append((own, False))
                 label += " (own λ2 too)" if own == chosen else ""
             for lam, at_chosen in lams:
-                model = apply_vector(models, as_vector(form), lam, config)
+                model = apply_vector(models, form, lam, config)
                 metrics, _ = _evaluate(model, test, config, "test_shap", "test", True)
                 rows.append({"family": family, "label": label + ("" if at_chosen else " (own λ2)"), "lam": lam,
                              "at_chosen": at_chosen, "file_bytes": sizes[0], "folder_bytes": sizes[1],
-                             "ratio": full_bytes / sizes[0], "data_bytes": storage_nbytes(form),
+                             "ratio": full_bytes / sizes[0], "data_bytes": form.storage_nbytes,
                              "relative_error": relative_error(form, vector), **metrics})  # fmt: skip
             print(f"[{time.strftime('%H:%M:%S')}] {family} {label} done")
         full = rows[0]
