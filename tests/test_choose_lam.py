@@ -229,3 +229,29 @@ def test_bad_input_is_refused_before_anything_runs(model, vector, reference_is_o
 def test_a_kernel_shap_budget_below_the_minimum_is_refused(model, vector):
     with pytest.raises(ValueError, match="num_samples=8 is too small for 16 players"):
         choose_lam(model, vector, _images(1), lams=[0.0, 1.0], kernel_shap_samples=8)
+
+
+def test_a_users_classifier_is_measured_with_pixel_masking_kernel_shap():
+    from transformers import CLIPForImageClassification
+
+    from hf_explvec import ExplainingCLIPForImageClassification, patch_kernel_shap
+    from hf_explvec.testing import tiny_clip_config
+
+    config = tiny_clip_config()
+    config.id2label = {0: "cat", 1: "dog"}
+    classifier = ExplainingCLIPForImageClassification.from_classifier(CLIPForImageClassification(config).eval())
+    vector = TaskVector.from_models(tiny_clip_model(), tiny_clip_model(seed=2))  # its projection is skipped
+    images, labels = _images(4), torch.tensor([0, 1, 1, 0])
+    before = {k: v.clone() for k, v in classifier.state_dict().items()}
+    choice = choose_lam(classifier, vector, images, labels=labels, lams=[0.0, 0.5], kernel_shap_samples=SAMPLES)
+    assert all(torch.equal(before[k], v) for k, v in classifier.state_dict().items())
+
+    pixels = _pixels(classifier, images)
+    for row in choice.table:
+        current = classifier if row["lam"] == 0 else vector.apply_to(classifier, row["lam"], inplace=False)
+        with torch.no_grad():
+            outputs = current(pixels)
+        shap = patch_kernel_shap(lambda x, m=current: m(x).logits, pixels, labels, patch_size=8,
+                                 num_samples=SAMPLES, seed=0)  # fmt: skip
+        assert row["e_rmse"] == pytest.approx(e_rmse(select_target(outputs.patch_attributions, labels), shap), rel=1e-4)
+        assert row["accuracy"] == pytest.approx(float((outputs.logits.argmax(-1) == labels).float().mean()))

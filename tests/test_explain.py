@@ -295,3 +295,27 @@ def test_bad_input_is_refused_with_a_typed_error_naming_it(model, tmp_path):
         save_overlays([explanation], _images(2, (48, 32)), tmp_path)
     with pytest.raises(ValueError, match="nothing to draw"):
         save_overlays([], None, tmp_path)
+
+
+def test_explains_a_users_classifier_through_its_own_head(tmp_path):
+    from hf_explvec import ExplainingCLIPForImageClassification
+
+    config = tiny_clip_config()
+    config.id2label = {0: "cat", 1: "dog"}
+    classifier = CLIPForImageClassification(config).eval()
+    model = ExplainingCLIPForImageClassification.from_classifier(classifier)
+    images = _images(3, (40, 32))
+    pixels = image_processor_for(model)(images=images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        logits = classifier(pixels).logits
+        attributions = model(pixels).patch_attributions
+    explanations = explain(model, images, upsample=True)
+    predicted = logits.argmax(-1)
+    assert [e.label for e in explanations] == [config.id2label[int(i)] for i in predicted]
+    torch.testing.assert_close(torch.tensor([e.score for e in explanations]), logits.softmax(-1).max(-1).values)
+    grids = torch.stack([e.attributions for e in explanations])
+    torch.testing.assert_close(grids, attributions[torch.arange(3), predicted].view(3, 4, 4))
+    # the classifier's own head per patch: the grid sums to the logit minus the bias
+    torch.testing.assert_close(grids.sum((1, 2)), logits.max(-1).values - classifier.classifier.bias[predicted])
+    assert explanations[0].pixel_attributions.shape == (32, 40) and explanations[0].view_box == (4.0, 0.0, 36.0, 32.0)
+    assert len(save_overlays(explanations, images, tmp_path)) == 3
