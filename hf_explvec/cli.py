@@ -120,10 +120,10 @@ def _explain(args) -> None:
     lam = args.lam
     if lam == "auto":
         split = _validation_split(args.validation_images, model)
-        options = {"lambdas": args.lambdas, "tolerance": args.tolerance, "num_samples": args.shap_samples}
+        options = {"lams": args.lambdas, "max_accuracy_drop": args.tolerance, "kernel_shap_samples": args.shap_samples}
         result = choose_lam(model, vector, split, **{k: v for k, v in options.items() if v is not None})
         lam = result.lam
-        print(result.table if hasattr(result, "table") else result)
+        print(result)  # the table, the rule and the cost
         print(f"chosen λ = {lam:g}")
     _apply(model, vector, args, lam)
     explanations = explain(model, list(args.images))
