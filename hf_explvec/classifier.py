@@ -292,7 +292,7 @@ class ExplainingCLIPForImageClassification(PreTrainedModel):
                 labels = labels.to(logits.device, torch.long)
                 loss = ce_loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
             else:
-                loss = self.loss_function(labels=labels, logits=logits, config=self.config)
+                loss = self.loss_function(labels, logits, self.config)  # as CLIPForImageClassification calls it
         return SelfExplainingOutput(
             loss=loss,
             logits=logits,

@@ -6,18 +6,21 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForImageClassification,
+    CLIPForImageClassification,
     CLIPImageProcessor,
     CLIPVisionConfig,
+    CLIPVisionModel,
     CLIPVisionModelWithProjection,
 )
 
 from hf_explvec import (
+    MissingHeadError,
     SelfExplainingCLIPVision,
     SelfExplainingCLIPVisionConfig,
     attribution_map,
     build_class_embeddings,
 )
-from hf_explvec.testing import TINY_VISION, tiny_clip_model, tiny_clip_tokenizer
+from hf_explvec.testing import TINY_VISION, tiny_clip_config, tiny_clip_model, tiny_clip_tokenizer
 
 NAMES = ["cat", "dog", "bird"]
 
@@ -200,6 +203,8 @@ def test_save_load_round_trip_through_auto_classes(model, tmp_path):
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
     assert not list(tmp_path.glob("*.bin"))
+    processor = CLIPImageProcessor.from_pretrained(tmp_path)  # saved with the model, sized to it
+    assert processor.crop_size == {"height": 32, "width": 32} and processor.size == {"shortest_edge": 32}
     x = pixels()
     expected = model(x)
     for auto in (AutoModel, AutoModelForImageClassification, SelfExplainingCLIPVision):
@@ -297,3 +302,56 @@ def test_pooled_features_accepts_tensors_and_outputs():
     assert pooled_features(BaseModelOutputWithPooling(pooler_output=features)) is features
     with pytest.raises(TypeError, match="pooler_output"):
         pooled_features((features,))
+
+
+def test_explainability_provenance_is_checked_and_round_trips(tmp_path):
+    record = {"model": "org/m", "model_revision": "abc", "vector": "org/v", "vector_revision": None, "lam": 1}
+    config = SelfExplainingCLIPVisionConfig(
+        vision_config=TINY_VISION, projection_dim=16, class_names=NAMES, explainability=record
+    )
+    assert config.explainability == {**record, "lam": 1.0}
+    config.save_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path).explainability == {**record, "lam": 1.0}
+    for bad, error in [
+        ({"lam": float("nan")}, ValueError),
+        ({"model": "org/m"}, ValueError),
+        ({"lam": 1.0, "model": 1}, TypeError),
+        ({"lam": True}, TypeError),
+        ({"lam": 1.0, "extra": 1}, ValueError),
+    ]:
+        with pytest.raises(error, match="explainability"):
+            config.explainability = bad
+        assert config.explainability["lam"] == 1.0  # the old value is kept
+    assert SelfExplainingCLIPVisionConfig(vision_config=TINY_VISION, class_names=NAMES).explainability is None
+
+
+@pytest.mark.parametrize("kind", ["CLIPForImageClassification", "CLIPVisionModel"])
+def test_from_pretrained_refuses_a_checkpoint_without_the_head(kind, tmp_path):
+    """Loading a checkpoint of another class must not build a random head (issue 10)."""
+    config = tiny_clip_config()
+    if kind == "CLIPForImageClassification":
+        config.id2label = dict(enumerate(NAMES))
+        CLIPForImageClassification(config).save_pretrained(tmp_path)
+    else:
+        CLIPVisionModel(config.vision_config).save_pretrained(tmp_path)
+
+    def by_auto_class(path):  # the user's config given: the checkpoint's head is still required
+        config = SelfExplainingCLIPVisionConfig(vision_config=TINY_VISION, class_names=NAMES)
+        return AutoModelForImageClassification.from_pretrained(path, config=config)
+
+    for load, names_kind in ((SelfExplainingCLIPVision.from_pretrained, True), (by_auto_class, False)):
+        with pytest.raises(
+            MissingHeadError, match="lacks class_embeddings, logit_scale, visual_projection.weight"
+        ) as info:
+            load(tmp_path)
+        assert isinstance(info.value, ValueError)
+        assert info.value.missing_keys == ["class_embeddings", "logit_scale", "visual_projection.weight"]
+        message = str(info.value)
+        assert "from_classifier" in message and "from_clip" in message
+        assert (f"it holds a {kind} checkpoint" in message) == names_kind
+
+
+def test_from_pretrained_can_return_the_loading_info(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    loaded, info = SelfExplainingCLIPVision.from_pretrained(tmp_path, output_loading_info=True)
+    assert isinstance(loaded, SelfExplainingCLIPVision) and not info["missing_keys"]
