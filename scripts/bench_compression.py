@@ -86,8 +86,10 @@ def build_demo_models(config: DemoConfig, *, second_source: bool = False, cache:
     settings = {"config": {k: v for k, v in config.to_dict().items() if k not in ("output_dir", "show_progress")},
                 "second_source": second_source}  # fmt: skip
     stamp = None if cache is None else cache / "settings.json"
-    if stamp is not None and stamp.exists() and json.loads(stamp.read_text()) == json.loads(json.dumps(settings)):
-        return _load_models(config, cache, second_source, log)
+    if stamp is not None and stamp.exists():
+        saved = json.loads(stamp.read_text())
+        if saved["config"] == json.loads(json.dumps(settings["config"])) and saved["second_source"] >= second_source:
+            return _load_models(config, cache, second_source, log)
     models = _build_models(config, second_source, log)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
