@@ -645,14 +645,15 @@ def overlay(explanation: Explanation, image=None, *, alpha: float = 0.5, cmap: s
     array = _display_image(image, explanation)
     values = explanation.upsampled().numpy()
     limit = float(np.abs(values).max()) or 1.0  # an all-zero map still gets a valid symmetric scale
-    figure = Figure(figsize=(8.0, 4.0), dpi=dpi, layout="constrained")
+    height, width = explanation.image_size
+    panel = 3.5 * min(max(width / height, 0.5), 2.0)  # panel width in inches, for a 3.5-inch-high image
+    figure = Figure(figsize=(2 * panel + 1.2, 4.3), dpi=dpi, layout="constrained")
     left, right = figure.subplots(1, 2)
     left.imshow(array)
     left.set_title(Path(explanation.image).name if explanation.image else f"image {explanation.index}", fontsize=9)
     right.imshow(array.mean(axis=-1), cmap="gray", vmin=0.0, vmax=1.0)
     heat = right.imshow(values, cmap=cmap, vmin=-limit, vmax=limit, alpha=alpha)
     box_left, box_top, box_right, box_bottom = explanation.view_box
-    height, width = explanation.image_size
     if (box_left, box_top, box_right, box_bottom) != (0.0, 0.0, float(width), float(height)):
         right.add_patch(Rectangle((box_left - 0.5, box_top - 0.5), box_right - box_left, box_bottom - box_top,
                                   fill=False, ec="black", ls="--", lw=1.0))  # fmt: skip
