@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from . import arithmetic as A
+from . import base_check
 from . import compression as C
 from . import task_vector_compression as TVC
 from .compression import LowRankTensor, SparseTensor
@@ -141,7 +142,10 @@ class TaskVector(TVC.TaskVectorCompressionMixin):
             base (`nn.Module` or `dict[str, torch.Tensor]`): The starting model θ (any CLIP model class).
             finetuned (`nn.Module` or `dict[str, torch.Tensor]`): The model θ* after fine-tuning.
             config ([`TaskVectorConfig`], *optional*): Provenance; fields not given are filled from the models'
-                configs when they have them (`_name_or_path`, `alpha`).
+                configs when they have them (`base_model` from the base's `_name_or_path`, `base_model_revision` from
+                its `_commit_hash` when the base was loaded from the Hub, `finetuned_model`, `alpha`). The
+                `base_fingerprint` of `base` is recorded unless given ([`~base_check.base_fingerprint`]: a few kB
+                that let `apply_to` refuse a model that does not descend from the base).
             provenance: Fields of [`TaskVectorConfig`] given as keywords.
 
         Raises:
@@ -166,6 +170,15 @@ class TaskVector(TVC.TaskVectorCompressionMixin):
         base_config, finetuned_config = getattr(base, "config", None), getattr(finetuned, "config", None)
         if config.base_model is None and getattr(base_config, "_name_or_path", None):
             config.base_model = base_config._name_or_path
+        commit = getattr(base_config, "_commit_hash", None)
+        if config.base_model_revision is None and isinstance(commit, str) and commit:
+            if config.base_model == getattr(base_config, "_name_or_path", None):  # the revision of that name
+                config.base_model_revision = commit
+        if config.base_fingerprint is None:
+            try:
+                config.base_fingerprint = base_check.base_fingerprint(base_state)
+            except ValueError as error:  # e.g. a base whose matrices are all constant: nothing to recognise it by
+                logger.warning("from_models: no base fingerprint recorded, apply_to cannot check the base: %s", error)
         if config.finetuned_model is None and getattr(finetuned_config, "_name_or_path", None):
             config.finetuned_model = finetuned_config._name_or_path
         if config.alpha is None and isinstance(getattr(finetuned_config, "alpha", None), float):
@@ -288,7 +301,9 @@ class TaskVector(TVC.TaskVectorCompressionMixin):
         )
 
     # -------------------------------------------------------------------------------------------------- apply
-    def apply_to(self, model: nn.Module, lam: float = 1.0, inplace: bool = True, strict: bool = True) -> nn.Module:
+    def apply_to(
+        self, model: nn.Module, lam: float = 1.0, inplace: bool = True, strict: bool = True, check_base: bool = True
+    ) -> nn.Module:
         r"""
         Add `lam * τ` to the CLIP vision tower (and projection) of `model`: θ ← θ + lam·τ.
 
@@ -302,7 +317,9 @@ class TaskVector(TVC.TaskVectorCompressionMixin):
 
         Everything is checked before anything is written: on a bad input the model is left exactly as it was. This
         includes the result itself: if `θ + lam·τ` would not be finite in a parameter's dtype (e.g. float16 with a
-        large λ), nothing is written.
+        large λ), nothing is written. It also includes the model's descent: a vector that records its base's
+        fingerprint (`config.base_fingerprint`, see [`~base_check.check_base`]) refuses a model that is not its base
+        or a fine-tune of it.
 
         Args:
             model (`nn.Module`): The model to edit.
@@ -312,15 +329,19 @@ class TaskVector(TVC.TaskVectorCompressionMixin):
             strict (`bool`, *optional*, defaults to `True`): Require the vector and the model's vision tower to
                 have the same keys with the same shapes. With `False`, keys missing on either side are skipped with
                 a warning; shape mismatches still raise.
+            check_base (`bool`, *optional*, defaults to `True`): Refuse a model that does not descend from the
+                vector's base (when the vector records a base fingerprint). `False` applies the vector anyway.
 
         Returns:
             `nn.Module`: the edited model (`model` itself when `inplace=True`).
 
         Raises:
-            `TypeError`: `model` is not a module, `lam` is not a real number.
+            `TypeError`: `model` is not a module, `lam` is not a real number, `check_base` is not a bool.
             `ValueError`: `model` has no CLIP vision tower or is on the meta device; `lam` is not finite or the
                 result would not be finite in the parameters' dtype.
             [`~arithmetic.IncompatibleKeysError`]: keys or shapes do not line up (listed).
+            [`~base_check.BaseModelMismatchError`] (a `ValueError`): `model` does not descend from the vector's base;
+                the message names the base and the override, `check_base=False`.
         """
         lam = _check_scalar(lam, "lam")
         if not isinstance(model, nn.Module):
@@ -330,7 +351,12 @@ class TaskVector(TVC.TaskVectorCompressionMixin):
                 f"lam={lam!r} is beyond the float32 range (±{torch.finfo(torch.float32).max:.3e}) in which the update "
                 "is computed; nothing was changed."
             )
+        if not isinstance(check_base, bool):
+            raise TypeError(f"check_base must be a bool, got {type(check_base).__name__}.")
         pairs = self._match(model, strict)
+        self._check_not_meta(model, pairs)
+        if check_base:
+            self._check_base(model)
         self._check_result_finite(model, pairs, lam)
         if not inplace:
             model = copy.deepcopy(model)
@@ -349,13 +375,24 @@ class TaskVector(TVC.TaskVectorCompressionMixin):
         return model
 
     @staticmethod
-    def _check_result_finite(model: nn.Module, pairs: list, lam: float) -> None:
-        """Refuse (before writing) a model on the meta device, or a λ whose result would overflow the dtype."""
+    def _check_not_meta(model: nn.Module, pairs: dict) -> None:
+        """Refuse (before writing) a model on the meta device."""
         if any(target.is_meta for target, _ in pairs.values()):
             raise ValueError(
                 f"the {type(model).__name__} is on the meta device: its parameters hold no values to add the task "
                 "vector to. Load its weights first (e.g. `from_pretrained`, or `to_empty` then `load_state_dict`)."
             )
+
+    def _check_base(self, model: nn.Module) -> None:
+        """Refuse (before writing) a model that does not descend from the vector's base, when it records one."""
+        if self.config.base_fingerprint is None:
+            return
+        state = A.vision_state(model.state_dict(keep_vars=True))
+        base_check.check_base(self.config.base_fingerprint, state, self.config.base_model)
+
+    @staticmethod
+    def _check_result_finite(model: nn.Module, pairs: dict, lam: float) -> None:
+        """Refuse (before writing) a λ whose result would overflow the parameters' dtype."""
         with torch.no_grad():
             overflow = [(target.dtype, key) for key, (target, delta) in pairs.items()
                         if not TVC.scaled_sum_is_finite(target, delta, lam)]  # fmt: skip
@@ -561,6 +598,7 @@ def transfer(
     lam: float = 1.0,
     lam_target: float = 1.0,
     inplace: bool = False,
+    check_base: bool = True,
 ) -> nn.Module:
     r"""
     The explainability transfer of the paper: θ̃ = θ_base + λ1·(θ_T − θ_base) + λ2·τ_S.
@@ -575,15 +613,24 @@ def transfer(
         lam (`float`, *optional*, defaults to 1.0): λ2, the weight of τ_S.
         lam_target (`float`, *optional*, defaults to 1.0): λ1, the weight of the target task vector θ_T − θ_base.
         inplace (`bool`, *optional*, defaults to `False`): Edit `target` itself instead of a copy.
+        check_base (`bool`, *optional*, defaults to `True`): Refuse a `target` that does not descend from the base
+            recorded in `vector` (see [`TaskVector.apply_to`]).
 
     Returns:
         `nn.Module`: θ̃, with `target`'s class, head and dtype.
+
+    Raises:
+        Those of [`TaskVector.apply_to`], before anything is written.
     """
     if lam_target == 1.0:
-        return vector.apply_to(target, lam=lam, inplace=inplace)
+        return vector.apply_to(target, lam=lam, inplace=inplace, check_base=check_base)
+    if not isinstance(check_base, bool):
+        raise TypeError(f"check_base must be a bool, got {type(check_base).__name__}.")
+    if check_base:  # the combined vector below keeps the source's fingerprint only when both bases agree
+        vector._check_base(target)
     # θ_T + (λ1 − 1)(θ_T − θ_base) + λ2 τ_S is the same point, reached from the target in one update.
     combined = (lam_target - 1.0) * TaskVector.from_models(base, target) + lam * vector
-    return combined.apply_to(target, inplace=inplace)
+    return combined.apply_to(target, inplace=inplace, check_base=False)
 
 
 def load_vector_folder(folder: str | os.PathLike) -> TaskVector:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .base_check import validate_base_fingerprint
 from .compression import FORMATS
 
 VECTOR_TYPE = "clip_vision"
@@ -70,6 +71,9 @@ class TaskVectorConfig:
         merge (`dict`, *optional*): How [`TaskVector.merge`] made the vector: `{"method": "sum" | "ties" |
             "dare_ties", "weights": [float, ...], "density": float or None, "sources": [str or None, ...]}`, one
             weight and one source (`"repo_id@commit"`, the fine-tuned model's name, or `None`) per merged vector.
+        base_fingerprint (`dict`, *optional*): A compact fingerprint of the base model's weights
+            ([`~base_check.base_fingerprint`], recorded by [`TaskVector.from_models`]): `apply_to` refuses a model
+            that does not descend from the base. Shown as "recorded" in the repr and the card.
     """
 
     base_model: str | None = None
@@ -82,6 +86,7 @@ class TaskVectorConfig:
     density: float | None = None
     rank: int | None = None
     merge: dict | None = None
+    base_fingerprint: dict | None = None
 
     def __post_init__(self):
         self.validate()
@@ -92,7 +97,8 @@ class TaskVectorConfig:
         Raises:
             `TypeError`: a string field that is not a string, a number field that is not a real number.
             `ValueError`: `alpha` outside [0, 1], a non-finite `alpha` or `recommended_lam`, an unknown
-            `sparsify_method`, a `density` outside (0, 1], a `rank` below 1, a malformed `merge` record.
+            `sparsify_method`, a `density` outside (0, 1], a `rank` below 1, a malformed `merge` record or
+            `base_fingerprint` ([`~base_check.validate_base_fingerprint`], which also raises `TypeError`).
         """
         for name in ("base_model", "base_model_revision", "finetuned_model", "source_dataset"):
             value = getattr(self, name)
@@ -114,6 +120,14 @@ class TaskVectorConfig:
                 raise ValueError(f"{source}: rank must be >= 1, got {self.rank}.")
         if self.merge is not None:
             _check_merge(self.merge, source)
+        if self.base_fingerprint is not None:
+            self.base_fingerprint = validate_base_fingerprint(self.base_fingerprint, source)
+
+    def __repr__(self) -> str:
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if shown["base_fingerprint"] is not None:
+            shown["base_fingerprint"] = "recorded"  # kilobytes of base64 sketches say nothing to a reader
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     def to_dict(self, storage_format: str | None = None) -> dict:
         """The provenance as written in `config.json`: `library_name`, `vector_type`, `format_version` (1 for a
