@@ -476,5 +476,9 @@ def explaining_model(
             )
         return SelfExplainingCLIPVision.from_clip(model, class_names, templates=templates, tokenizer=tokenizer)
     supported = ", ".join(SUPPORTED_MODEL_CLASSES)
-    hint = " (a name or path: load the model first)" if isinstance(model, (str, bytes, os.PathLike)) else ""
+    hint = (
+        " (a name or path: load the model first, e.g. ExplainingCLIPForImageClassification.from_classifier(name))"
+        if isinstance(model, (str, bytes, os.PathLike))
+        else ""
+    )
     raise TypeError(f"explaining_model supports {supported}; got {type(model).__name__}{hint}.")

@@ -136,20 +136,22 @@ def save_with_image_processor(model, save, save_directory, image_processor, kwar
 @dataclass
 class SelfExplainingOutput(ModelOutput):
     r"""
-    Output of [`SelfExplainingCLIPVision`].
+    Output of [`SelfExplainingCLIPVision`] and [`ExplainingCLIPForImageClassification`].
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
             `alpha * ce_loss + (1 - alpha) * attribution_loss` (the second term only when `alpha < 1`).
         logits (`torch.FloatTensor` of shape `(batch_size, num_classes)`):
-            Class logits from the [CLS] embedding through the head (CLIP zero-shot logits).
+            Class logits: from the [CLS] embedding through the text-embedding head (CLIP zero-shot logits) for
+            [`SelfExplainingCLIPVision`]; exactly `CLIPForImageClassification`'s logits for
+            [`ExplainingCLIPForImageClassification`].
         patch_attributions (`torch.FloatTensor` of shape `(batch_size, num_classes, num_patches)`):
-            Attribution of each patch to each class logit; patches in row-major order of the
-            `(grid_size, grid_size)` grid.
-        image_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
-            L2-normalised [CLS] embedding, as CLIP's `image_embeds`.
+            Attribution of each patch to each class logit (the model's head applied to each patch token; see each
+            class for its normalisation); patches in row-major order of the `(grid_size, grid_size)` grid.
+        image_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`, *optional*):
+            L2-normalised [CLS] embedding, as CLIP's `image_embeds` ([`SelfExplainingCLIPVision`] only).
         ce_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
-            Cross-entropy of `logits` against `labels`.
+            Cross-entropy of `logits` against `labels` (single-label classification).
         attribution_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` and `shap_values`
         are given):
             Mean squared error between the label class's patch attributions and `shap_values`.
