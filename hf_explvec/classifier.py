@@ -311,8 +311,10 @@ class ExplainingCLIPForImageClassification(PreTrainedModel):
 
         Args:
             save_directory (`str` or `os.PathLike`): The folder; created if missing.
-            image_processor (`BaseImageProcessor`, *optional*): The processor to save; defaults to CLIP's, sized to
-                the model ([`hf_explvec.data.images.image_processor_for`]). Pass the classifier's own if it differs.
+            image_processor (`BaseImageProcessor`, *optional*): The processor to save. Defaults to the one saved in
+                the local folder the model (or the classifier it was made from) was loaded from, else CLIP's, sized
+                to the model ([`hf_explvec.data.images.image_processor_for`]). For a classifier loaded from the Hub,
+                pass its processor (`AutoImageProcessor.from_pretrained(name)`) if it is not CLIP's.
             kwargs: As in transformers' `save_pretrained` (`push_to_hub=True` is refused: use `push_to_hub`).
         """
         save_with_image_processor(self, super().save_pretrained, save_directory, image_processor, kwargs)

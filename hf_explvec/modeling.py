@@ -26,6 +26,7 @@ Let `z_0` be the [CLS] token and `z_i` (i = 1..M) the patch tokens after CLIP's 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -109,10 +110,21 @@ def load_checked(cls, from_pretrained, args: tuple, kwargs: dict, head_keys, rem
     return (model, info) if want_info else model
 
 
+def saved_processor_folder(config) -> str | None:
+    """The local folder the model (or the classifier or CLIP model it was made from) was loaded from, when it holds
+    an image processor (`preprocessor_config.json`); `None` otherwise. Hub names are not looked up (no network)."""
+    for source in (config._name_or_path, getattr(config, "classifier_name_or_path", None),
+                   getattr(config, "clip_name_or_path", None)):  # fmt: skip
+        if source and os.path.isfile(os.path.join(source, "preprocessor_config.json")):
+            return source
+    return None
+
+
 def save_with_image_processor(model, save, save_directory, image_processor, kwargs: dict) -> None:
     """`save(save_directory, **kwargs)` (transformers' `save_pretrained`), then the image processor beside the
-    weights (`preprocessor_config.json`): `image_processor`, or [`~hf_explvec.data.images.image_processor_for`]
-    (CLIP's, sized to the model)."""
+    weights (`preprocessor_config.json`): `image_processor`; else the one saved in the local folder the model (or its
+    source classifier or CLIP model) was loaded from; else CLIP's, sized to the model
+    ([`~hf_explvec.data.images.image_processor_for`])."""
     from .data.images import image_processor_for  # lazy: the data code imports `datasets`
 
     if kwargs.get("push_to_hub"):
@@ -122,7 +134,7 @@ def save_with_image_processor(model, save, save_directory, image_processor, kwar
             "commit. Nothing was written."
         )
     if image_processor is None:
-        image_processor = image_processor_for(model)
+        image_processor = image_processor_for(model, saved_processor_folder(model.config))
     elif not callable(getattr(image_processor, "save_pretrained", None)):
         raise TypeError(
             f"image_processor must be a transformers image processor (with save_pretrained), got "
@@ -242,9 +254,10 @@ class SelfExplainingCLIPVision(PreTrainedModel):
 
         Args:
             save_directory (`str` or `os.PathLike`): The folder; created if missing.
-            image_processor (`BaseImageProcessor`, *optional*): The processor to save; defaults to CLIP's, sized to
-                the model ([`hf_explvec.data.images.image_processor_for`]). Pass the one your model was trained with
-                if it differs.
+            image_processor (`BaseImageProcessor`, *optional*): The processor to save. Defaults to the one saved in
+                the local folder the model (or the CLIP model it was made from) was loaded from, else CLIP's, sized
+                to the model ([`hf_explvec.data.images.image_processor_for`]). Pass the one your model was trained
+                with if it differs.
             kwargs: As in transformers' `save_pretrained` (`push_to_hub=True` is refused: use `push_to_hub`).
         """
         save_with_image_processor(self, super().save_pretrained, save_directory, image_processor, kwargs)

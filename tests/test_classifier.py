@@ -197,6 +197,24 @@ def test_save_writes_the_given_image_processor(model, tmp_path):
     assert list(CLIPImageProcessor.from_pretrained(tmp_path).image_mean) == [0.5] * 3
 
 
+def test_the_classifiers_own_processor_travels_with_the_model(classifier, tmp_path):
+    """A processor saved with the classifier (here with other mean/std than CLIP's) is kept on each save."""
+    own = CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.25] * 3
+    )
+    classifier.save_pretrained(tmp_path / "classifier")
+    own.save_pretrained(tmp_path / "classifier")
+    ExplainingCLIPForImageClassification.from_classifier(tmp_path / "classifier").save_pretrained(tmp_path / "a")
+    AutoModel.from_pretrained(tmp_path / "a").save_pretrained(tmp_path / "b")
+    for folder in ("a", "b"):
+        saved = CLIPImageProcessor.from_pretrained(tmp_path / folder)
+        assert list(saved.image_mean) == [0.5] * 3 and list(saved.image_std) == [0.25] * 3
+    image = random_images(1)[0]
+    classify = pipeline("image-classification", model=str(tmp_path / "b"))
+    model = AutoModel.from_pretrained(tmp_path / "b")
+    assert classify(image)[0]["label"] == top_label_by_hand(model, own, image)[0]
+
+
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
