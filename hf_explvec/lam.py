@@ -9,7 +9,6 @@ explained, against a small Kernel SHAP budget.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import time
@@ -214,7 +213,7 @@ def choose_lam(
     image_processor=None,
     batch_size: int = 32,
     kernel_shap_batch_size: int = 256,
-    check_base: bool | None = None,
+    check_base: bool = True,
 ) -> LamChoice:
     r"""
     Sweep λ on your validation images and choose it by the paper's rule.
@@ -266,8 +265,9 @@ def choose_lam(
             Images per forward pass.
         kernel_shap_batch_size (`int`, *optional*, defaults to 256):
             Coalitions per forward pass of Kernel SHAP.
-        check_base (`bool`, *optional*):
-            Passed to `vector.apply_to` when given (whether to check that `model` descends from the vector's base).
+        check_base (`bool`, *optional*, defaults to `True`):
+            Refuse a model that does not descend from the vector's base, before anything runs (passed to
+            [`TaskVector.apply_to`]); `False` sweeps anyway.
 
     Returns:
         [`LamChoice`]: the chosen `lam`, the `table`, the `rule` and the cost.
@@ -277,6 +277,8 @@ def choose_lam(
         `ValueError`: no images, `lams` without 0 or with non-finite values, labels out of the model's range, a
             tolerance below 0.
         [`~hf_explvec.arithmetic.IncompatibleKeysError`]: the vector does not fit the model (before anything runs).
+        [`~hf_explvec.base_check.BaseModelMismatchError`] (a `ValueError`): `model` does not descend from the
+            vector's base (with `check_base=True`; before anything runs).
     """
     start = time.perf_counter()
     names = _class_names(model)
@@ -291,11 +293,7 @@ def choose_lam(
     seed = check_int("seed", seed)
     if kernel_shap_samples is not None:
         kernel_shap_samples = check_int("kernel_shap_samples", kernel_shap_samples, 1)
-    apply_kwargs = {}
-    if check_base is not None:
-        if "check_base" not in inspect.signature(vector.apply_to).parameters:
-            raise TypeError("check_base: this TaskVector.apply_to takes no check_base argument.")
-        apply_kwargs["check_base"] = check_base
+    apply_kwargs = {"check_base": check_base}  # apply_to checks its type
 
     count, items = _items(dataset, image_column, batch_size)
     label_ids = _labels_of(dataset, label_column, labels, names, type(model).__name__)

@@ -1,7 +1,6 @@
 """Tests for hf_explvec.lam.choose_lam: the rule on known cases, the table against a hand computation, the unlabeled
 path, the cost, bad input, and the user's model left unchanged."""
 
-import inspect
 import math
 
 import datasets
@@ -220,10 +219,22 @@ def test_bad_input_is_refused_before_anything_runs(model, vector, reference_is_o
         choose_lam(model, vector, wrong)
     with pytest.raises(ValueError, match="max_accuracy_drop must be >= 0"):
         choose_lam(model, vector, images, max_accuracy_drop=-0.1)
-    if "check_base" not in inspect.signature(TaskVector.apply_to).parameters:
-        with pytest.raises(TypeError, match="takes no check_base"):
-            choose_lam(model, vector, images, check_base=False)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_vector_of_another_base_is_refused_unless_check_base_is_false(model, reference_is_other):
+    from hf_explvec.base_check import BaseModelMismatchError
+
+    foreign = TaskVector.from_models(tiny_clip_model(seed=5), tiny_clip_model(seed=6))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(BaseModelMismatchError, match="does not descend from the vector's base"):
+        choose_lam(model, foreign, _images(2), lams=[0.0, 1.0])
+    assert not reference_is_other  # refused before anything was measured
+    choice = choose_lam(model, foreign, _images(2), lams=[0.0, 1.0], check_base=False)
+    assert [r["lam"] for r in choice.table] == [0.0, 1.0]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(TypeError, match="check_base must be a bool"):
+        choose_lam(model, foreign, _images(2), lams=[0.0, 1.0], check_base="no")
 
 
 def test_a_kernel_shap_budget_below_the_minimum_is_refused(model, vector):
@@ -239,7 +250,9 @@ def test_a_users_classifier_is_measured_with_pixel_masking_kernel_shap():
 
     config = tiny_clip_config()
     config.id2label = {0: "cat", 1: "dog"}
-    classifier = ExplainingCLIPForImageClassification.from_classifier(CLIPForImageClassification(config).eval())
+    classifier = CLIPForImageClassification(config).eval()
+    classifier.vision_model.load_state_dict(tiny_clip_model().vision_model.state_dict())  # fine-tuned from the base
+    classifier = ExplainingCLIPForImageClassification.from_classifier(classifier)
     vector = TaskVector.from_models(tiny_clip_model(), tiny_clip_model(seed=2))  # its projection is skipped
     images, labels = _images(4), torch.tensor([0, 1, 1, 0])
     before = {k: v.clone() for k, v in classifier.state_dict().items()}
