@@ -147,12 +147,23 @@ class ExplainingCLIPForImageClassification(PreTrainedModel):
 
         name = os.fsdecode(name)
         kwargs = {"use_safetensors": True, **kwargs}
+        commit = None
         with hub_errors(name, "model", kwargs.get("revision")):
+            if not os.path.isdir(name):  # one commit for config and weights, recorded as the provenance
+                from huggingface_hub import HfApi
+
+                options = {key: kwargs[key] for key in ("cache_dir", "local_files_only") if key in kwargs}
+                resolved = HfApi(token=kwargs.get("token")).resolve_revision(
+                    name, revision=kwargs.get("revision"), **options
+                )
+                kwargs["revision"], commit = resolved, resolved.resolved
             classifier, info = CLIPForImageClassification.from_pretrained(name, output_loading_info=True, **kwargs)
         if not isinstance(classifier.classifier, nn.Linear):
             raise MissingHeadError(_no_linear_head(classifier, name), missing_keys=cls.HEAD_KEYS)
         check_head_loaded(classifier, info, cls.HEAD_KEYS, name, _REMEDY)
-        return cls.from_classifier(classifier), info
+        model = cls.from_classifier(classifier)
+        model.config.classifier_revision = commit
+        return model, info
 
     @classmethod
     def from_classifier(cls, classifier, **from_pretrained_kwargs) -> ExplainingCLIPForImageClassification:
@@ -171,7 +182,8 @@ class ExplainingCLIPForImageClassification(PreTrainedModel):
 
         Returns:
             [`ExplainingCLIPForImageClassification`] in eval mode, in the classifier's dtype and on its device. Its
-            config records the classifier's name or path and, when loaded from the Hub, its commit.
+            config records the classifier's name or path and, when it was loaded here from the Hub, its commit
+            (`classifier_revision`: the revision asked for, resolved once, so config and weights come from it).
 
         Raises:
             `TypeError`: `classifier` is not a `CLIPForImageClassification` (nor a name or path of one).
@@ -212,7 +224,6 @@ class ExplainingCLIPForImageClassification(PreTrainedModel):
             label2id={name: i for i, name in labels.items()},
             problem_type=source.problem_type,
             classifier_name_or_path=source._name_or_path or None,
-            classifier_revision=getattr(source, "_commit_hash", None),
         )
         config._attn_implementation = source._attn_implementation
         model = cls(config).to(device=weight.device, dtype=weight.dtype)

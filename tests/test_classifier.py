@@ -240,6 +240,21 @@ def test_push_to_hub_and_load_by_name(model, local_hub):
 
 
 # ---------------------------------------------------------------------------------------- from_classifier
+def test_from_classifier_by_hub_name_records_name_and_commit(classifier, model, local_hub):
+    from huggingface_hub import HfApi
+
+    classifier.push_to_hub("org/my-classifier")  # transformers' own push
+    commit = HfApi().model_info("org/my-classifier").sha
+    x = pixels()
+    for revision in (None, "main", commit):  # the branch is resolved to its commit, which is recorded
+        loaded = ExplainingCLIPForImageClassification.from_classifier("org/my-classifier", revision=revision)
+        assert loaded.config.classifier_name_or_path == "org/my-classifier"
+        assert loaded.config.classifier_revision == commit
+        assert torch.equal(loaded(x).logits, model(x).logits)
+    with pytest.raises(OSError, match="org/missing"):
+        ExplainingCLIPForImageClassification.from_classifier("org/missing")
+
+
 def test_from_classifier_by_path_and_from_pretrained_of_a_classifier(classifier, model, tmp_path):
     classifier.save_pretrained(tmp_path)
     x = pixels()
