@@ -33,7 +33,15 @@ from ._validation import check_int
 from .attribution._forward import check_targets
 from .data.images import image_processor_for, preprocess, to_rgb
 
-__all__ = ["Explanation", "explain", "overlay", "save_overlays"]
+__all__ = [
+    "Explanation",
+    "explain",
+    "overlay",
+    "resolve_image_processor",
+    "save_overlays",
+    "upsample_attributions",
+    "view_box",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -261,8 +269,9 @@ def _class_names(model) -> list[str]:
 def resolve_image_processor(model, image_processor=None):
     r"""
     The image processor [`explain`] uses for `model`: `image_processor` when given; else the one saved with the
-    model (`preprocessor_config.json` next to it, at the revision it was loaded from); else CLIP's processor sized to
-    the model ([`hf_explvec.data.image_processor_for`]).
+    model (`preprocessor_config.json` in the folder or Hub repo `model.name_or_path`, at the commit
+    `config._commit_hash` when that is recorded, as [`load_explaining_model`] does; transformers 5 does not record
+    it); else CLIP's processor sized to the model ([`hf_explvec.data.image_processor_for`]).
 
     Args:
         model: An explaining model (a `PreTrainedModel`: its `name_or_path` and `config.vision_config.image_size`

@@ -138,6 +138,24 @@ def test_image_processor_saved_with_the_model_is_used(model, tmp_path):
     assert not torch.allclose(default[0].attributions, maps[0])
 
 
+def test_image_processor_pushed_with_the_model_is_used_at_its_revision(model, local_hub):
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                   image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0])  # fmt: skip
+    first = model.push_to_hub("org/tiny", image_processor=processor)
+    images = _images(2)
+    _, probabilities, maps = _reference(model, images, processor)
+    loaded = SelfExplainingCLIPVision.from_pretrained("org/tiny")
+    _same(explain(loaded, images), probabilities, maps)  # found by the model's name_or_path
+    model.push_to_hub("org/tiny", image_processor=image_processor_for(model))  # a later commit: CLIP's processor
+    # The commit a model was loaded from, where recorded (hf_explvec.load_explaining_model records it in
+    # config._commit_hash; transformers 5 does not), pins the processor to the same commit.
+    loaded.config._commit_hash = first.oid
+    _same(explain(loaded, images), probabilities, maps)
+    del loaded.config._commit_hash
+    _, probabilities, maps = _reference(model, images)
+    _same(explain(loaded, images), probabilities, maps)  # main's processor now
+
+
 # ------------------------------------------------------------------------------------------------------
 # Upsampling geometry
 # ------------------------------------------------------------------------------------------------------
