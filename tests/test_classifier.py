@@ -229,14 +229,25 @@ def test_save_refuses_bad_arguments_and_writes_nothing(model, tmp_path, kwargs, 
     assert not folder.exists()
 
 
-def test_push_to_hub_and_load_by_name(model, local_hub):
-    model.push_to_hub("org/explaining-classifier")
+@pytest.mark.parametrize("kind", ["classifier", "zero-shot"])
+def test_push_to_hub_with_the_processor_and_load_by_name(kind, classifier, local_hub):
+    from huggingface_hub import HfApi
+
+    if kind == "classifier":
+        model = ExplainingCLIPForImageClassification.from_classifier(classifier)
+    else:
+        model = SelfExplainingCLIPVision.from_clip(tiny_clip_model(), NAMES, tokenizer=tiny_clip_tokenizer())
+    model.push_to_hub("org/explaining")
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= set(
+        HfApi().list_repo_files("org/explaining")
+    )
     x = pixels()
-    loaded = AutoModelForImageClassification.from_pretrained("org/explaining-classifier")
+    loaded = AutoModelForImageClassification.from_pretrained("org/explaining")
+    assert type(loaded) is type(model)
     assert torch.equal(loaded(x).logits, model(x).logits)
-    classify = pipeline("image-classification", model="org/explaining-classifier")
-    image = random_images(1)[0]
-    assert classify(image)[0]["label"] == top_label_by_hand(model, clip_image_processor(32), image)[0]
+    classify = pipeline("image-classification", model="org/explaining")
+    for image in random_images(3):
+        assert classify(image)[0]["label"] == top_label_by_hand(model, clip_image_processor(32), image)[0]
 
 
 # ---------------------------------------------------------------------------------------- from_classifier
