@@ -26,7 +26,7 @@ import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import nn
 
 from ._validation import check_int
@@ -245,8 +245,8 @@ def _items(images, image_column: str | None, batch_size: int) -> tuple[int, Iter
 def _open(item: _Item) -> Image.Image:
     if item.path is not None:
         try:
-            with Image.open(item.path) as image:
-                return image.convert("RGB")
+            with Image.open(item.path) as image:  # as transformers' load_image (pipelines), but closing the file
+                return ImageOps.exif_transpose(image).convert("RGB")
         except (OSError, ValueError, SyntaxError) as error:  # PIL's UnidentifiedImageError is an OSError
             raise ValueError(f"images[{item.index}]: {str(item.path)!r} cannot be read as an image: {error}") from error
     return to_rgb(item.raw, "image", item.index)
@@ -489,7 +489,8 @@ def explain(
             One image or a list of them, each:
 
             - a PIL image;
-            - a file path (`str` or `os.PathLike`), opened with PIL and converted to RGB;
+            - a file path (`str` or `os.PathLike`), opened as transformers' pipelines open it (`load_image`: EXIF
+              orientation applied, converted to RGB);
             - a uint8 `torch.Tensor`: raw pixels, channels first (torchvision's convention), `(C, H, W)` or
               `(batch_size, C, H, W)` with C = 1, 3 or 4 (alpha dropped);
             - a uint8 `numpy.ndarray`: a raw image, channels last (PIL's convention), `(H, W)` or `(H, W, C)`;
@@ -526,7 +527,7 @@ def explain(
     Example:
 
     ```python
-    >>> from PIL import Image
+    >>> from PIL import Image, ImageOps
     >>> from hf_explvec import SelfExplainingCLIPVision
     >>> from hf_explvec.explain import explain
     >>> from hf_explvec.testing import tiny_clip_model, tiny_clip_tokenizer

@@ -97,6 +97,19 @@ def test_paths_tensors_arrays_and_datasets_agree(model, tmp_path):
         explain(model, datasets.DatasetDict({"test": split}))
 
 
+def test_a_path_is_read_as_pipelines_read_it_exif_orientation_applied(model, tmp_path):
+    from transformers.image_utils import load_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    path = tmp_path / "rotated.jpg"
+    _images(1, (48, 32))[0].save(path, exif=exif)
+    [explanation] = explain(model, path)
+    assert explanation.image_size == (48, 32)  # (height, width) as displayed: portrait
+    _, probabilities, maps = _reference(model, [load_image(str(path))])
+    _same([explanation], probabilities, maps)
+
+
 def test_target_explains_the_given_class_and_keeps_the_prediction(model):
     images = _images(3)
     pixels, probabilities, _ = _reference(model, images)
