@@ -11,7 +11,9 @@ import datasets
 import pytest
 import torch
 
-from hf_explvec import SelfExplainingCLIPVision
+from hf_explvec import SelfExplainingCLIPVision, TaskVector
+from hf_explvec.arithmetic import vision_state
+from hf_explvec.base_check import BaseModelMismatchError, base_fingerprint
 from hf_explvec.training import (
     DatasetFormatError,
     EpochShuffleSampler,
@@ -334,12 +336,22 @@ def test_bad_model_or_config_types(tmp_path, dataset):
 def test_train_twins_gives_the_explainability_vector(tmp_path, dataset):
     base = tiny.build_model()
     initial = parameters(base)
-    prediction_only, self_explaining, vector = train_twins(base, dataset, make_config(tmp_path, "twins", max_steps=3))
+    prediction_only, self_explaining, vector = train_twins(
+        base, dataset, make_config(tmp_path, "twins", max_steps=3), base_model_revision="0123abc"
+    )
     assert_same_parameters(base, initial)  # trained on copies
     assert prediction_only.config.alpha == 1.0 and self_explaining.config.alpha == 0.8
     assert vector.config.alpha == 0.8 and vector.config.source_dataset == "toy-columns"
     assert vector.config.base_model == "hf_explvec.testing.tiny_clip_model"
+    assert vector.config.base_model_revision == "0123abc"
     assert vector.norm() > 0
+    # The base check refers to the twins' starting point (not the prediction-only twin), saved with the vector.
+    assert vector.config.base_fingerprint == base_fingerprint(vision_state(base.state_dict()))
+    assert vector.config.base_fingerprint != base_fingerprint(vision_state(prediction_only.state_dict()))
+    saved = TaskVector.from_pretrained(tmp_path / "twins" / "explainability_vector")
+    assert saved.config.base_fingerprint == vector.config.base_fingerprint
+    with pytest.raises(BaseModelMismatchError, match="hf_explvec.testing.tiny_clip_model"):
+        vector.apply_to(tiny.build_model(seed=1), lam=1.0)
 
     edited = vector.apply_to(copy.deepcopy(prediction_only), lam=1.0)
     for (name, a), b in zip(edited.named_parameters(), self_explaining.parameters(), strict=True):
@@ -354,6 +366,8 @@ def test_train_twins_gives_the_explainability_vector(tmp_path, dataset):
 
     with pytest.raises(ValueError, match="alpha < 1"):
         train_twins(base, dataset, make_config(tmp_path, "twins", alpha=1.0))
+    with pytest.raises(TypeError, match="base_model_revision must be a string"):
+        train_twins(base, dataset, make_config(tmp_path, "twins2"), base_model_revision=123)
 
 
 # -------------------------------------------------------------------------------------------------------- slow

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import os
 from pathlib import Path
 from typing import NamedTuple
 
 from .._process import process_state
+from ..arithmetic import vision_state
+from ..base_check import base_fingerprint
 from ..modeling import SelfExplainingCLIPVision
 from ..task_vector import TaskVector, TaskVectorConfig
 from .checkpoint import check_output_dir
@@ -17,6 +20,8 @@ from .config import TrainingConfig
 from .loop import train
 
 __all__ = ["TwinsResult", "train_twins"]
+
+logger = logging.getLogger(__name__)
 
 
 class TwinsResult(NamedTuple):
@@ -38,6 +43,7 @@ def train_twins(
     config: TrainingConfig,
     eval_dataset=None,
     source_dataset: str | None = None,
+    base_model_revision: str | None = None,
 ) -> TwinsResult:
     r"""
     Train the prediction-only (α = 1) and self-explaining (α = `config.alpha`) twins from the same starting weights,
@@ -55,10 +61,14 @@ def train_twins(
         eval_dataset (*optional*): Evaluated during both runs.
         source_dataset (`str`, *optional*): The data set's name for the vector's provenance; by default
             `dataset.info.dataset_name` or `dataset.info.builder_name` when the data set has them.
+        base_model_revision (`str`, *optional*): The revision (commit sha) of the CLIP model `base_model` was built
+            from, for the vector's provenance (transformers does not keep it on the model).
 
     Returns:
         [`TwinsResult`] `(prediction_only, self_explaining, vector)`; `vector.config` holds `alpha`,
-        `source_dataset` and `base_model` (`base_model.config.clip_name_or_path`).
+        `source_dataset`, `base_model` (`base_model.config.clip_name_or_path`), `base_model_revision` and the
+        `base_fingerprint` of `base_model`, the twins' starting point (not of the prediction-only twin), so that
+        `vector.apply_to` accepts every fine-tune of that base ([`~hf_explvec.base_check.check_base`]).
 
     Raises:
         Those of [`train`], before the first twin trains for bad settings, data and output folders.
@@ -72,7 +82,14 @@ def train_twins(
         raise ValueError(f"train_twins needs config.alpha < 1 for the self-explaining twin, got {config.alpha}.")
     if config.resume_from not in (None, "latest"):
         raise ValueError(f"train_twins resumes with resume_from='latest' only, got {config.resume_from!r}.")
+    if base_model_revision is not None and not isinstance(base_model_revision, str):
+        raise TypeError(f"base_model_revision must be a string or None, got {type(base_model_revision).__name__}.")
     output_dir = check_output_dir(config.output_dir)
+    try:
+        fingerprint = base_fingerprint(vision_state(base_model.state_dict()))
+    except ValueError as error:  # e.g. a base whose matrices are all constant: nothing to recognise it by
+        logger.warning("train_twins: no base fingerprint recorded, apply_to cannot check the base: %s", error)
+        fingerprint = None
     models = []
     for name, alpha in (("prediction_only", 1.0), ("self_explaining", config.alpha)):
         twin_config = dataclasses.replace(config, output_dir=output_dir / name, alpha=alpha)
@@ -80,6 +97,8 @@ def train_twins(
     prediction_only, self_explaining = models
     provenance = TaskVectorConfig(
         base_model=base_model.config.clip_name_or_path,
+        base_model_revision=base_model_revision,
+        base_fingerprint=fingerprint,
         finetuned_model=os.fspath(output_dir / "self_explaining"),
         source_dataset=source_dataset or _dataset_name(dataset),
         alpha=config.alpha,
