@@ -131,10 +131,10 @@ def _add_explain_parser(commands, common) -> None:
         epilog="λ: --lam X uses X; without --lam the vector's recommended_lam is used (an error if it has none). "
         "--lam auto sweeps λ on your validation images (--validation-images, required with auto) with choose_lam: "
         "give a folder with one subfolder per class, named as the model's classes (DIR/cat/1.png, DIR/dog/2.png), "
-        "and λ is the one with the lowest explanation error whose accuracy stays within --tolerance of λ=0; give a "
-        "folder of images without class subfolders, or a glob ('val/*.jpg'), and prediction agreement with λ=0 "
+        "and λ is the one with the lowest explanation error whose accuracy stays within --max-accuracy-drop of λ=0; "
+        "give a folder of images without class subfolders, or a glob ('val/*.jpg'), and prediction agreement with λ=0 "
         "replaces accuracy. The explanation error is measured against Kernel SHAP on those images (cost: "
-        "--shap-samples forward passes per image and λ).",
+        "--kernel-shap-samples forward passes per image and λ).",
     )
     explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
     _add_vector_options(explain)
@@ -150,10 +150,16 @@ def _add_explain_parser(commands, common) -> None:
         "--lambdas", type=float, nargs="+", default=None, help="with --lam auto: the λ grid to sweep (must include 0)"
     )
     explain.add_argument(
-        "--tolerance", type=float, default=None, help="with --lam auto: the accuracy (or agreement) drop allowed"
+        "--max-accuracy-drop",
+        type=float,
+        default=None,
+        help="with --lam auto: the accuracy (or agreement) drop allowed from λ=0 (default 0.04)",
     )
     explain.add_argument(
-        "--shap-samples", type=int, default=None, help="with --lam auto: Kernel SHAP samples per image (the reference)"
+        "--kernel-shap-samples",
+        type=int,
+        default=None,
+        help="with --lam auto: Kernel SHAP coalitions per image and λ, the reference (default 500, unlabeled 250)",
     )
     explain.add_argument("--device", default=None, help="torch device (default: cpu)")
 

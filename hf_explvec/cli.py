@@ -3,6 +3,7 @@
 `main` is re-exported here so that `python -m hf_explvec` and `from hf_explvec.cli import main` keep working.
 """
 
+import contextlib
 import logging
 import shlex
 import sys
@@ -58,20 +59,28 @@ def _load_for_vector(args):
 
     vector = TaskVector.from_pretrained(args.vector, revision=args.revision)  # first: small, and fails fast
     model = load_explaining_model(args.model, revision=args.model_revision, class_names=_class_names(args))
-    if args.device:
+    if getattr(args, "device", None):
         model = model.to(args.device)
     return model, vector
 
 
-def _apply(model, vector, args, lam) -> None:
+@contextlib.contextmanager
+def _base_check_worded_for_cli():
+    """A base mismatch names the command line's override (`--no-base-check`), not the keyword argument."""
     from .base_check import BaseModelMismatchError
-    from .explained_model import apply_vector
 
     try:
-        apply_vector(model, vector, lam, check_base=not args.no_base_check)
-    except BaseModelMismatchError as error:  # worded for the command line: the flag, not the keyword argument
+        yield
+    except BaseModelMismatchError as error:
         error.args = (str(error).replace("check_base=False", "--no-base-check"),)
         raise
+
+
+def _apply(model, vector, args, lam) -> None:
+    from .explained_model import apply_vector
+
+    with _base_check_worded_for_cli():
+        apply_vector(model, vector, lam, check_base=not args.no_base_check)
 
 
 def _validation_split(pattern: str, model):
@@ -120,8 +129,14 @@ def _explain(args) -> None:
     lam = args.lam
     if lam == "auto":
         split = _validation_split(args.validation_images, model)
-        options = {"lams": args.lambdas, "max_accuracy_drop": args.tolerance, "kernel_shap_samples": args.shap_samples}
-        result = choose_lam(model, vector, split, **{k: v for k, v in options.items() if v is not None})
+        options = {
+            "lams": args.lambdas,
+            "max_accuracy_drop": args.max_accuracy_drop,
+            "kernel_shap_samples": args.kernel_shap_samples,
+        }
+        options = {key: value for key, value in options.items() if value is not None}
+        with _base_check_worded_for_cli():  # a foreign base is refused before anything is measured
+            result = choose_lam(model, vector, split, check_base=not args.no_base_check, **options)
         lam = result.lam
         print(result)  # the table, the rule and the cost
         print(f"chosen λ = {lam:g}")
@@ -143,18 +158,21 @@ def _explain(args) -> None:
 
 
 def _apply_command(args) -> None:
+    from .explain import resolve_image_processor
+
     model, vector = _load_for_vector(args)
     _apply(model, vector, args, args.lam)
+    processor = resolve_image_processor(model)  # the one saved with --model (at its commit), else CLIP's
     record = model.config.explainability
     what = f"{args.model} + {record['lam']:g} × {args.vector}"
     if args.save_to:
         folder = Path(args.save_to)
-        model.save_pretrained(folder)
+        model.save_pretrained(folder, image_processor=processor)
         if not (folder / "README.md").exists():
             model.generate_model_card().save(folder / "README.md")
         print(f"saved the explained model ({what}) to {folder}")
     else:
-        commit = model.push_to_hub(args.push_to, private=args.private or None)
+        commit = model.push_to_hub(args.push_to, private=args.private or None, image_processor=processor)
         print(f"pushed the explained model ({what}) to {args.push_to} at {commit.oid}")
 
 

@@ -19,6 +19,7 @@ attributions; importing hf_explvec registers it under the task `"image-explanati
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import numbers
@@ -57,13 +58,47 @@ def _check_lam(lam, vector: TaskVector, vector_id: str | None) -> float:
     return float(lam)
 
 
+@contextlib.contextmanager
+def _model_errors(name: str, revision: str | None):
+    """[`~hf_explvec.hub.hub_errors`], also for the `OSError` transformers raises from a Hub error (a missing repo or
+    revision becomes a `FileNotFoundError` naming the repo, the revision and the endpoint)."""
+    from .hub.repo import hub_error, hub_errors
+
+    with hub_errors(name, "model", revision):
+        try:
+            yield
+        except OSError as error:
+            cause = error.__cause__ or error.__context__
+            mapped = hub_error(cause, name, "model", revision) if cause is not None else cause
+            if mapped is None or mapped is cause:
+                raise
+            raise mapped from error
+
+
+def _resolve_revision(name: str, revision: str | None, from_pretrained_kwargs: dict):
+    """`revision` resolved to a commit once (huggingface_hub's `resolve_revision`, from the cache when offline), so
+    that the weights come from one commit and the provenance can name it; a local folder stays as it is.
+
+    Returns:
+        `(revision, commit)`: what to load (a `ResolvedRevision` for a repo) and its commit sha (`None` for a folder).
+    """
+    from huggingface_hub import HfApi
+
+    if os.path.isdir(name):
+        return revision, None
+    options = {
+        key: from_pretrained_kwargs[key] for key in ("cache_dir", "local_files_only") if key in from_pretrained_kwargs
+    }
+    with _model_errors(name, revision):
+        resolved = HfApi(token=from_pretrained_kwargs.get("token")).resolve_revision(name, revision=revision, **options)
+    return resolved, resolved.resolved
+
+
 def _load_classifier(name: str, revision: str | None, from_pretrained_kwargs: dict) -> nn.Module:
     """`AutoModelForImageClassification.from_pretrained`, refusing a checkpoint without its head (which
     transformers would fill with random weights)."""
-    from .hub.repo import hub_errors
-
     kwargs = {"use_safetensors": True, **from_pretrained_kwargs, "output_loading_info": True}
-    with hub_errors(name, "model", revision):
+    with _model_errors(name, revision):
         model, info = AutoModelForImageClassification.from_pretrained(name, revision=revision, **kwargs)
     mismatched = [key if isinstance(key, str) else key[0] for key in info.get("mismatched_keys") or ()]
     random = sorted({*info.get("missing_keys", ()), *mismatched} - {"position_ids"})
@@ -106,8 +141,9 @@ def load_explaining_model(
 
     Returns:
         The explaining model ([`ExplainingCLIPForImageClassification`] or [`SelfExplainingCLIPVision`]) in eval mode,
-        whose forward gives `logits` (the classifier's own) and `patch_attributions`. `config._name_or_path` and
-        `config._commit_hash` say where it came from.
+        whose forward gives `logits` (the classifier's own) and `patch_attributions`. `config._name_or_path` says
+        where it came from and, for a Hub repo, `config._commit_hash` the commit `revision` resolved to (all its
+        files come from that commit). A model object's commit is not known (transformers 5 does not record it).
 
     Raises:
         [`~hf_explvec.MissingHeadError`] (a `ValueError`): a checkpoint without its head. `TypeError`: a model
@@ -115,12 +151,13 @@ def load_explaining_model(
         `FileNotFoundError` / [`~hf_explvec.hub.HubConnectionError`]: the model cannot be found or downloaded.
     """
     from .classifier import explaining_model
-    from .hub.repo import hub_errors
 
+    commit = None
     if _is_name(model):
         name = str(model)
+        revision, commit = _resolve_revision(name, revision, from_pretrained_kwargs)
         if class_names is not None:
-            with hub_errors(name, "model", revision):
+            with _model_errors(name, revision):
                 loaded = CLIPModel.from_pretrained(
                     name, revision=revision, **{"use_safetensors": True, **from_pretrained_kwargs}
                 )
@@ -141,9 +178,12 @@ def load_explaining_model(
         raise TypeError(f"model must be a Hub repo id, a local folder or an nn.Module, got {type(model).__name__}.")
     explaining = explaining_model(loaded, class_names=class_names, tokenizer=tokenizer)
     source = getattr(loaded, "config", None)
-    if explaining is not loaded and source is not None:  # keep where the weights came from
+    if explaining is not loaded and source is not None:  # keep where the weights came from (and the processor is)
         explaining.config._name_or_path = getattr(source, "_name_or_path", "") or explaining.config._name_or_path
-        explaining.config._commit_hash = getattr(source, "_commit_hash", None)
+    if commit is not None:  # transformers 5 no longer records the commit a model was loaded from
+        explaining.config._commit_hash = commit  # not serialised; read by apply_vector and explain's processor lookup
+        if getattr(explaining.config, "classifier_revision", commit) is None:
+            explaining.config.classifier_revision = commit
     return explaining.eval()
 
 
