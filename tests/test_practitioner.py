@@ -104,6 +104,7 @@ def test_the_whole_story_by_names(world, tmp_path):
     card = ModelCard.load(EXPLAINED)
     assert card.data.base_model == [CLASSIFIER, VECTOR] and card.data.base_model_relation == "merge"
     assert world["vector"] in card.text and f"| λ | {result.lam} |" in card.text
+    assert f"| Classifier it was made from | {CLASSIFIER} (revision `{world['classifier']}`) |" in card.text
 
     # 5. load it back by name: AutoModel, AutoModelForImageClassification, pipelines
     for auto in (AutoModel, AutoModelForImageClassification):

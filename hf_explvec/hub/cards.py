@@ -155,8 +155,8 @@ def model_card(config, repo_id: str | None = None, eval_results=None) -> ModelCa
         data,
         title=f"{'Self-explaining' if self_explaining else 'Explaining'} CLIP classifier {repo_id or ''}".strip(),
         repo_id=repo_id or "path/to/this/model",
-        clip_name_or_path=source,
-        classifier_name_or_path=source,
+        clip_name_or_path=source,  # self_explaining_model.md
+        classifier_name_or_path=source,  # explaining_classifier.md
         classifier_revision=getattr(config, "classifier_revision", None),
         num_classes=len(names),
         class_preview=", ".join(names[:10]) + (f", … ({len(names) - 10} more)" if len(names) > 10 else ""),
