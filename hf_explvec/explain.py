@@ -25,7 +25,6 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import nn
 
@@ -351,13 +350,29 @@ def view_box(image_processor, height: int, width: int) -> tuple[float, float, fl
     return (left / scale_x, top / scale_y, right / scale_x, bottom / scale_y)
 
 
+def _axis_weights(count: int, start: float, stop: float, cells: int) -> torch.Tensor:
+    """`(count, cells)` linear-interpolation weights of `count` pixels on a `cells`-cell axis covering
+    `[start, stop)` (border-clamped, as `grid_sample(padding_mode="border", align_corners=False)`); rows of pixels
+    whose centre lies outside are 0."""
+    position = (torch.arange(count, dtype=torch.float64) + 0.5 - start) / (stop - start)  # in [0, 1] inside
+    source = (position * cells - 0.5).clamp(0, cells - 1)
+    low = source.floor().long().clamp(max=cells - 1)
+    high = (low + 1).clamp(max=cells - 1)
+    fraction = source - low
+    weights = torch.zeros(count, cells, dtype=torch.float64)
+    weights.scatter_add_(1, low.unsqueeze(1), (1 - fraction).unsqueeze(1))
+    weights.scatter_add_(1, high.unsqueeze(1), fraction.unsqueeze(1))
+    return weights * ((position >= 0) & (position <= 1)).unsqueeze(1)
+
+
 def upsample_attributions(
     attributions: torch.Tensor, box: tuple[float, float, float, float], size: tuple[int, int]
 ) -> torch.Tensor:
     r"""
     Bilinear upsampling of a `(grid_size, grid_size)` attribution grid onto an image of `size` pixels, the grid
     covering `box` of the image (as `F.interpolate(mode="bilinear", align_corners=False)` when the box is the whole
-    image). Pixels whose centre lies outside the box get 0.
+    image). Pixels whose centre lies outside the box get 0. Computed as two small matrix products (bilinear
+    interpolation is separable), so a 12-megapixel map costs a few tens of milliseconds.
 
     Args:
         attributions (`torch.Tensor` of shape `(grid_size, grid_size)`): the grid.
@@ -369,14 +384,10 @@ def upsample_attributions(
     """
     height, width = size
     left, top, right, bottom = box
-    grid = attributions.detach().float().cpu().view(1, 1, *attributions.shape[-2:])
-    xs = (torch.arange(width, dtype=torch.float64) + 0.5 - left) / (right - left)
-    ys = (torch.arange(height, dtype=torch.float64) + 0.5 - top) / (bottom - top)
-    inside = ((ys >= 0) & (ys <= 1)).view(-1, 1) & ((xs >= 0) & (xs <= 1)).view(1, -1)
-    x_grid, y_grid = torch.meshgrid(xs * 2 - 1, ys * 2 - 1, indexing="xy")  # each (height, width)
-    coords = torch.stack([x_grid, y_grid], dim=-1).float().unsqueeze(0)
-    sampled = F.grid_sample(grid, coords, mode="bilinear", padding_mode="border", align_corners=False)[0, 0]
-    return sampled * inside
+    grid = attributions.detach().cpu().double()
+    rows = _axis_weights(height, top, bottom, grid.shape[0])
+    columns = _axis_weights(width, left, right, grid.shape[1])
+    return (rows @ grid @ columns.t()).float()
 
 
 # ----------------------------------------------------------------------------------------------------------

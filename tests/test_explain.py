@@ -207,6 +207,16 @@ def test_upsample_attributions_of_a_box_reaching_outside_the_image():
     pixels = upsample_attributions(grid, (-2.0, 0.0, 2.0, 4.0), (4, 2))  # the left half of the grid is padding
     expected = F.interpolate(grid[None, None], size=(4, 4), mode="bilinear")[0, 0, :, 2:]
     torch.testing.assert_close(pixels, expected)
+    # Any box: torch's grid_sample (border padding) at the pixel centres, zeroed outside the box.
+    grid = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
+    left, top, right, bottom = 3.3, -1.7, 20.1, 15.2
+    xs = (torch.arange(24) + 0.5 - left) / (right - left)
+    ys = (torch.arange(18) + 0.5 - top) / (bottom - top)
+    x, y = torch.meshgrid(xs * 2 - 1, ys * 2 - 1, indexing="xy")
+    sampled = F.grid_sample(grid[None, None], torch.stack([x, y], -1)[None], padding_mode="border", align_corners=False)
+    inside = ((ys >= 0) & (ys <= 1))[:, None] & ((xs >= 0) & (xs <= 1))[None, :]
+    pixels = upsample_attributions(grid, (left, top, right, bottom), (18, 24))
+    torch.testing.assert_close(pixels, sampled[0, 0] * inside)
 
 
 # ------------------------------------------------------------------------------------------------------
