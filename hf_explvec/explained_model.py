@@ -38,8 +38,12 @@ PIPELINE_TASK = "image-explanation"
 """The task name of [`ImageExplanationPipeline`] in transformers' pipeline registry."""
 
 
+_HUB_KWARGS = ("token", "cache_dir", "force_download", "local_files_only")
+"""Keyword arguments of a model's `from_pretrained` that also apply to the vector's and the tokenizer's."""
+
+
 def _is_name(value) -> bool:
-    return isinstance(value, str) or isinstance(value, os.PathLike)
+    return isinstance(value, (str, os.PathLike))
 
 
 def _check_lam(lam, vector: TaskVector, vector_id: str | None) -> float:
@@ -69,8 +73,8 @@ def _model_errors(name: str, revision: str | None):
             yield
         except OSError as error:
             cause = error.__cause__ or error.__context__
-            mapped = hub_error(cause, name, "model", revision) if cause is not None else cause
-            if mapped is None or mapped is cause:
+            mapped = None if cause is None else hub_error(cause, name, "model", revision)
+            if mapped is None or mapped is cause:  # no Hub error behind it: transformers' own message stands
                 raise
             raise mapped from error
 
@@ -101,8 +105,7 @@ def _load_classifier(name: str, revision: str | None, from_pretrained_kwargs: di
     with _model_errors(name, revision):
         model, info = AutoModelForImageClassification.from_pretrained(name, revision=revision, **kwargs)
     mismatched = [key if isinstance(key, str) else key[0] for key in info.get("mismatched_keys") or ()]
-    random = sorted({*info.get("missing_keys", ()), *mismatched} - {"position_ids"})
-    random = [key for key in random if not key.endswith("position_ids")]
+    random = sorted(key for key in {*info.get("missing_keys", ()), *mismatched} if not key.endswith("position_ids"))
     if random:
         raise MissingHeadError(
             f"{name!r} has no trained weights for {', '.join(random[:4])}{' ...' if len(random) > 4 else ''}: "
@@ -153,6 +156,7 @@ def load_explaining_model(
     from .classifier import explaining_model
 
     commit = None
+    hub_kwargs = {key: from_pretrained_kwargs[key] for key in _HUB_KWARGS if key in from_pretrained_kwargs}
     if _is_name(model):
         name = str(model)
         revision, commit = _resolve_revision(name, revision, from_pretrained_kwargs)
@@ -164,7 +168,7 @@ def load_explaining_model(
                 if tokenizer is None:
                     from transformers import AutoTokenizer
 
-                    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+                    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, **hub_kwargs)
         else:
             loaded = _load_classifier(name, revision, from_pretrained_kwargs)
     elif isinstance(model, nn.Module):
@@ -318,11 +322,7 @@ def from_pretrained_with_vector(
     0.5
     ```
     """
-    hub_kwargs = {
-        key: from_pretrained_kwargs[key]
-        for key in ("token", "cache_dir", "force_download", "local_files_only")
-        if key in from_pretrained_kwargs
-    }
+    hub_kwargs = {key: from_pretrained_kwargs[key] for key in _HUB_KWARGS if key in from_pretrained_kwargs}
     loaded_vector, vector_id = _load_vector(vector, revision, hub_kwargs)  # before the model: cheaper to fail
     _check_lam(lam, loaded_vector, vector_id)
     user_module = model if isinstance(model, nn.Module) else None

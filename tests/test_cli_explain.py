@@ -101,6 +101,19 @@ def test_explain_lam_auto_chooses_on_validation_images(world, images, tmp_path, 
     assert len(json.loads((out / "explanations.json").read_text())) == len(images)
 
 
+def test_explain_a_zero_shot_clip_with_class_names(world, images, tmp_path):
+    out = tmp_path / "out"
+    main([
+        "explain", *images, "--model", "org/base-clip", "--class-names", ",".join(CLASSES), "--vector", VECTOR,
+        "--output-dir", str(out),
+    ])  # fmt: skip
+    entries = json.loads((out / "explanations.json").read_text())
+    zero_shot = hf_explvec.from_pretrained_with_vector("org/base-clip", VECTOR, class_names=CLASSES)
+    for entry, expected in zip(entries, explain(zero_shot, images), strict=True):
+        assert entry["label"] == expected.label
+        torch.testing.assert_close(torch.tensor(entry["attributions"]), expected.attributions, rtol=0, atol=1e-6)
+
+
 def test_explain_help_says_how_lam_auto_works():
     done = subprocess.run(
         [sys.executable, "-m", "hf_explvec", "explain", "--help"], capture_output=True, text=True, check=True

@@ -127,12 +127,21 @@ def test_the_whole_story_by_names(world, tmp_path):
 
 
 def test_image_explanation_pipeline_returns_every_label_and_refuses_a_plain_classifier(world):
-    hf_explvec.from_pretrained_with_vector(CLASSIFIER, VECTOR).push_to_hub(EXPLAINED)
-    results = pipeline("image-explanation", model=EXPLAINED)(color_image(0, 5))
-    assert [r["label"] for r in results] != [] and {r["label"] for r in results} == set(CLASSES)
-    assert all(len(r["attributions"]) == 4 and len(r["attributions"][0]) == 4 for r in results)
+    explained = hf_explvec.from_pretrained_with_vector(CLASSIFIER, VECTOR)
+    explained.push_to_hub(EXPLAINED)
+    image = color_image(0, 5)
+    results = pipeline("image-explanation", model=EXPLAINED)(image)
+    assert sorted(r["label"] for r in results) == sorted(CLASSES)
+    with torch.no_grad():  # each label's grid is that class's row of the model's patch_attributions
+        from hf_explvec.data.images import clip_image_processor
+
+        outputs = explained(pixel_values=clip_image_processor(32)(images=[image], return_tensors="pt")["pixel_values"])
+    for result in results:
+        class_id = explained.config.label2id[result["label"]]
+        expected = outputs.patch_attributions[0, class_id].view(4, 4)
+        torch.testing.assert_close(torch.tensor(result["attributions"]), expected, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="no patch_attributions"):
-        pipeline("image-explanation", model=CLASSIFIER)(color_image(0, 5))
+        pipeline("image-explanation", model=CLASSIFIER)(image)
 
 
 # ------------------------------------------------------------------------------------------------------------ undo
