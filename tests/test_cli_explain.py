@@ -163,6 +163,20 @@ def test_apply_pushes_a_model_that_pipeline_loads_by_name(world, images, capsys)
     assert [classify(path, top_k=1)[0]["label"] for path in images] == [e.label for e in reference]
 
 
+def test_apply_keeps_the_classifiers_own_image_processor(world, tmp_path):
+    from transformers import AutoImageProcessor
+
+    from hf_explvec.data.images import clip_image_processor
+
+    own = clip_image_processor(32)
+    own.image_mean = [0.5, 0.5, 0.5]  # not CLIP's: the explained model must keep the classifier's preprocessing
+    own.push_to_hub(CLASSIFIER)
+    main(["apply", "--model", CLASSIFIER, "--vector", VECTOR, "--save-to", str(tmp_path / "saved")])
+    main(["apply", "--model", CLASSIFIER, "--vector", VECTOR, "--push-to", "me/explained"])
+    for where in (tmp_path / "saved", "me/explained"):
+        assert list(AutoImageProcessor.from_pretrained(where).image_mean) == [0.5, 0.5, 0.5]
+
+
 # ------------------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("command", ["explain", "explain-auto", "apply"])
 def test_a_foreign_base_is_refused_in_one_line_naming_it(foreign_world, images, tmp_path, capsys, command):
