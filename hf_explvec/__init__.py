@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 from .arithmetic import IncompatibleKeysError
 from .attribution import kernel_shap, patch_kernel_shap
 from .attribution.vit import model_kernel_shap
+from .base_check import BaseModelMismatchError
 from .classifier import SUPPORTED_MODEL_CLASSES, ExplainingCLIPForImageClassification, explaining_model
 from .configuration import ExplainingCLIPForImageClassificationConfig, SelfExplainingCLIPVisionConfig
 from .data import label_dataset, load_split, push_shap_dataset, shap_provenance
@@ -55,6 +56,7 @@ AutoModel.register(_CLASSIFIER_CONFIG, ExplainingCLIPForImageClassification, exi
 AutoModelForImageClassification.register(_CLASSIFIER_CONFIG, ExplainingCLIPForImageClassification, exist_ok=True)
 
 __all__ = [
+    "BaseModelMismatchError",
     "remove_vector",
     "load_explaining_model",
     "from_pretrained_with_vector",
