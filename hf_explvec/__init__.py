@@ -30,6 +30,7 @@ from .evaluation import (
     select_target,
     spearman,
 )
+from .explain import Explanation, explain, overlay, save_overlays
 from .explained_model import (
     ImageExplanationPipeline,
     apply_vector,
@@ -40,6 +41,7 @@ from .explained_model import (
 )
 from .heads import DEFAULT_TEMPLATES, build_class_embeddings
 from .hub import HubConnectionError
+from .lam import LamChoice, choose_lam
 from .modeling import MissingHeadError, SelfExplainingCLIPVision, SelfExplainingOutput, attribution_map
 from .task_vector import TaskVector, TaskVectorConfig, transfer
 from .training import DatasetFormatError, TrainingConfig, TrainResult, TwinsResult, train, train_twins
@@ -56,6 +58,12 @@ AutoModel.register(_CLASSIFIER_CONFIG, ExplainingCLIPForImageClassification, exi
 AutoModelForImageClassification.register(_CLASSIFIER_CONFIG, ExplainingCLIPForImageClassification, exist_ok=True)
 
 __all__ = [
+    "Explanation",
+    "LamChoice",
+    "choose_lam",
+    "explain",
+    "overlay",
+    "save_overlays",
     "BaseModelMismatchError",
     "remove_vector",
     "load_explaining_model",
