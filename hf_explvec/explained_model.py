@@ -98,6 +98,16 @@ def _resolve_revision(name: str, revision: str | None, from_pretrained_kwargs: d
     return resolved, resolved.resolved
 
 
+def _fetch_image_processor(name: str, commit: str, hub_kwargs: dict) -> None:
+    """Bring the model's `preprocessor_config.json` (if it has one) into the local cache at `commit`, where
+    `save_pretrained` / `push_to_hub` find it: the explained model keeps the classifier's own preprocessing."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    with _model_errors(name, commit), contextlib.suppress(EntryNotFoundError):  # none saved: CLIP's at save time
+        hf_hub_download(name, "preprocessor_config.json", revision=commit, **hub_kwargs)
+
+
 def _load_classifier(name: str, revision: str | None, from_pretrained_kwargs: dict) -> nn.Module:
     """`AutoModelForImageClassification.from_pretrained`, refusing a checkpoint without its head (which
     transformers would fill with random weights)."""
@@ -171,6 +181,8 @@ def load_explaining_model(
                     tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, **hub_kwargs)
         else:
             loaded = _load_classifier(name, revision, from_pretrained_kwargs)
+        if commit is not None:
+            _fetch_image_processor(name, commit, hub_kwargs)
     elif isinstance(model, nn.Module):
         if revision is not None or from_pretrained_kwargs:
             raise TypeError(

@@ -112,11 +112,21 @@ def load_checked(cls, from_pretrained, args: tuple, kwargs: dict, head_keys, rem
 
 def saved_processor_folder(config) -> str | None:
     """The local folder the model (or the classifier or CLIP model it was made from) was loaded from, when it holds
-    an image processor (`preprocessor_config.json`); `None` otherwise. Hub names are not looked up (no network)."""
+    an image processor (`preprocessor_config.json`), or the cached snapshot of the Hub commit it was loaded from
+    (`config._commit_hash`, set by [`hf_explvec.load_explaining_model`]); `None` otherwise. No network."""
     for source in (config._name_or_path, getattr(config, "classifier_name_or_path", None),
                    getattr(config, "clip_name_or_path", None)):  # fmt: skip
         if source and os.path.isfile(os.path.join(source, "preprocessor_config.json")):
             return source
+    # Loaded from the Hub by name (hf_explvec.load_explaining_model): its processor, fetched into the local cache at
+    # the commit the model came from, is read from there (still no network).
+    commit, name = getattr(config, "_commit_hash", None), config._name_or_path
+    if commit and name and not os.path.isdir(name):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, "preprocessor_config.json", revision=commit)
+        if isinstance(cached, str):
+            return os.path.dirname(cached)
     return None
 
 

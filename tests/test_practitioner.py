@@ -144,6 +144,21 @@ def test_image_explanation_pipeline_returns_every_label_and_refuses_a_plain_clas
         pipeline("image-explanation", model=CLASSIFIER)(image)
 
 
+def test_the_explained_model_keeps_the_classifiers_own_image_processor(world, tmp_path):
+    from transformers import AutoImageProcessor
+
+    from hf_explvec.data.images import clip_image_processor
+
+    own = clip_image_processor(32)
+    own.image_mean = [0.5, 0.5, 0.5]  # not CLIP's: pipeline(EXPLAINED) must preprocess as the classifier does
+    own.push_to_hub(CLASSIFIER)
+    explained = hf_explvec.from_pretrained_with_vector(CLASSIFIER, VECTOR)
+    explained.save_pretrained(tmp_path / "saved")
+    explained.push_to_hub(EXPLAINED)
+    for where in (tmp_path / "saved", EXPLAINED):
+        assert list(AutoImageProcessor.from_pretrained(where).image_mean) == [0.5, 0.5, 0.5]
+
+
 # ------------------------------------------------------------------------------------------------------------ undo
 def test_remove_vector_restores_the_weights_and_clears_provenance(world):
     original = _vision(CLIPForImageClassification.from_pretrained(CLASSIFIER))
