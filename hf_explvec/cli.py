@@ -158,21 +158,18 @@ def _explain(args) -> None:
 
 
 def _apply_command(args) -> None:
-    from .explain import resolve_image_processor
-
     model, vector = _load_for_vector(args)
     _apply(model, vector, args, args.lam)
-    processor = resolve_image_processor(model)  # the one saved with --model (at its commit), else CLIP's
     record = model.config.explainability
     what = f"{args.model} + {record['lam']:g} × {args.vector}"
     if args.save_to:
         folder = Path(args.save_to)
-        model.save_pretrained(folder, image_processor=processor)
+        model.save_pretrained(folder)  # with the image processor saved with --model (else CLIP's)
         if not (folder / "README.md").exists():
             model.generate_model_card().save(folder / "README.md")
         print(f"saved the explained model ({what}) to {folder}")
     else:
-        commit = model.push_to_hub(args.push_to, private=args.private or None, image_processor=processor)
+        commit = model.push_to_hub(args.push_to, private=args.private or None)
         print(f"pushed the explained model ({what}) to {args.push_to} at {commit.oid}")
 
 
