@@ -135,7 +135,9 @@ class TaskVectorCompressionMixin:
                 sparse.update(C.sparsify_magnitude(one, density))
             else:
                 sparse.update(C.sparsify_random_rescaled(one, density, generator))
-        return self._with(sparse, dataclasses.replace(self.config, sparsify_method=method, density=density))
+        # A new vector, not the one at `name_or_path`@`commit_hash`: it does not inherit where that one was loaded
+        # from (remove_vector would otherwise fetch the dense original to undo it).
+        return type(self)(sparse, dataclasses.replace(self.config, sparsify_method=method, density=density))
 
     def low_rank(self, rank: int) -> TaskVector:
         r"""
@@ -157,7 +159,7 @@ class TaskVectorCompressionMixin:
         factored = {}
         for key, entry in self._vector.items():
             factored.update(C.low_rank({key: C.to_dense(entry)}, rank))
-        return self._with(factored, dataclasses.replace(self.config, rank=rank))
+        return type(self)(factored, dataclasses.replace(self.config, rank=rank))  # a new vector, as in sparsify
 
     @classmethod
     def merge(

@@ -127,6 +127,16 @@ def test_sparsify_keeps_the_largest_values_of_each_tensor_and_records_how(vector
     assert vector.storage_format == "dense" and vector.config.sparsify_method is None  # the source is untouched
 
 
+def test_a_compressed_vector_is_a_new_vector_not_the_one_it_was_loaded_from(vector, tmp_path):
+    """remove_vector and provenance look a loaded vector up by name and commit: a compressed copy is not that vector."""
+    vector.save_pretrained(tmp_path / "dense")
+    loaded = TaskVector.from_pretrained(tmp_path / "dense")
+    assert loaded.name_or_path == str(tmp_path / "dense")
+    for compressed in (loaded.sparsify(0.1), loaded.low_rank(2)):
+        assert compressed.name_or_path is None and compressed.commit_hash is None
+    assert loaded.to(torch.bfloat16).name_or_path == loaded.name_or_path  # a change of dtype keeps it
+
+
 def test_dare_is_reproducible_and_rescaled(vector):
     draw = lambda seed: vector.sparsify(0.5, "random_rescaled", generator=torch.Generator().manual_seed(seed))  # noqa: E731
     a, b, c = draw(0), draw(0), draw(1)
