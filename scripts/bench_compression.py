@@ -54,6 +54,7 @@ DENSITIES = (0.3, 0.1, 0.03, 0.01)
 RANKS = (16, 8, 4, 2)
 MERGE_DENSITY = 0.2
 DARE_SEED = 0
+FAMILIES = ("magnitude", "dare", "low_rank", "merge")
 
 
 # ----------------------------------------------------------------------------------------------- the demo's models
@@ -87,8 +88,11 @@ def build_demo_models(config: DemoConfig, *, second_source: bool = False, cache:
                 "second_source": second_source}  # fmt: skip
     stamp = None if cache is None else cache / "settings.json"
     if stamp is not None and stamp.exists():
-        saved = json.loads(stamp.read_text())
-        if saved["config"] == json.loads(json.dumps(settings["config"])) and saved["second_source"] >= second_source:
+        saved, current = json.loads(stamp.read_text()), json.loads(json.dumps(settings["config"]))
+        # A setting added to DemoConfig after the cache was written matches when it has its default value.
+        defaults = json.loads(json.dumps(DemoConfig().to_dict()))
+        current = {k: v for k, v in current.items() if k in saved["config"] or v != defaults.get(k)}
+        if saved["config"] == current and saved["second_source"] >= second_source:
             return _load_models(config, cache, second_source, log)
     models = _build_models(config, second_source, log)
     if cache is not None:
@@ -180,17 +184,25 @@ def apply_vector(models: dict, vector, lam: float, config: DemoConfig):
 
 
 # ------------------------------------------------------------------------------------------------- compression
-def variants(vector: TaskVector, vector2: TaskVector | None) -> list[tuple[str, str, TaskVector]]:
-    """(family, label, vector) of every measured form of τ_S (and the merges with τ_S'), by TaskVector's methods."""
+def variants(
+    vector: TaskVector, vector2: TaskVector | None, families=FAMILIES, dare_seeds=(DARE_SEED,)
+) -> list[tuple[str, str, TaskVector]]:
+    """(family, label, vector) of every measured form of τ_S (and the merges with τ_S'), by TaskVector's methods;
+    the full vector always comes first."""
     out = [("full", "full", vector)]
-    for density in DENSITIES:
-        out.append(("magnitude", f"d={density:g}", vector.sparsify(density, method="magnitude")))
-    for density in DENSITIES:
-        generator = torch.Generator().manual_seed(DARE_SEED)
-        out.append(("dare", f"d={density:g}", vector.sparsify(density, method="random_rescaled", generator=generator)))
-    for rank in RANKS:
-        out.append(("low_rank", f"r={rank}", vector.low_rank(rank)))
-    if vector2 is not None:
+    if "magnitude" in families:
+        for density in DENSITIES:
+            out.append(("magnitude", f"d={density:g}", vector.sparsify(density, method="magnitude")))
+    if "dare" in families:
+        for density in DENSITIES:
+            for seed in dare_seeds:
+                generator = torch.Generator().manual_seed(seed)
+                label = f"d={density:g}" + (f" seed {seed}" if tuple(dare_seeds) != (DARE_SEED,) else "")
+                out.append(("dare", label, vector.sparsify(density, method="random_rescaled", generator=generator)))
+    if "low_rank" in families:
+        for rank in RANKS:
+            out.append(("low_rank", f"r={rank}", vector.low_rank(rank)))
+    if vector2 is not None and "merge" in families:
         pair = [vector, vector2]
         out.append(("merge", "τ_S' alone", vector2))
         out.append(("merge", "sum ½+½", TaskVector.merge(pair, weights=[0.5, 0.5], method="sum")))
@@ -304,6 +316,14 @@ def main(argv=None):
         help="'same accuracy' = test accuracy at least the full vector's minus this (a fraction)",
     )
     parser.add_argument("--no-merge", action="store_true", help="skip the second source stage and the merges")
+    parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated subset of " + str(FAMILIES))
+    parser.add_argument("--dare-seeds", default=str(DARE_SEED), help="comma-separated seeds of the DARE draws")
+    parser.add_argument(
+        "--lam",
+        type=float,
+        default=None,
+        help="apply at this λ2 instead of choosing it on validation (e.g. an earlier run's choice)",
+    )
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
@@ -321,17 +341,26 @@ def main(argv=None):
             print(f"cos(τ_S, τ_S') = {vector.cosine_similarity(vector2):.3f}, |τ_S| = {vector.norm():.4f}, "
                   f"|τ_S'| = {vector2.norm():.4f}")  # fmt: skip
 
-        t = time.perf_counter()
-        sweep = lambda_sweep(models, vector, config)
-        chosen = select_lambda(sweep, config.max_accuracy_drop)
-        listed = ", ".join(f"{r['lam']:g}: {100 * r['accuracy']:.1f}% {r['e_rmse']:.3f}" for r in sweep)
-        print(f"validation λ2 sweep of the full τ_S (λ2: accuracy E-RMSE): {listed}; chosen λ2 = {chosen:g}")
-        print(f"[{time.strftime('%H:%M:%S')}] validation sweep {time.perf_counter() - t:.0f} s")
+        families = tuple(f for f in args.families.split(",") if f)
+        unknown = sorted(set(families) - set(FAMILIES))
+        if unknown:
+            parser.error(f"unknown families {unknown}; expected a subset of {FAMILIES}")
+        dare_seeds = tuple(int(seed) for seed in args.dare_seeds.split(","))
+        t, sweep = time.perf_counter(), []
+        if args.lam is None:
+            sweep = lambda_sweep(models, vector, config)
+            chosen = select_lambda(sweep, config.max_accuracy_drop)
+            listed = ", ".join(f"{r['lam']:g}: {100 * r['accuracy']:.1f}% {r['e_rmse']:.3f}" for r in sweep)
+            print(f"validation λ2 sweep of the full τ_S (λ2: accuracy E-RMSE): {listed}; chosen λ2 = {chosen:g}")
+            print(f"[{time.strftime('%H:%M:%S')}] validation sweep {time.perf_counter() - t:.0f} s")
+        else:
+            chosen = args.lam
+            print(f"λ2 = {chosen:g} given with --lam (no validation sweep)")
 
         test, rows = models["target"].test, []
         zero, _ = _evaluate(models["prediction_only"], test, config, "test_shap", "test", True)
         full_bytes = None
-        for family, label, form in variants(vector, vector2):
+        for family, label, form in variants(vector, vector2, families, dare_seeds):
             sizes = file_size(form, output_dir / "vectors" / f"{family}-{label}".replace("/", "_").replace(" ", "_"))
             full_bytes = full_bytes or sizes[0]
             lams = [(chosen, True)]
@@ -352,10 +381,11 @@ def main(argv=None):
         zero_row = {"family": "λ2=0", "label": "no vector", "lam": 0.0, "file_bytes": 0, "folder_bytes": 0,
                     "ratio": math.inf, "data_bytes": 0, "relative_error": 1.0, **zero}  # fmt: skip
 
+        how = "given" if args.lam is not None else "chosen on validation for the full τ_S"
         print(
-            f"\nrelated target {config.targets[0]}, test split ({len(test)} images); λ2 chosen on validation for the "
-            f"full τ_S: {chosen:g}; ΔAcc in points and ΔE-RMSE vs λ2 = 0; gain kept = (E0 - E)/(E0 - E_full); goal: "
-            f">= 10x smaller file, >= 90% gain kept, accuracy >= full - {100 * args.accuracy_slack:g} pts"
+            f"\nrelated target {config.targets[0]}, test split ({len(test)} images); λ2 {how}: {chosen:g}; ΔAcc in "
+            f"points and ΔE-RMSE vs λ2 = 0; gain kept = (E0 - E)/(E0 - E_full); goal: >= 10x smaller file, >= 90% "
+            f"gain kept, accuracy >= full - {100 * args.accuracy_slack:g} pts"
         )
         print_table([zero_row, *rows], zero, full, args.accuracy_slack)
         built = "loaded from the cache; when they were built" if models.get("cached") else "built in this run"
