@@ -3,6 +3,7 @@ report builders, the command line, the Hub data-set path, and the ViT-B/32 archi
 
 import dataclasses
 import json
+import math
 import re
 
 import datasets
@@ -16,13 +17,19 @@ from hf_explvec import cli
 from hf_explvec import demo as demo_module
 from hf_explvec.demo import DemoConfig, quick_config, run
 from hf_explvec.demo.report import (
+    budget_summary,
+    budget_table,
     build_report,
+    format_budget,
+    format_summary,
     illustrated_lambda,
     markdown_table,
     target_table,
     transfer_summary,
+    transfer_verdict,
 )
 from hf_explvec.evaluation import select_lambda
+from hf_explvec.evaluation.budget import interpolate_budget
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ROW_KINDS = (
@@ -113,6 +120,35 @@ def test_quick_run_results_json_holds_figures_config_seeds_and_timings(quick_run
     assert saved["timings_seconds"]["total"] > 0 and "hub push and pull" in saved["timings_seconds"]
 
 
+def test_quick_run_measures_the_equivalent_kernel_shap_budget(quick_run):
+    output_dir, results = quick_run
+    report = (output_dir / "report.md").read_text()
+    for target in results["targets"]:
+        budget = target["kernel_shap_budget"]
+        assert budget["ladder"] == [32, 64, 96] and budget["num_images"] == 4  # 2M.. eval_num_samples; quick subset
+        expected = ["prediction_only", "direct"] if target["chosen_lam"] == 0 else ["prediction_only", "transferred",
+                                                                                    "direct"]  # fmt: skip
+        assert sorted(budget["models"]) == sorted(expected)
+        assert budget["models"]["prediction_only"]["lam"] == 0.0 and budget["models"]["direct"]["lam"] is None
+        if "transferred" in budget["models"]:
+            assert budget["models"]["transferred"]["lam"] == target["chosen_lam"]
+        for entry in budget["models"].values():
+            assert [rung["num_samples"] for rung in entry["ladder"]] == [32, 64, 96]
+            assert entry["ladder"][0]["e_rmse"] > entry["ladder"][-1]["e_rmse"] > 0
+            assert entry["equivalent"] == interpolate_budget(entry["ladder"], entry["one_pass_e_rmse"])
+        section = report.split(f"## Target `{target['domain']}`")[1].split("## ")[0]
+        assert "**Equivalent Kernel SHAP budget** (first 4 test images; ladder 32, 64, 96" in section
+        assert f"{target['domain']}: equivalent Kernel SHAP budget" in results["timings_seconds"]
+    assert report.split("## Summary")[1].count("Equivalent Kernel SHAP budget of the one-pass explanation") == 2
+    saved = json.loads((output_dir / "results.json").read_text())
+    assert saved["targets"][0]["kernel_shap_budget"]["models"]["direct"]["equivalent"]["bound"] in (
+        "below",
+        "within",
+        "above",
+    )
+    assert "works" in saved["targets"][0]["summary"] and "relative_e_rmse_l2" in saved["targets"][0]["summary"]
+
+
 def test_quick_run_is_deterministic_in_what_it_measures(quick_run, tmp_path):
     _, first = quick_run
     second = run(quick_config(str(tmp_path / "again"), show_progress=False, targets=("digits_on_photos",)))
@@ -158,7 +194,7 @@ def test_markdown_table_aligns_escapes_and_checks_row_lengths():
 
 
 def metrics(accuracy, e_rmse, **extra):
-    return {"accuracy": accuracy, "e_rmse": e_rmse, "e_rmse_l2": 0.3, "iou_at_k": 0.2, "spearman": 0.1,
+    return {"accuracy": accuracy, "e_rmse": e_rmse, "e_rmse_l2": 0.3 * e_rmse / 2.0, "iou_at_k": 0.2, "spearman": 0.1,
             "shap_rms": 2.0, "explain_seconds_per_image": 1e-4, "deletion_auc": 0.4, "insertion_auc": 0.5,
             **extra}  # fmt: skip
 
@@ -192,6 +228,102 @@ def test_transfer_summary_against_the_papers_related_result():
     assert not transfer_summary(synthetic_target(chosen=0.0))["meets_related_goal"]  # no gain
 
 
+def faithfulness(pointing, deletion, insertion):
+    return {"pointing": pointing, "deletion_auc": deletion, "insertion_auc": insertion}
+
+
+def test_transfer_verdict_needs_lower_e_rmse_and_no_worse_faithfulness():
+    base = {"e_rmse": 2.0, **faithfulness(0.25, 0.45, 0.33)}
+    better = {"e_rmse": 1.8, **faithfulness(0.30, 0.40, 0.40)}
+    assert transfer_verdict(better, base) == {"works": True, "e_rmse_falls": True, "worse": [], "unchecked": []}
+    # issue 11's held-out target: E-RMSE -11.8% while every faithfulness measure got worse
+    held_out = {"e_rmse": 2.0 * 0.882, **faithfulness(0.12, 0.54, 0.24)}
+    verdict = transfer_verdict(held_out, base)
+    assert not verdict["works"] and verdict["e_rmse_falls"]
+    assert verdict["worse"] == ["pointing", "deletion_auc", "insertion_auc"]
+    assert transfer_verdict({**better, "deletion_auc": 0.46}, base)["worse"] == ["deletion_auc"]  # deletion: lower
+    assert transfer_verdict({**better, "insertion_auc": 0.3295}, base)["works"]  # within the 1e-3 tolerance
+    assert not transfer_verdict({**better, "insertion_auc": 0.3295}, base, tolerance=0.0)["works"]
+    assert transfer_verdict({**better, "e_rmse": 2.0}, base) == {"works": False, "e_rmse_falls": False, "worse": [],
+                                                                  "unchecked": []}  # fmt: skip
+    no_evidence = transfer_verdict({"e_rmse": 1.0, "deletion_auc": 0.4}, {"e_rmse": 2.0, "deletion_auc": 0.45})
+    assert no_evidence == {"works": True, "e_rmse_falls": True, "worse": [],
+                           "unchecked": ["pointing", "insertion_auc"]}  # fmt: skip
+
+
+def held_out_like_target():
+    """A related target whose chosen λ2 wins raw E-RMSE by losing confidence: the SHAP scale shrinks, E-RMSE (L2)
+    rises, pointing, deletion and insertion all get worse (issue 11's held-out target)."""
+    target = synthetic_target()
+    for split in ("validation", "test"):
+        target["sweep"][split][0].update(faithfulness(0.25, 0.45, 0.33), e_rmse_l2=0.30, shap_rms=0.61)
+        target["sweep"][split][1].update(faithfulness(0.12, 0.54, 0.24), e_rmse_l2=0.33, shap_rms=0.56)
+    return target
+
+
+def test_summary_and_table_say_when_a_gain_in_e_rmse_is_a_loss_in_confidence():
+    summary = transfer_summary(held_out_like_target())
+    assert summary["relative_e_rmse"] == pytest.approx(-0.2) and summary["relative_e_rmse_l2"] == pytest.approx(0.1)
+    assert summary["meets_related_goal"] and not summary["works"]  # the paper's criterion alone would pass it
+    assert summary["worse"] == ["pointing", "deletion_auc", "insertion_auc"] and not summary["validation_works"]
+    assert summary["faithfulness"] == {"pointing": [0.25, 0.12], "deletion_auc": [0.45, 0.54],
+                                       "insertion_auc": [0.33, 0.24]}  # fmt: skip
+    lines = target_table(held_out_like_target()).splitlines()
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert header[-1] == "Transfer works?" and header[7] == "ΔE-RMSE (L2)"
+    chosen = next(line for line in lines if "✓" in line)
+    assert chosen.endswith("| no: pointing worse, deletion worse, insertion worse |") and "| +10.0% |" in chosen
+    assert lines[2].endswith("| – |")  # λ2 = 0 has no verdict
+    # λ2 = 0.5: E-RMSE down, deletion and insertion unchanged; no evidence masks, so no pointing to check
+    assert "| yes (pointing not measured) |" in target_table(synthetic_target())
+
+
+def test_report_verdict_text_names_the_rule_and_the_primary_metric(quick_run):
+    _, results = quick_run
+    target = held_out_like_target()
+    target["domain"] = "digits_on_photos"
+    report = build_report({**results, "targets": [target]})
+    summary = report.split("## Summary")[1].split("## Definitions")[0]
+    assert "on test E-RMSE (L2, primary) +10.0%, E-RMSE -20.0%, accuracy -2.0 pts" in summary
+    assert (
+        "the transfer **does not work** by the rule (pointing worse, deletion worse, insertion worse than at "
+        "λ2 = 0: pointing 0.250 → 0.120, deletion 0.450 → 0.540, insertion 0.330 → 0.240)"
+    ) in summary
+    definitions = report.split("## Definitions")[1].split("## Setup")[0]
+    assert "**E-RMSE (L2)** — the **primary metric**" in definitions and "by more than 0.001" in definitions
+    closing = format_summary({**results, "targets": [target]})
+    assert "digits_on_photos (related): λ2 = 0.5, test E-RMSE (L2) +10.0%, E-RMSE -20.0%" in closing
+    assert closing.splitlines()[2].endswith("transfer does not work")
+
+
+def budget_entry(lam, one_pass, rungs):
+    ladder = [{"num_samples": n, "e_rmse": e, "e_rmse_l2": e / 4, "seconds_per_image": 1e-3} for n, e in rungs]
+    return {"lam": lam, "num_images": 50, "one_pass_e_rmse": one_pass, "one_pass_e_rmse_l2": one_pass / 4,
+            "ladder": ladder, "equivalent": interpolate_budget(ladder, one_pass),
+            "equivalent_l2": interpolate_budget(ladder, one_pass / 4, "e_rmse_l2")}  # fmt: skip
+
+
+def test_budget_figures_in_the_summary_and_the_target_section():
+    rungs = [(32, 0.4), (64, 0.2), (150, 0.1), (500, 0.05)]
+    target = synthetic_target()
+    target["kernel_shap_budget"] = {"ladder": [32, 64, 150, 500], "num_images": 50, "models": {
+        "prediction_only": budget_entry(0.0, 3.0, rungs), "transferred": budget_entry(0.5, 0.3, rungs),
+        "direct": budget_entry(None, 0.01, rungs)}}  # fmt: skip
+    text = budget_summary(target)
+    assert "first 50 test images; the paper: comparable to N = 150" in text
+    assert "prediction-only θ_T < 32 (L2: < 32, E-RMSE 30.0× KS-150's)" in text
+    assert f"θ_T + 0.5·τ_S ≈ {math.sqrt(32 * 64):.0f} (L2: ≈ 45, E-RMSE 3.0× KS-150's)" in text
+    assert "trained on target > 500" in text
+    table = budget_table(target)
+    assert "| prediction-only θ_T | 3.000 | < 32 | 0.750 | < 32 |" in table
+    assert "| 150 | 0.100 / 0.025 | 0.100 / 0.025 | 0.100 / 0.025 |" in table
+    assert format_budget({"num_samples": 149.6, "bound": "within", "smallest": 32, "largest": 500}) == "≈ 150"
+    del target["kernel_shap_budget"]["models"]["transferred"]
+    assert "(λ2 = 0 chosen: the transferred model is θ_T)" in budget_summary(target)
+    del target["kernel_shap_budget"]
+    assert budget_summary(target) == ""  # results written before the budget was measured
+
+
 def test_heatmaps_show_the_chosen_lambda_or_the_largest_one_within_the_tolerance():
     assert illustrated_lambda(synthetic_target(chosen=0.5)) == (0.5, True)
     assert illustrated_lambda(synthetic_target(chosen=0.0)) == (0.5, False)  # 1.0 loses 40 points on validation
@@ -207,7 +339,11 @@ def test_report_summary_says_what_validation_showed(quick_run):
     related["domain"], target["domain"] = "digits_on_photos", "texture_tiles"  # the quick run's domains
     report = build_report({**results, "targets": [related, target]})
     summary = report.split("## Summary")[1].split("## Definitions")[0]
-    assert "λ2 = 0.5 chosen on validation; on test E-RMSE -20.0%, accuracy -2.0 pts" in summary
+    assert (
+        "λ2 = 0.5 chosen on validation; on test E-RMSE (L2, primary) -20.0%, E-RMSE -20.0%, accuracy -2.0 pts"
+        in summary
+    )
+    assert "the transfer **works** by the rule (E-RMSE falls and no faithfulness measure is worse" in summary
     assert "The chosen λ2 meets the paper's related-domain result" in summary
     assert "every λ2 > 0 raised E-RMSE (by +10.0% to +30.0%)" in summary
     assert "As the paper reports for unrelated domains, the vector does not help here." in summary
@@ -275,6 +411,19 @@ def test_demo_config_checks():
         DemoConfig(targets=())
     with pytest.raises(ValueError, match="train_size"):
         DemoConfig(train_size=0)
+    with pytest.raises(ValueError, match="budget_ladder must not repeat"):
+        DemoConfig(budget_ladder=(32, 32))
+    with pytest.raises(TypeError, match="budget_ladder"):
+        DemoConfig(budget_ladder="32")
+    with pytest.raises(ValueError, match="budget_num_images"):
+        DemoConfig(budget_num_images=0)
+    assert DemoConfig(budget_ladder=[64, 32]).budget_ladder == (64, 32)
+
+
+def test_a_budget_ladder_below_two_m_is_refused_before_any_training(tmp_path):
+    with pytest.raises(ValueError, match=r"below 2 M = 32.*16 patches"):
+        run(quick_config(str(tmp_path / "r"), show_progress=False, budget_ladder=(16, 64)))
+    assert not (tmp_path / "r" / "results.json").exists()
 
 
 # --------------------------------------------------------------------------------------------------- command line

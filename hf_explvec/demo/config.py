@@ -18,7 +18,7 @@ SEED_OFFSETS = {"data": 0, "pretrain": 0, "training": 0, "labels": 1000, "valida
 _POSITIVE_INTS = ("num_threads", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                   "projection_dim", "image_size", "patch_size", "base_train_size", "train_size", "validation_size",
                   "test_size", "pretrain_batch_size", "num_train_epochs", "batch_size", "label_num_samples",
-                  "eval_num_samples", "shap_batch_size", "top_k")  # fmt: skip
+                  "eval_num_samples", "shap_batch_size", "top_k", "budget_num_images")  # fmt: skip
 _NON_NEGATIVE_INTS = ("seed", "pretrain_steps", "num_heatmaps")
 _OPTIONAL_STRINGS = ("device", "clip", "base", "image_column", "label_column", "note", "command")
 
@@ -56,6 +56,12 @@ class DemoConfig:
         label_num_samples, eval_num_samples (`int`): Kernel SHAP evaluations per image for the training labels and
             for the reference values of the evaluation.
         comparison_num_samples (`tuple[int, ...]`): Kernel SHAP budgets compared as explainers (another seed).
+        budget_ladder (`tuple[int, ...]`, *optional*): the Kernel SHAP budgets at which the equivalent budget of the
+            one-pass explanations is measured ([`~hf_explvec.evaluation.budget.equivalent_kernel_shap_budget`]);
+            by default [`~hf_explvec.evaluation.budget.default_budget_ladder`] up to `eval_num_samples` (2 M, 4 M,
+            8 M, ..., 150, `eval_num_samples`).
+        budget_num_images (`int`, defaults to 50): the first test images of each target the ladder runs on (the
+            ladder costs about twice the reference per image, for three models per target).
         shap_batch_size (`int`): coalitions per forward pass.
         shap_value (`str`, defaults to `"logit"`): the explained score of Kernel SHAP, for labels and references
             alike: `"logit"` (the units the model's attributions are defined in), `"log_prob"` or `"prob"`.
@@ -105,6 +111,8 @@ class DemoConfig:
     label_num_samples: int = 500
     eval_num_samples: int = 500
     comparison_num_samples: tuple[int, ...] = (150, 500)
+    budget_ladder: tuple[int, ...] | None = None
+    budget_num_images: int = 50
     shap_batch_size: int = 256
     shap_value: str = "logit"
     lambdas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
@@ -151,6 +159,13 @@ class DemoConfig:
         self.comparison_num_samples = tuple(
             check_int(f"comparison_num_samples[{i}]", n, 1) for i, n in enumerate(self.comparison_num_samples)
         )
+        if self.budget_ladder is not None:
+            _check_sequence("budget_ladder", self.budget_ladder)
+            self.budget_ladder = tuple(check_int(f"budget_ladder[{i}]", n, 1) for i, n in enumerate(self.budget_ladder))
+            if not self.budget_ladder:
+                raise ValueError("budget_ladder is empty: give at least one Kernel SHAP budget, or None.")
+            if len(set(self.budget_ladder)) != len(self.budget_ladder):
+                raise ValueError(f"budget_ladder must not repeat a value, got {list(self.budget_ladder)}.")
         if self.shap_value not in ("logit", "log_prob", "prob"):
             raise ValueError(f"shap_value must be 'logit', 'log_prob' or 'prob', got {self.shap_value!r}.")
         self.lam_target = check_finite("lam_target", self.lam_target)
@@ -194,7 +209,7 @@ def quick_config(output_dir: str = "reports/demo-quick", **overrides) -> DemoCon
         "output_dir": output_dir, "hidden_size": 32, "intermediate_size": 64, "base_train_size": 240,
         "train_size": 48, "validation_size": 16, "test_size": 16, "pretrain_steps": 30, "num_train_epochs": 2,
         "batch_size": 16, "label_num_samples": 64, "eval_num_samples": 96, "comparison_num_samples": (64, 96),
-        "lambdas": (0.0, 0.5, 1.0), "num_heatmaps": 2,
+        "lambdas": (0.0, 0.5, 1.0), "num_heatmaps": 2, "budget_num_images": 4,
         "note": "toy sizes (--quick): a smoke run of the pipeline, its figures mean nothing",
     }  # fmt: skip
     return DemoConfig(**{**settings, **overrides})

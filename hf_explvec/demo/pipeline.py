@@ -18,7 +18,9 @@ The pipeline (arXiv 2507.04380 in miniature; every step uses the library's publi
    ([`transfer`]) over a λ2 grid; λ2 is chosen on the validation split only ([`select_lambda`]).
 5. **Evaluation.** Every model is compared with Kernel SHAP values of *that* model
    ([`~hf_explvec.evaluation.protocol`]; the report's Definitions section says what each figure is), plus
-   faithfulness metrics; then [`~hf_explvec.demo.report`] writes the report folder (`results.json` first).
+   faithfulness metrics, and the equivalent Kernel SHAP budget of the one-pass explanations of the prediction-only,
+   transferred (chosen λ2) and target-trained models ([`~hf_explvec.evaluation.budget`], on the first
+   `budget_num_images` test images); then [`~hf_explvec.demo.report`] writes the report folder (`results.json` first).
 
 The settings are in [`~hf_explvec.demo.config`], the data in [`~hf_explvec.demo.data`], the base stage in
 [`~hf_explvec.demo.pretrain`]; this module runs the stages.
@@ -40,6 +42,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..attribution.kernel_shap import min_num_samples
 from ..attribution.vit import model_kernel_shap
 from ..evaluation import (
     accuracy,
@@ -49,6 +52,7 @@ from ..evaluation import (
     kernel_shap_values,
     select_lambda,
 )
+from ..evaluation.budget import default_budget_ladder, equivalent_kernel_shap_budget
 from ..task_vector import TaskVector, transfer
 from ..training import TrainingConfig, train, train_twins
 from .config import SEED_OFFSETS, DemoConfig, derived_seed, safe_file_name
@@ -212,14 +216,24 @@ def _target_stage(clip, tokenizer, target: Domain, source: dict, vector: TaskVec
         comparison.append(
             {"num_samples": n, "accuracy": base_accuracy, "explain_seconds_per_image": seconds, **metrics}
         )
-    clock.lap(f"{name}: Kernel SHAP as the explainer", t)
+    t = clock.lap(f"{name}: Kernel SHAP as the explainer", t)
+    models = {"prediction_only": (prediction_only, 0.0)}
+    if chosen != 0.0:
+        models["transferred"] = (
+            transfer(base, prediction_only, vector, lam=chosen, lam_target=config.lam_target),
+            chosen,
+        )
+    models["direct"] = (direct, None)
+    budget = _budget_stage(models, arrays, target.test, config, name)
+    clock.lap(f"{name}: equivalent Kernel SHAP budget", t)
 
     count, evidence = min(config.num_heatmaps, len(target.test)), target.test.evidence
     result = {"domain": name, "role": target.role, "class_names": list(target.class_names),
               "cosine_tau_source_prediction_vs_tau_target": _cosine(source["vector_pred"], tau_target),
               "cosine_tau_source_explainability_vs_tau_target": _cosine(vector, tau_target),
               "norm_tau_target": tau_target.norm(), "labels_rms": float(labels.pow(2).mean().sqrt()),
-              "sweep": sweep, "chosen_lam": chosen, "direct": direct_metrics, "kernel_shap": comparison}  # fmt: skip
+              "sweep": sweep, "chosen_lam": chosen, "direct": direct_metrics, "kernel_shap": comparison,
+              "kernel_shap_budget": budget}  # fmt: skip
     shown, is_chosen = illustrated_lambda(result, config.max_accuracy_drop)
     heatmaps = {"images": target.test.images[:count], "evidence": None if evidence is None else evidence[:count],
                 "labels": target.test.labels[:count], "class_names": target.class_names, "lam": shown,
@@ -228,6 +242,26 @@ def _target_stage(clip, tokenizer, target: Domain, source: dict, vector: TaskVec
                 "with_vector": arrays[shown, "test"]["attributions"][:count],
                 "direct": arrays["direct", "test"]["attributions"][:count]}  # fmt: skip
     return result, heatmaps
+
+
+def _budget_stage(models: dict, arrays: dict, split: DemoSplit, config: DemoConfig, name: str) -> dict:
+    """The equivalent Kernel SHAP budget of each model's one-pass explanation on the first `budget_num_images` test
+    images: the ladder (seed `comparison_shap`) against the model's own test reference (seed `test_shap`). The
+    transferred model is the one at the λ2 chosen on validation; when that is 0 it is the prediction-only model, and
+    `transferred` is left out (the report says so)."""
+    vision = next(iter(models.values()))[0].config.vision_config
+    num_patches = (vision.image_size // vision.patch_size) ** 2
+    ladder = config.budget_ladder or default_budget_ladder(num_patches, config.eval_num_samples)
+    results = {}
+    for key, (model, lam) in models.items():
+        source = arrays["direct" if lam is None else lam, "test"]
+        if config.show_progress:
+            logger.info("%s: Kernel SHAP ladder %s for the %s model", name, list(ladder), key)
+        results[key] = {"lam": lam, **equivalent_kernel_shap_budget(
+            model, split, ladder, seed=derived_seed(config, "comparison_shap"), explained=source["attributions"],
+            reference=source["reference"], num_images=config.budget_num_images, batch_size=config.shap_batch_size,
+            value=config.shap_value)}  # fmt: skip
+    return {"ladder": list(ladder), "num_images": min(config.budget_num_images, len(split)), "models": results}
 
 
 def run(config: DemoConfig | None = None, *, clip=None, tokenizer=None, data: dict | None = None) -> dict:
@@ -301,6 +335,12 @@ def _run(config: DemoConfig, clip, tokenizer, data) -> dict:
     clip, tokenizer = build_clip(config, clip, tokenizer)
     clip.to(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     image_size, patch_size = clip.config.vision_config.image_size, clip.config.vision_config.patch_size
+    if config.budget_ladder is not None:  # refused before any training, not after the whole run
+        num_patches = (image_size // patch_size) ** 2
+        smallest = min_num_samples(num_patches)
+        if min(config.budget_ladder) < smallest:
+            raise ValueError(f"budget_ladder {list(config.budget_ladder)} holds budgets below 2 M = {smallest}, the "
+                             f"smallest Kernel SHAP accepts for this model's {num_patches} patches.")  # fmt: skip
     domains = load_domains(config, image_size, patch_size, data)
     t = clock.lap("data", t)
 

@@ -39,9 +39,19 @@ DEFINITIONS = """\
   masking, absent patches = the all-zero image after CLIP normalisation, i.e. the mean pixel). Every row is compared
   with the Kernel SHAP values of its own model, never of another one. ΔE-RMSE is relative to the prediction-only
   target (λ2 = 0); ΔAcc is in accuracy points.
-- **E-RMSE (L2)**: the same after dividing each image's two vectors by their L2 norms: the shape of the explanation
-  only, blind to its scale (a diagnostic: raw E-RMSE also falls when a model's own Kernel SHAP values shrink, e.g.
-  when it becomes less confident; the **SHAP RMS** column shows that scale).
+- **E-RMSE (L2)** — the **primary metric**: the same after dividing each image's two vectors by their L2 norms, the
+  shape of the explanation only. Why primary: raw E-RMSE also falls when a model's own Kernel SHAP values shrink,
+  e.g. when it grows less confident (the **SHAP RMS** column shows that scale), so a vector can win it by costing
+  confidence rather than by explaining better. E-RMSE (L2) is unchanged when either vector is multiplied by any
+  positive factor, so a smaller scale of the model's scores cannot lower it by itself; a lower E-RMSE (L2) means the
+  attributions rank and weigh the patches more like Kernel SHAP does. Its blind spot is the scale (an explanation
+  right in shape but off by a factor scores 0), which raw E-RMSE keeps: both are shown, and ΔE-RMSE (L2) is relative
+  to λ2 = 0 like ΔE-RMSE.
+- **Transfer works?** (rows with λ2 > 0): **yes** only when E-RMSE is lower than at λ2 = 0 **and** pointing,
+  deletion AUC and insertion AUC are each not worse than at λ2 = 0 by more than {tolerance:g} (the report's
+  precision). These three read the model's probabilities and the evidence masks, not Kernel SHAP, so they cannot be
+  won by shrinking the Kernel SHAP scale. Otherwise **no**, naming what failed. A measure the split lacks (no
+  evidence masks: no pointing) is not checked, and the cell says so.
 - **IoU@{k}**: intersection over union of the top-{k} patches of the attributions and of the Kernel SHAP values.
   **Spearman**: rank correlation over the patches. **Pointing**: share of images whose most attributed patch lies
   on the class object (the domain's evidence mask).
@@ -53,7 +63,13 @@ DEFINITIONS = """\
 - **cos(τ_S,pred, τ_T)**: cosine between the source's prediction-only task vector θ_S − θ_base and the target's
   θ_T − θ_base (vision tower and projection): how related the two fine-tunings are.
 - Kernel SHAP rows explain the prediction-only target θ_T with another seed than the reference values: their E-RMSE
-  is the sampling error of Kernel SHAP at that budget (the N = {eval_n} row is the noise floor of the reference)."""
+  is the sampling error of Kernel SHAP at that budget (the N = {eval_n} row is the noise floor of the reference).
+- **Equivalent Kernel SHAP budget** (as FastSHAP reports): Kernel SHAP of the same model is run at a ladder of
+  budgets (another seed than the reference) on the first test images, and the budget N whose E-RMSE against that
+  model's reference equals the one-pass explanation's E-RMSE (on the same images) is read off by linear interpolation
+  in log N between the first rung at or below that error and the rung before it. When even the smallest rung (2 M is
+  the smallest budget Kernel SHAP accepts) is closer to the reference, only "< smallest" is reported, and "> largest"
+  when no rung reaches it; the same for E-RMSE (L2). The paper reports its explanations as comparable to N = 150."""
 
 
 # ----------------------------------------------------------------------------------------------------------- tables
@@ -105,17 +121,66 @@ def _points(value, reference) -> str:
     return "–" if value is None or reference is None else f"{100 * (value - reference):+.1f}"
 
 
-TABLE_HEADER = ["Model", "λ2", "Accuracy", "ΔAcc (pts)", "E-RMSE", "ΔE-RMSE", "E-RMSE (L2)", "IoU@K", "Spearman",
-                "Pointing", "Deletion AUC ↓", "Insertion AUC ↑", "SHAP RMS", "s/image",
-                "cos(τ_S,pred, τ_T)"]  # fmt: skip
+TABLE_HEADER = ["Model", "λ2", "Accuracy", "ΔAcc (pts)", "E-RMSE", "ΔE-RMSE", "E-RMSE (L2)", "ΔE-RMSE (L2)", "IoU@K",
+                "Spearman", "Pointing", "Deletion AUC ↓", "Insertion AUC ↑", "SHAP RMS", "s/image",
+                "cos(τ_S,pred, τ_T)", "Transfer works?"]  # fmt: skip
+
+#: The faithfulness measures the verdict checks, and the direction in which each gets better (+1 higher, -1 lower).
+FAITHFULNESS_MEASURES = {"pointing": 1, "deletion_auc": -1, "insertion_auc": 1}
+_SHORT_NAMES = {"e_rmse": "E-RMSE", "pointing": "pointing", "deletion_auc": "deletion", "insertion_auc": "insertion"}
 
 
-def _row(name: str, lam: str, metrics: dict, baseline: dict, cosine: str) -> list[str]:
+#: How much worse than at λ2 = 0 a faithfulness measure may be and still count as "not worse": the report's precision
+#: (three decimals), so that float noise in an unchanged measure is not read as a loss.
+FAITHFULNESS_TOLERANCE: float = 1e-3
+
+
+def transfer_verdict(entry: dict, baseline: dict, tolerance: float = FAITHFULNESS_TOLERANCE) -> dict:
+    r"""
+    Whether a transfer works at one λ2: E-RMSE lower than at λ2 = 0 **and** pointing, deletion AUC and insertion AUC
+    each not worse than at λ2 = 0 (deletion lower is better, the other two higher). A raw E-RMSE gain alone can be won
+    by losing confidence (the model's own Kernel SHAP values shrink); the three faithfulness measures read the
+    model's probabilities and the evidence, not Kernel SHAP's scale.
+
+    Args:
+        entry (`dict`): the figures at λ2 (`e_rmse`, and whichever of `pointing`, `deletion_auc`, `insertion_auc`
+            were measured).
+        baseline (`dict`): the same figures at λ2 = 0 on the same split.
+        tolerance (`float`, *optional*, defaults to 1e-3): a measure counts as worse only when it is worse by more
+            than this (absolute; the report shows three decimals).
+
+    Returns:
+        `dict`: `works` (`bool`), `e_rmse_falls` (`bool`), `worse` (the faithfulness measures that got worse),
+        `unchecked` (those missing from either entry, e.g. `pointing` without evidence masks).
+    """
+    worse, unchecked = [], []
+    for name, direction in FAITHFULNESS_MEASURES.items():
+        value, reference = entry.get(name), baseline.get(name)
+        if value is None or reference is None or math.isnan(value) or math.isnan(reference):
+            unchecked.append(name)
+        elif direction * (value - reference) < -tolerance:
+            worse.append(name)
+    falls = bool(entry["e_rmse"] < baseline["e_rmse"])
+    return {"works": falls and not worse, "e_rmse_falls": falls, "worse": worse, "unchecked": unchecked}
+
+
+def _verdict_cell(verdict: dict) -> str:
+    failed = ([] if verdict["e_rmse_falls"] else ["E-RMSE not lower"]) + [
+        f"{_SHORT_NAMES[name]} worse" for name in verdict["worse"]
+    ]
+    cell = "yes" if verdict["works"] else "no: " + ", ".join(failed)
+    if verdict["unchecked"]:
+        cell += " (" + ", ".join(_SHORT_NAMES[name] for name in verdict["unchecked"]) + " not measured)"
+    return cell
+
+
+def _row(name: str, lam: str, metrics: dict, baseline: dict, cosine: str, verdict: str = "–") -> list[str]:
     return [name, lam, f"{100 * metrics['accuracy']:.1f}%", _points(metrics["accuracy"], baseline["accuracy"]),
             _fmt(metrics["e_rmse"]), _relative(metrics["e_rmse"], baseline["e_rmse"]), _fmt(metrics["e_rmse_l2"]),
-            _fmt(metrics["iou_at_k"]), _fmt(metrics["spearman"]), _fmt(metrics.get("pointing")),
-            _fmt(metrics.get("deletion_auc")), _fmt(metrics.get("insertion_auc")), _fmt(metrics.get("shap_rms")),
-            _seconds(metrics.get("explain_seconds_per_image")), cosine]  # fmt: skip
+            _relative(metrics["e_rmse_l2"], baseline["e_rmse_l2"]), _fmt(metrics["iou_at_k"]),
+            _fmt(metrics["spearman"]), _fmt(metrics.get("pointing")), _fmt(metrics.get("deletion_auc")),
+            _fmt(metrics.get("insertion_auc")), _fmt(metrics.get("shap_rms")),
+            _seconds(metrics.get("explain_seconds_per_image")), cosine, verdict]  # fmt: skip
 
 
 def target_table(target: dict, split: str = "test") -> str:
@@ -140,7 +205,8 @@ def target_table(target: dict, split: str = "test") -> str:
         if entry["lam"] == 0.0:
             continue
         mark = " ✓ chosen on validation" if entry["lam"] == target["chosen_lam"] else ""
-        rows.append(_row(f"θ_T + λ2·τ_S{mark}", f"{entry['lam']:g}", entry, baseline, cosine))
+        verdict = _verdict_cell(transfer_verdict(entry, baseline))
+        rows.append(_row(f"θ_T + λ2·τ_S{mark}", f"{entry['lam']:g}", entry, baseline, cosine, verdict))
     direct = target["direct"][split]
     rows.append(_row("self-explaining θ*_T trained on target (lower bound)", "–", direct, baseline, "–"))
     if split == "test":
@@ -181,8 +247,11 @@ def transfer_summary(
         goal_accuracy_drop (`float`, *optional*, defaults to 0.04): the accuracy drop the goal allows (a fraction).
 
     Returns:
-        `dict`: `lam`, `relative_e_rmse` (fraction), `accuracy_change` (fraction), `meets_related_goal` (`bool`),
-        and the same on validation (`validation_relative_e_rmse`, `validation_accuracy_change`).
+        `dict`: `lam`, `relative_e_rmse` and `relative_e_rmse_l2` (fractions; E-RMSE (L2) is the primary metric),
+        `accuracy_change` (fraction), `meets_related_goal` (`bool`, the paper's criterion on E-RMSE and accuracy),
+        `works`, `worse` and `unchecked` ([`transfer_verdict`] at the chosen λ2; `works` is `False` at λ2 = 0, where
+        nothing is transferred), `faithfulness` (per measure, `[value at λ2 = 0, value at the chosen λ2]`), and the
+        same on validation with the prefix `validation_`.
     """
     out = {"lam": target["chosen_lam"]}
     for split, prefix in (("test", ""), ("validation", "validation_")):
@@ -190,7 +259,14 @@ def transfer_summary(
         base = next(e for e in sweep if e["lam"] == 0.0)
         chosen = next(e for e in sweep if e["lam"] == target["chosen_lam"])
         out[f"{prefix}relative_e_rmse"] = (chosen["e_rmse"] - base["e_rmse"]) / base["e_rmse"]
+        l2 = base.get("e_rmse_l2")
+        out[f"{prefix}relative_e_rmse_l2"] = (chosen["e_rmse_l2"] - l2) / l2 if l2 else None
         out[f"{prefix}accuracy_change"] = chosen["accuracy"] - base["accuracy"]
+        verdict = transfer_verdict(chosen, base)
+        out[f"{prefix}works"] = bool(verdict["works"] and target["chosen_lam"] != 0.0)
+        out[f"{prefix}worse"], out[f"{prefix}unchecked"] = verdict["worse"], verdict["unchecked"]
+        out[f"{prefix}faithfulness"] = {name: [base[name], chosen[name]] for name in FAITHFULNESS_MEASURES
+                                        if base.get(name) is not None and chosen.get(name) is not None}  # fmt: skip
     out["meets_related_goal"] = bool(
         out["relative_e_rmse"] <= -goal_e_rmse_gain and out["accuracy_change"] >= -goal_accuracy_drop - 1e-9
     )
@@ -214,27 +290,135 @@ def _validation_note(target: dict, goal_e_rmse_gain: float) -> str:
     return f"on validation λ2 = {lam:g} gave E-RMSE {100 * change:+.1f}% at {100 * accuracy_change:+.1f} pts"
 
 
+def _works_text(summary: dict) -> str:
+    """The verdict of the rule at the chosen λ2 on test, with the faithfulness figures it read."""
+    figures = ", ".join(f"{_SHORT_NAMES[name]} {before:.3f} → {after:.3f}"
+                        for name, (before, after) in summary["faithfulness"].items())  # fmt: skip
+    if summary["works"]:
+        text = "the transfer **works** by the rule (E-RMSE falls and no faithfulness measure is worse than at λ2 = 0"
+    else:
+        failed = ([] if summary["relative_e_rmse"] < 0 else ["E-RMSE not lower"]) + [
+            f"{_SHORT_NAMES[name]} worse" for name in summary["worse"]
+        ]
+        text = f"the transfer **does not work** by the rule ({', '.join(failed)} than at λ2 = 0"
+    text += f": {figures})" if figures else ")"
+    if summary["unchecked"]:
+        text += f"; not measured: {', '.join(_SHORT_NAMES[name] for name in summary['unchecked'])}"
+    return text
+
+
 def _verdict(target: dict, summary: dict, settings: dict) -> str:
-    change = f"E-RMSE {100 * summary['relative_e_rmse']:+.1f}%, accuracy {100 * summary['accuracy_change']:+.1f} pts"
+    l2 = summary.get("relative_e_rmse_l2")
+    primary = "" if l2 is None else f"E-RMSE (L2, primary) {100 * l2:+.1f}%, "
+    change = (f"{primary}E-RMSE {100 * summary['relative_e_rmse']:+.1f}%, accuracy "
+              f"{100 * summary['accuracy_change']:+.1f} pts")  # fmt: skip
     if summary["lam"] == 0.0:
         head = "the validation rule kept λ2 = 0 (no λ2 > 0 lowered validation E-RMSE within the accuracy tolerance)"
     else:
-        head = f"λ2 = {summary['lam']:g} chosen on validation; on test {change}"
+        head = f"λ2 = {summary['lam']:g} chosen on validation; on test {change}; {_works_text(summary)}"
     note = _validation_note(target, settings["goal_e_rmse_gain"])
-    head = f"{head}; {note}" if note else head
+    text = f"{head}; {note}." if note else f"{head}."
     if target["role"] == "related":
         goal = "meets" if summary["meets_related_goal"] else "does not meet"
         paper = (
             f"the paper's related-domain result (≥ {100 * settings['goal_e_rmse_gain']:g}% lower E-RMSE, accuracy "
             f"within {100 * settings['goal_accuracy_drop']:g} points)"
         )
-        return f"{head}. The chosen λ2 {goal} {paper}."
-    if target["role"] == "unrelated":
-        gain = -summary["relative_e_rmse"]
-        if gain < settings["goal_e_rmse_gain"]:
-            return f"{head}. As the paper reports for unrelated domains, the vector does not help here."
-        return f"{head}. Unlike the paper's unrelated case, the vector helps here."
-    return f"{head}."
+        text += f" The chosen λ2 {goal} {paper}."
+    elif target["role"] == "unrelated":
+        if -summary["relative_e_rmse"] < settings["goal_e_rmse_gain"]:
+            text += " As the paper reports for unrelated domains, the vector does not help here."
+        else:
+            text += " Unlike the paper's unrelated case, the vector helps here."
+    budget = budget_summary(target)
+    return f"{text} {budget}" if budget else text
+
+
+_BUDGET_MODELS = {"prediction_only": "prediction-only θ_T", "transferred": "θ_T + λ2·τ_S (chosen λ2)",
+                  "direct": "self-explaining θ*_T trained on target"}  # fmt: skip
+
+
+def format_budget(equivalent: dict) -> str:
+    r"""
+    An equivalent Kernel SHAP budget as the report writes it: `≈ 45` within the ladder, `< 32` below its smallest
+    rung, `> 500` above its largest.
+
+    Args:
+        equivalent (`dict`): a result of [`~hf_explvec.evaluation.budget.interpolate_budget`].
+
+    Returns:
+        `str`
+    """
+    if equivalent["bound"] == "below":
+        return f"< {equivalent['smallest']}"
+    if equivalent["bound"] == "above":
+        return f"> {equivalent['largest']}"
+    return f"≈ {equivalent['num_samples']:.0f}"
+
+
+def _rung(entry: dict, num_samples: int) -> dict | None:
+    return next((rung for rung in entry["ladder"] if rung["num_samples"] == num_samples), None)
+
+
+def _times(value: float, reference: float | None) -> str:
+    return "–" if not reference else f"{value / reference:.1f}×"
+
+
+def budget_summary(target: dict, paper_budget: int = 150) -> str:
+    r"""
+    One sentence: the equivalent Kernel SHAP budget of each model's one-pass explanation (E-RMSE, and E-RMSE (L2)),
+    and how far that is from the paper's "comparable to Kernel SHAP with `paper_budget` samples": the one-pass E-RMSE
+    as a multiple of Kernel SHAP-`paper_budget`'s on the same images (when that budget is on the ladder).
+
+    Args:
+        target (`dict`): one entry of `results["targets"]`; without `kernel_shap_budget` (older results) the text is
+            empty.
+        paper_budget (`int`, *optional*, defaults to 150): the paper's budget.
+
+    Returns:
+        `str`
+    """
+    budget = target.get("kernel_shap_budget")
+    if not budget:
+        return ""
+    parts = []
+    for key, entry in budget["models"].items():
+        name = _BUDGET_MODELS[key] if key != "transferred" else f"θ_T + {entry['lam']:g}·τ_S"
+        rung = _rung(entry, paper_budget)
+        versus = (
+            "" if rung is None else f", E-RMSE {_times(entry['one_pass_e_rmse'], rung['e_rmse'])} KS-{paper_budget}'s"
+        )
+        parts.append(
+            f"{name} {format_budget(entry['equivalent'])} (L2: {format_budget(entry['equivalent_l2'])}{versus})"
+        )
+    same = "" if "transferred" in budget["models"] else " (λ2 = 0 chosen: the transferred model is θ_T)"
+    return (f"Equivalent Kernel SHAP budget of the one-pass explanation (first {budget['num_images']} test images; "
+            f"the paper: comparable to N = {paper_budget}): {'; '.join(parts)}{same}.")  # fmt: skip
+
+
+def budget_table(target: dict) -> str:
+    r"""
+    The equivalent Kernel SHAP budget table of one target: per model the one-pass E-RMSE and E-RMSE (L2) on the
+    ladder's images and the equivalent budgets, then Kernel SHAP's E-RMSE at each rung of the ladder per model.
+
+    Args:
+        target (`dict`): one entry of `results["targets"]` with `kernel_shap_budget`.
+
+    Returns:
+        `str`: two markdown tables, separated by a blank line.
+    """
+    budget = target["kernel_shap_budget"]
+    models = budget["models"]
+    names = {key: (f"θ_T + λ2·τ_S, λ2 = {entry['lam']:g}" if key == "transferred" else _BUDGET_MODELS[key])
+             for key, entry in models.items()}  # fmt: skip
+    rows = [[names[key], _fmt(entry["one_pass_e_rmse"]), format_budget(entry["equivalent"]),
+             _fmt(entry["one_pass_e_rmse_l2"]), format_budget(entry["equivalent_l2"])]
+            for key, entry in models.items()]  # fmt: skip
+    first = markdown_table(["Model (one pass)", "E-RMSE", "Equivalent N", "E-RMSE (L2)", "Equivalent N (L2)"], rows)
+    ladder = [[str(n)] + [f"{_fmt(_rung(e, n)['e_rmse'])} / {_fmt(_rung(e, n)['e_rmse_l2'])}" for e in models.values()]
+              for n in budget["ladder"]]  # fmt: skip
+    second = markdown_table(["Kernel SHAP N", *(f"{names[key]}: E-RMSE / (L2)" for key in models)], ladder)
+    return f"{first}\n\n{second}"
 
 
 def illustrated_lambda(target: dict, max_accuracy_drop: float = MAX_ACCURACY_DROP) -> tuple[float, bool]:
@@ -391,7 +575,24 @@ def _target_section(results: dict, target: dict) -> list[str]:
         "",
         target_table(target, "validation"),
         "",
+        *_budget_section(target),
         f"![heatmaps of {name}]({heatmap_file_name(name)})",
+        "",
+    ]
+
+
+def _budget_section(target: dict) -> list[str]:
+    budget = target.get("kernel_shap_budget")
+    if not budget:
+        return []
+    return [
+        (
+            f"**Equivalent Kernel SHAP budget** (first {budget['num_images']} test images; ladder "
+            f"{', '.join(str(n) for n in budget['ladder'])}; Kernel SHAP of each model with another seed than its "
+            f"reference):"
+        ),
+        "",
+        budget_table(target),
         "",
     ]
 
@@ -427,6 +628,7 @@ def build_report(results: dict) -> str:
         k=config["top_k"],
         threads=config["num_threads"],
         value=config.get("shap_value", "logit"),
+        tolerance=FAITHFULNESS_TOLERANCE,
     )
     lines += ["", "## Definitions", "", definitions, "", *_setup_section(results)]
     for target in results["targets"]:
@@ -496,8 +698,11 @@ def format_summary(results: dict) -> str:
     lines = [f"report: {results.get('report', '')}", f"hub: {hub['repo_id']} @ {hub['commit_sha']}"]
     for target in results["targets"]:
         s = transfer_summary(target, settings["goal_e_rmse_gain"], settings["goal_accuracy_drop"])
-        lines.append(f"{target['domain']} ({target['role']}): λ2 = {s['lam']:g}, test E-RMSE "
-                     f"{100 * s['relative_e_rmse']:+.1f}%, accuracy {100 * s['accuracy_change']:+.1f} pts")  # fmt: skip
+        l2 = "–" if s["relative_e_rmse_l2"] is None else f"{100 * s['relative_e_rmse_l2']:+.1f}%"
+        works = "works" if s["works"] else "does not work"
+        lines.append(f"{target['domain']} ({target['role']}): λ2 = {s['lam']:g}, test E-RMSE (L2) {l2}, E-RMSE "
+                     f"{100 * s['relative_e_rmse']:+.1f}%, accuracy {100 * s['accuracy_change']:+.1f} pts; "
+                     f"transfer {works}")  # fmt: skip
     lines.append(f"wall time: {results['timings_seconds']['total']:.1f} s")
     return "\n".join(lines)
 
@@ -505,7 +710,12 @@ def format_summary(results: dict) -> str:
 __all__ = [
     "DEFINITIONS",
     "TABLE_HEADER",
+    "FAITHFULNESS_MEASURES",
+    "FAITHFULNESS_TOLERANCE",
+    "budget_summary",
+    "budget_table",
     "build_report",
+    "format_budget",
     "format_summary",
     "heatmap_file_name",
     "illustrated_lambda",
@@ -517,5 +727,6 @@ __all__ = [
     "safe_file_name",
     "target_table",
     "transfer_summary",
+    "transfer_verdict",
     "write_report",
 ]
