@@ -29,12 +29,12 @@ from .configuration import ExplainingCLIPForImageClassificationConfig
 from .heads import DEFAULT_TEMPLATES
 from .modeling import (
     IGNORE_INDEX,
+    ExplainingModelHubMixin,
     MissingHeadError,
     SelfExplainingCLIPVision,
     SelfExplainingOutput,
     check_head_loaded,
     load_checked,
-    save_with_image_processor,
 )
 
 __all__ = ["SUPPORTED_MODEL_CLASSES", "ExplainingCLIPForImageClassification", "explaining_model"]
@@ -51,7 +51,7 @@ def _is_single_label(config) -> bool:
     return config.num_labels > 1 and config.problem_type in (None, "single_label_classification")
 
 
-class ExplainingCLIPForImageClassification(PreTrainedModel):
+class ExplainingCLIPForImageClassification(ExplainingModelHubMixin, PreTrainedModel):
     r"""
     transformers' `CLIPForImageClassification` with patch attributions from its own linear head.
 
@@ -88,6 +88,7 @@ class ExplainingCLIPForImageClassification(PreTrainedModel):
     """
 
     config_class = ExplainingCLIPForImageClassificationConfig
+    _push_commit_message = "Upload explaining CLIP classifier with hf_explvec"
     base_model_prefix = "explaining_clip_image_classifier"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
@@ -311,84 +312,6 @@ class ExplainingCLIPForImageClassification(PreTrainedModel):
             ce_loss=ce_loss,
             hidden_states=vision_outputs.hidden_states,
             attentions=vision_outputs.attentions,
-        )
-
-    # ------------------------------------------------------------------------------------------- save / push
-    def save_pretrained(self, save_directory, *, image_processor=None, **kwargs):
-        r"""
-        transformers' `save_pretrained` (safetensors weights, `config.json`), plus the image processor
-        (`preprocessor_config.json`), so that `pipeline("image-classification", model=save_directory)` works after
-        `import hf_explvec`.
-
-        Args:
-            save_directory (`str` or `os.PathLike`): The folder; created if missing.
-            image_processor (`BaseImageProcessor`, *optional*): The processor to save. Defaults to the one saved in
-                the local folder the model (or the classifier it was made from) was loaded from, else CLIP's, sized
-                to the model ([`hf_explvec.data.images.image_processor_for`]). For a classifier loaded from the Hub,
-                pass its processor (`AutoImageProcessor.from_pretrained(name)`) if it is not CLIP's.
-            kwargs: As in transformers' `save_pretrained` (`push_to_hub=True` is refused: use `push_to_hub`).
-        """
-        save_with_image_processor(self, super().save_pretrained, save_directory, image_processor, kwargs)
-
-    def generate_model_card(self, repo_id: str | None = None, eval_results=None):
-        """The model's card ([`hf_explvec.hub.cards.model_card`], from `hub_cards/explaining_classifier.md`): how to
-        use it, the classifier it was made from, its classes and patch grid, and the explainability vector and λ
-        applied to it, if any (`config.explainability`).
-
-        Args:
-            repo_id (`str`, *optional*): Where the model lives, for the usage snippet.
-            eval_results (`list[huggingface_hub.EvalResult]`, *optional*): Written as `model-index` metadata.
-        """
-        from .hub.cards import model_card  # the model module does not depend on the Hub code
-
-        return model_card(self.config, repo_id, eval_results)
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        commit_message: str | None = None,
-        commit_description: str | None = None,
-        private: bool | None = None,
-        token: str | None = None,
-        revision: str | None = None,
-        create_pr: bool = False,
-        max_shard_size: int | str = "50GB",
-        eval_results=None,
-        image_processor=None,
-        **kwargs,
-    ):
-        r"""
-        Upload the model (safetensors, config, image processor) with its card in one commit; a README already in the
-        repo that someone wrote or edited keeps its text and only gets its metadata updated. After
-        `import hf_explvec`, `AutoModelForImageClassification.from_pretrained(repo_id)` and
-        `pipeline("image-classification", model=repo_id)` load it.
-
-        Args:
-            repo_id (`str`): The repository; created if missing.
-            commit_message, commit_description, private, token, revision, create_pr, max_shard_size: As in
-                transformers' `push_to_hub`.
-            eval_results (`list[huggingface_hub.EvalResult]`, *optional*): Results for the card's `model-index`.
-            image_processor (`BaseImageProcessor`, *optional*): As in
-                [`~ExplainingCLIPForImageClassification.save_pretrained`].
-
-        Returns:
-            `huggingface_hub.CommitInfo`.
-        """
-        from .hub.repo import push_folder  # the model module does not depend on the Hub code
-
-        if kwargs:
-            raise TypeError(f"push_to_hub got unexpected arguments: {sorted(kwargs)}.")
-        return push_folder(
-            lambda folder: self.save_pretrained(folder, max_shard_size=max_shard_size, image_processor=image_processor),
-            lambda: self.generate_model_card(repo_id, eval_results),
-            repo_id,
-            revision=revision,
-            private=private,
-            token=token,
-            commit_message=commit_message or "Upload explaining CLIP classifier with hf_explvec",
-            commit_description=commit_description,
-            create_pr=create_pr,
         )
 
 

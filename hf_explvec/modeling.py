@@ -155,6 +155,94 @@ def save_with_image_processor(model, save, save_directory, image_processor, kwar
         image_processor.save_pretrained(save_directory)
 
 
+class ExplainingModelHubMixin:
+    r"""
+    Saving and pushing shared by the explaining models ([`SelfExplainingCLIPVision`],
+    [`~hf_explvec.classifier.ExplainingCLIPForImageClassification`]): transformers' `save_pretrained` plus the image
+    processor, and a `push_to_hub` that uploads weights, config, image processor and hf_explvec's card
+    ([`hf_explvec.hub.cards.model_card`]) in one commit. Put it before `PreTrainedModel` in the bases.
+    """
+
+    _push_commit_message = "Upload explaining CLIP model with hf_explvec"
+
+    def save_pretrained(self, save_directory, *, image_processor=None, **kwargs):
+        r"""
+        transformers' `save_pretrained` (safetensors weights, `config.json`), plus the image processor
+        (`preprocessor_config.json`), so that `pipeline("image-classification", model=save_directory)` works after
+        `import hf_explvec`.
+
+        Args:
+            save_directory (`str` or `os.PathLike`): The folder; created if missing.
+            image_processor (`BaseImageProcessor`, *optional*): The processor to save. Defaults to the one saved in
+                the local folder the model (or the CLIP model or classifier it was made from) was loaded from, else
+                CLIP's, sized to the model ([`hf_explvec.data.images.image_processor_for`]). Pass the one your model
+                was trained with if it differs.
+            kwargs: As in transformers' `save_pretrained` (`push_to_hub=True` is refused: use `push_to_hub`).
+        """
+        save_with_image_processor(self, super().save_pretrained, save_directory, image_processor, kwargs)
+
+    def generate_model_card(self, repo_id: str | None = None, eval_results=None):
+        """The model's card ([`hf_explvec.hub.cards.model_card`]): how to use it, where its weights and head come
+        from, its classes and patch grid, and the explainability vector and λ applied to it, if any
+        (`config.explainability`).
+
+        Args:
+            repo_id (`str`, *optional*): Where the model lives, for the usage snippet.
+            eval_results (`list[huggingface_hub.EvalResult]`, *optional*): Written as `model-index` metadata.
+        """
+        from .hub.cards import model_card  # the model module does not depend on the Hub code
+
+        return model_card(self.config, repo_id, eval_results)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str = "50GB",
+        eval_results=None,
+        image_processor=None,
+        **kwargs,
+    ):
+        r"""
+        Upload the model (safetensors, config, image processor) with its card in one commit, like transformers'
+        `push_to_hub`, but with hf_explvec's card: a README already in the repo that someone wrote or edited keeps its
+        text and only gets its metadata updated. After `import hf_explvec`, `AutoModel.from_pretrained(repo_id)`,
+        `AutoModelForImageClassification.from_pretrained(repo_id)` and `pipeline("image-classification",
+        model=repo_id)` load it.
+
+        Args:
+            repo_id (`str`): The repository; created if missing.
+            commit_message, commit_description, private, token, revision, create_pr, max_shard_size: As in
+                transformers' `push_to_hub`.
+            eval_results (`list[huggingface_hub.EvalResult]`, *optional*): Results for the card's `model-index`.
+            image_processor (`BaseImageProcessor`, *optional*): As in `save_pretrained`.
+
+        Returns:
+            `huggingface_hub.CommitInfo`.
+        """
+        from .hub.repo import push_folder  # the model module does not depend on the Hub code
+
+        if kwargs:
+            raise TypeError(f"push_to_hub got unexpected arguments: {sorted(kwargs)}.")
+        return push_folder(
+            lambda folder: self.save_pretrained(folder, max_shard_size=max_shard_size, image_processor=image_processor),
+            lambda: self.generate_model_card(repo_id, eval_results),
+            repo_id,
+            revision=revision,
+            private=private,
+            token=token,
+            commit_message=commit_message or self._push_commit_message,
+            commit_description=commit_description,
+            create_pr=create_pr,
+        )
+
+
 @dataclass
 class SelfExplainingOutput(ModelOutput):
     r"""
@@ -193,7 +281,7 @@ class SelfExplainingOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-class SelfExplainingCLIPVision(PreTrainedModel):
+class SelfExplainingCLIPVision(ExplainingModelHubMixin, PreTrainedModel):
     r"""
     A CLIP ViT image classifier that explains itself: one forward pass gives class logits from the [CLS] token and
     patch attributions from the patch tokens, both through the same fixed head of CLIP text embeddings.
@@ -217,6 +305,7 @@ class SelfExplainingCLIPVision(PreTrainedModel):
     """
 
     config_class = SelfExplainingCLIPVisionConfig
+    _push_commit_message = "Upload self-explaining CLIP model with hf_explvec"
     base_model_prefix = "self_explaining_clip_vision"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
@@ -255,22 +344,6 @@ class SelfExplainingCLIPVision(PreTrainedModel):
             "explaining_model picks the right one."
         )
         return load_checked(cls, super().from_pretrained, args, kwargs, cls.HEAD_KEYS, remedy)
-
-    def save_pretrained(self, save_directory, *, image_processor=None, **kwargs):
-        r"""
-        transformers' `save_pretrained` (safetensors weights, `config.json`), plus the image processor
-        (`preprocessor_config.json`), so that `pipeline("image-classification", model=save_directory)` works after
-        `import hf_explvec`.
-
-        Args:
-            save_directory (`str` or `os.PathLike`): The folder; created if missing.
-            image_processor (`BaseImageProcessor`, *optional*): The processor to save. Defaults to the one saved in
-                the local folder the model (or the CLIP model it was made from) was loaded from, else CLIP's, sized
-                to the model ([`hf_explvec.data.images.image_processor_for`]). Pass the one your model was trained
-                with if it differs.
-            kwargs: As in transformers' `save_pretrained` (`push_to_hub=True` is refused: use `push_to_hub`).
-        """
-        save_with_image_processor(self, super().save_pretrained, save_directory, image_processor, kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -532,64 +605,6 @@ class SelfExplainingCLIPVision(PreTrainedModel):
             model.class_embeddings.copy_(F.normalize(class_embeddings.float(), dim=-1))
             model.logit_scale.copy_(clip.logit_scale.detach())
         return model.eval()
-
-    def generate_model_card(self, repo_id: str | None = None, eval_results=None):
-        """The model's card ([`hf_explvec.hub.cards.model_card`], from `hub_cards/self_explaining_model.md`).
-
-        Args:
-            repo_id (`str`, *optional*): Where the model lives, for the usage snippet.
-            eval_results (`list[huggingface_hub.EvalResult]`, *optional*): Written as `model-index` metadata.
-        """
-        from .hub.cards import model_card  # the model module does not depend on the Hub code
-
-        return model_card(self.config, repo_id, eval_results)
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        commit_message: str | None = None,
-        commit_description: str | None = None,
-        private: bool | None = None,
-        token: str | None = None,
-        revision: str | None = None,
-        create_pr: bool = False,
-        max_shard_size: int | str = "50GB",
-        eval_results=None,
-        image_processor=None,
-        **kwargs,
-    ):
-        r"""
-        Upload the model (safetensors, config, image processor) with its card in one commit, like transformers'
-        `push_to_hub`, but with hf_explvec's card: a README already in the repo that someone wrote or edited keeps its
-        text and only gets its metadata updated. After `import hf_explvec`, `AutoModel.from_pretrained(repo_id)` loads
-        it back and `pipeline("image-classification", model=repo_id)` runs it.
-
-        Args:
-            repo_id (`str`): The repository; created if missing.
-            commit_message, commit_description, private, token, revision, create_pr, max_shard_size: As in
-                transformers' `push_to_hub`.
-            eval_results (`list[huggingface_hub.EvalResult]`, *optional*): Results for the card's `model-index`.
-            image_processor (`BaseImageProcessor`, *optional*): As in [`~SelfExplainingCLIPVision.save_pretrained`].
-
-        Returns:
-            `huggingface_hub.CommitInfo`.
-        """
-        from .hub.repo import push_folder  # the model module does not depend on the Hub code
-
-        if kwargs:
-            raise TypeError(f"push_to_hub got unexpected arguments: {sorted(kwargs)}.")
-        return push_folder(
-            lambda folder: self.save_pretrained(folder, max_shard_size=max_shard_size, image_processor=image_processor),
-            lambda: self.generate_model_card(repo_id, eval_results),
-            repo_id,
-            revision=revision,
-            private=private,
-            token=token,
-            commit_message=commit_message or "Upload self-explaining CLIP model with hf_explvec",
-            commit_description=commit_description,
-            create_pr=create_pr,
-        )
 
 
 def attribution_map(outputs: SelfExplainingOutput, target: int | torch.Tensor | None = None) -> torch.Tensor:
