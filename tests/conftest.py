@@ -1,5 +1,7 @@
 """Fixtures shared by several test modules. Modules opt in with `pytestmark = pytest.mark.usefixtures(...)`."""
 
+import copy
+
 import datasets
 import pytest
 import torch
@@ -37,3 +39,14 @@ def fresh_accelerate_state():
     reset_accelerate_state()
     yield
     reset_accelerate_state()
+
+
+def fine_tune(model, seed: int, scale: float = 0.02):
+    """A copy of `model` with seeded noise on every weight (`scale` times a standard normal): a stand-in for a model
+    fine-tuned from it (it descends from `model`, so the base check accepts it)."""
+    tuned = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(torch.randn(p.shape, generator=g), alpha=scale)
+    return tuned

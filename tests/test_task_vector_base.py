@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from conftest import fine_tune
 from huggingface_hub import ModelCard
 from transformers import CLIPModel, CLIPVisionModelWithProjection
 
@@ -20,16 +21,6 @@ from hf_explvec.testing import tiny_clip_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 BASE = "org/base-clip"
-
-
-def fine_tune(model, seed, scale=0.02):
-    """A copy of `model` with seeded noise on every weight (`scale` times a standard normal)."""
-    tuned = copy.deepcopy(model)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in tuned.parameters():
-            p.add_(torch.randn(p.shape, generator=g), alpha=scale)
-    return tuned
 
 
 @pytest.fixture(scope="module")

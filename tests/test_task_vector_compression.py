@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from conftest import fine_tune
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 from torch.profiler import ProfilerActivity, profile
@@ -21,16 +22,6 @@ from hf_explvec.task_vector_config import FORMAT_VERSION
 from hf_explvec.testing import tiny_clip_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def fine_tune(model, seed, scale=0.02):
-    """A copy of `model` with seeded noise on every floating-point weight: a stand-in for a fine-tuned model."""
-    tuned = copy.deepcopy(model)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in tuned.parameters():
-            p.add_(torch.randn(p.shape, generator=g), alpha=scale)
-    return tuned
 
 
 @pytest.fixture(scope="module")
