@@ -238,8 +238,8 @@ def gain_kept(row: dict, zero: dict, full: dict) -> float:
 
 def print_table(rows: list[dict], zero: dict, full: dict, accuracy_slack: float) -> None:
     header = (f"{'family':<10} {'variant':<24} {'λ2':>5} {'file B':>8} {'x smaller':>9} {'data B':>8} {'rel.err':>7} "
-              f"{'acc':>6} {'ΔAcc':>6} {'E-RMSE':>7} {'ΔE-RMSE':>8} {'gain kept':>9} {'IoU@2':>6} {'Spear.':>6} "
-              f"{'point.':>6} {'del.AUC':>7} {'ins.AUC':>7}  goal")  # fmt: skip
+              f"{'acc':>6} {'ΔAcc':>6} {'E-RMSE':>7} {'ΔE-RMSE':>8} {'gain kept':>9} {'E(L2)':>6} {'SHAPrms':>7} "
+              f"{'IoU@2':>6} {'Spear.':>6} {'point.':>6} {'del.AUC':>7} {'ins.AUC':>7}  goal")  # fmt: skip
     print(header)
     for row in rows:
         kept = gain_kept(row, zero, full) if row["family"] != "λ2=0" else math.nan
@@ -254,7 +254,8 @@ def print_table(rows: list[dict], zero: dict, full: dict, accuracy_slack: float)
             f"{row['family']:<10} {row['label']:<24} {row['lam']:>5g} {row['file_bytes']:>8} {row['ratio']:>9.2f} "
             f"{row['data_bytes']:>8} {row['relative_error']:>7.3f} {100 * row['accuracy']:>5.1f}% "
             f"{100 * (row['accuracy'] - zero['accuracy']):>+6.1f} {row['e_rmse']:>7.3f} "
-            f"{100 * (row['e_rmse'] / zero['e_rmse'] - 1):>+7.1f}% {100 * kept:>8.0f}% {row['iou_at_k']:>6.3f} "
+            f"{100 * (row['e_rmse'] / zero['e_rmse'] - 1):>+7.1f}% {100 * kept:>8.0f}% {row['e_rmse_l2']:>6.3f} "
+            f"{row['shap_rms']:>7.3f} {row['iou_at_k']:>6.3f} "
             f"{row['spearman']:>6.3f} {row.get('pointing', math.nan):>6.3f} {row['deletion_auc']:>7.3f} "
             f"{row['insertion_auc']:>7.3f}  {goal}"
         )
