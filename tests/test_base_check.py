@@ -275,8 +275,12 @@ def test_vit_b32_fingerprint_size_and_time():
     fingerprint = base_fingerprint(state)
     seconds = time.perf_counter() - start
     size = len(json.dumps(fingerprint))
-    print(f"ViT-B/32: {len(fingerprint['tensors'])} tensors, {size} bytes of JSON, {seconds:.3f} s")
-    assert len(fingerprint["tensors"]) == 75 and size < 20_000 and seconds < 2.0
+    start = time.perf_counter()
+    assert base_distance(fingerprint, state) < 1e-3
+    compare = time.perf_counter() - start
+    print(f"ViT-B/32: {len(fingerprint['tensors'])} tensors, {size} bytes of JSON, base_fingerprint {seconds:.3f} s, "
+          f"base_distance {compare:.3f} s")  # fmt: skip
+    assert len(fingerprint["tensors"]) == 75 and size < 20_000 and seconds < 2.0 and compare < 2.0
     assert base_distance(fingerprint, {k: v.bfloat16() for k, v in state.items()}) < 0.01
     torch.manual_seed(1)
     other = CLIPVisionModelWithProjection(CLIPVisionConfig())
