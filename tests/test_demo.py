@@ -27,6 +27,7 @@ from hf_explvec.demo.report import (
     target_table,
     transfer_summary,
     transfer_verdict,
+    tve_summary,
 )
 from hf_explvec.evaluation import select_lambda
 from hf_explvec.evaluation.budget import interpolate_budget
@@ -37,6 +38,7 @@ ROW_KINDS = (
     "θ_T + λ2·τ_S",
     "✓ chosen on validation",
     "self-explaining θ*_T trained on target (lower bound)",
+    "TVE baseline on θ_T (head on frozen θ_base, source labels, no target training)",
     "Kernel SHAP N=64 on θ_T",
     "Kernel SHAP N=96 on θ_T",
 )
@@ -303,6 +305,45 @@ def budget_entry(lam, one_pass, rungs):
             "equivalent_l2": interpolate_budget(ladder, one_pass / 4, "e_rmse_l2")}  # fmt: skip
 
 
+def test_quick_run_has_the_tve_baseline_row_and_summary(quick_run):
+    output_dir, results = quick_run
+    report = (output_dir / "report.md").read_text()
+    assert "source: TVE baseline fit" in results["timings_seconds"]
+    assert "| tve-baseline |" in report and "tve_baseline" in results["source"]["test"]
+    for target in results["targets"]:
+        for split in ("validation", "test"):
+            tve, base = target["tve"][split], target["sweep"][split][0]
+            assert tve["accuracy"] == base["accuracy"]  # it explains θ_T, whose predictions are unchanged
+            assert tve["shap_rms"] == base["shap_rms"]  # against θ_T's own reference values
+            assert tve["e_rmse"] != base["e_rmse"] and "deletion_auc" in tve and "pointing" in tve
+        assert "tve" in target["summary"] and "validation_tve" in target["summary"]
+    assert report.split("## Summary")[1].split("## Definitions")[0].count("TVE baseline (head on the frozen") == 2
+
+
+def test_tve_summary_says_which_of_vector_and_baseline_is_closer():
+    target = synthetic_target()  # λ2 = 0.5: E-RMSE (L2) 0.24 on test
+    target["tve"] = {split: metrics(0.90, 1.8, e_rmse_l2=0.2) for split in ("validation", "test")}
+    summary = transfer_summary(target)
+    assert summary["tve"]["relative_e_rmse"] == pytest.approx(-0.1)
+    assert summary["tve"]["relative_e_rmse_l2"] == pytest.approx(0.2 / 0.3 - 1)
+    assert summary["tve"]["works"] and not summary["tve"]["vector_better_e_rmse_l2"]
+    assert summary["tve"]["vector_better_e_rmse"]  # 1.6 < 1.8
+    text = build_report_summary(target)
+    assert (
+        "TVE baseline (head on the frozen θ_base fitted to the source's labels, no target training), explaining "
+        "θ_T on test: E-RMSE (L2) -33.3%, E-RMSE -10.0% vs θ_T's own; by the rule it works; it beats the vector "
+        "at λ2 = 0.5 on E-RMSE (L2) (0.240 vs 0.200)." in text
+    )
+    target["tve"]["test"]["e_rmse_l2"] = 0.29
+    assert "the vector at λ2 = 0.5 beats it on E-RMSE (L2) (0.240 vs 0.290)" in build_report_summary(target)
+    line = next(row for row in target_table(target).splitlines() if row.startswith("| TVE baseline"))
+    assert "| -10.0% |" in line and line.endswith("| yes (pointing not measured) |")
+
+
+def build_report_summary(target):
+    return tve_summary(target, transfer_summary(target))
+
+
 def test_budget_figures_in_the_summary_and_the_target_section():
     rungs = [(32, 0.4), (64, 0.2), (150, 0.1), (500, 0.05)]
     target = synthetic_target()
@@ -417,6 +458,8 @@ def test_demo_config_checks():
         DemoConfig(budget_ladder="32")
     with pytest.raises(ValueError, match="budget_num_images"):
         DemoConfig(budget_num_images=0)
+    with pytest.raises(ValueError, match="tve_ridge"):
+        DemoConfig(tve_ridge=-1.0)
     assert DemoConfig(budget_ladder=[64, 32]).budget_ladder == (64, 32)
 
 

@@ -60,6 +60,8 @@ class DemoConfig:
             one-pass explanations is measured ([`~hf_explvec.evaluation.budget.equivalent_kernel_shap_budget`]);
             by default [`~hf_explvec.evaluation.budget.default_budget_ladder`] up to `eval_num_samples` (2 M, 4 M,
             8 M, ..., 150, `eval_num_samples`).
+        tve_ridge (`float`, defaults to 1e-3): the ridge of the TVE baseline's head
+            ([`~hf_explvec.evaluation.tve.TransferableExplainer.fit`]), relative to the normal matrix's mean diagonal.
         budget_num_images (`int`, defaults to 50): the first test images of each target the ladder runs on (the
             ladder costs about twice the reference per image, for three models per target).
         shap_batch_size (`int`): coalitions per forward pass.
@@ -113,6 +115,7 @@ class DemoConfig:
     comparison_num_samples: tuple[int, ...] = (150, 500)
     budget_ladder: tuple[int, ...] | None = None
     budget_num_images: int = 50
+    tve_ridge: float = 1e-3
     shap_batch_size: int = 256
     shap_value: str = "logit"
     lambdas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
@@ -169,6 +172,9 @@ class DemoConfig:
         if self.shap_value not in ("logit", "log_prob", "prob"):
             raise ValueError(f"shap_value must be 'logit', 'log_prob' or 'prob', got {self.shap_value!r}.")
         self.lam_target = check_finite("lam_target", self.lam_target)
+        self.tve_ridge = check_finite("tve_ridge", self.tve_ridge)
+        if self.tve_ridge < 0:
+            raise ValueError(f"tve_ridge must be >= 0, got {self.tve_ridge}.")
         for name in ("learning_rate", "pretrain_learning_rate"):
             value = check_finite(name, getattr(self, name))
             if value <= 0:

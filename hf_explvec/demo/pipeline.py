@@ -10,7 +10,8 @@ The pipeline (arXiv 2507.04380 in miniature; every step uses the library's publi
    prompt templates. With `--clip NAME` a pretrained CLIP is the base and this stage is skipped.
 2. **Source.** From the base, the prediction-only source model θ_S (α = 1); Kernel SHAP labels of its training split
    (of θ_S, label class, [`~hf_explvec.data.label_dataset`] with [`model_kernel_shap`]); the twins (α = 1 and α)
-   from the same start and data order ([`train_twins`]); τ_S = θ*_S − θ_S.
+   from the same start and data order ([`train_twins`]); τ_S = θ*_S − θ_S. The TVE baseline: a head on the frozen
+   θ_base fitted to the same labels ([`~hf_explvec.evaluation.tve.TransferableExplainer`]).
 3. **Hub.** τ_S is pushed to a [`LocalHub`] started here (loopback, temporary directory) and pulled back by name;
    the pulled vector is the one applied.
 4. **Targets.** For each: the prediction-only θ_T from the base, the direct self-explaining θ*_T (needs Kernel SHAP
@@ -18,9 +19,10 @@ The pipeline (arXiv 2507.04380 in miniature; every step uses the library's publi
    ([`transfer`]) over a λ2 grid; λ2 is chosen on the validation split only ([`select_lambda`]).
 5. **Evaluation.** Every model is compared with Kernel SHAP values of *that* model
    ([`~hf_explvec.evaluation.protocol`]; the report's Definitions section says what each figure is), plus
-   faithfulness metrics, and the equivalent Kernel SHAP budget of the one-pass explanations of the prediction-only,
-   transferred (chosen λ2) and target-trained models ([`~hf_explvec.evaluation.budget`], on the first
-   `budget_num_images` test images); then [`~hf_explvec.demo.report`] writes the report folder (`results.json` first).
+   faithfulness metrics; the TVE baseline explains θ_T with no target training; and the equivalent Kernel SHAP budget
+   of the one-pass explanations of the prediction-only, transferred (chosen λ2) and target-trained models
+   ([`~hf_explvec.evaluation.budget`], on the first `budget_num_images` test images); then
+   [`~hf_explvec.demo.report`] writes the report folder (`results.json` first).
 
 The settings are in [`~hf_explvec.demo.config`], the data in [`~hf_explvec.demo.data`], the base stage in
 [`~hf_explvec.demo.pretrain`]; this module runs the stages.
@@ -53,6 +55,7 @@ from ..evaluation import (
     select_lambda,
 )
 from ..evaluation.budget import default_budget_ladder, equivalent_kernel_shap_budget
+from ..evaluation.tve import TransferableExplainer
 from ..task_vector import TaskVector, transfer
 from ..training import TrainingConfig, train, train_twins
 from .config import SEED_OFFSETS, DemoConfig, derived_seed, safe_file_name
@@ -142,18 +145,26 @@ def _source_stage(clip, tokenizer, source: Domain, config: DemoConfig, work: Pat
     t = clock.lap("source: prediction-only training", t)
     labels = shap_labels(prediction_only, source.train, config, work, f"{source.name}-train")
     t = clock.lap("source: Kernel SHAP labels", t)
+    tve = TransferableExplainer.fit(copy.deepcopy(base), source.train.pixel_values, source.train.labels, labels,
+                                    ridge=config.tve_ridge, batch_size=config.shap_batch_size)  # fmt: skip
+    t = clock.lap("source: TVE baseline fit", t)
     run = _training_config(config, work, "source_twins", config.alpha, len(source.train))
     twins = train_twins(base, _training_set(source.train, labels), run, source_dataset=source.name)
     t = clock.lap("source: twins training", t)
     identical = _same_weights(twins.prediction_only, prediction_only)
     if not identical:
         logger.warning("the prediction-only twin differs from the model the labels were taken from.")
-    metrics = {}
+    metrics, arrays = {}, {}
     for name, model in (("prediction_only", twins.prediction_only), ("self_explaining", twins.self_explaining)):
-        metrics[name], _ = _evaluate(model, source.test, config, "test_shap", f"source {name}", perturbation=False)
+        metrics[name], arrays[name] = _evaluate(model, source.test, config, "test_shap", f"source {name}",
+                                                perturbation=False)  # fmt: skip
+    metrics["tve_baseline"] = _tve_metrics(
+        tve, twins.prediction_only, source.test, arrays["prediction_only"], metrics["prediction_only"]["accuracy"],
+        config, perturbation=False,
+    )  # fmt: skip
     clock.lap("source: evaluation", t)
     vector_pred = TaskVector.from_models(base, twins.prediction_only).to(device="cpu")
-    return {"twins": twins, "vector_pred": vector_pred, "metrics": metrics,
+    return {"twins": twins, "vector_pred": vector_pred, "metrics": metrics, "tve": tve,
             "labels_rms": float(labels.pow(2).mean().sqrt()), "identical": identical}  # fmt: skip
 
 
@@ -205,6 +216,12 @@ def _target_stage(clip, tokenizer, target: Domain, source: dict, vector: TaskVec
         direct_metrics[split], arrays["direct", split] = _evaluate(direct, getattr(target, split), config,
                                                                    f"{split}_shap", split)  # fmt: skip
     t = clock.lap(f"{name}: evaluation of the self-explaining model", t)
+    tve = {}
+    for split in ("validation", "test"):
+        accuracy_lam0 = next(entry for entry in sweep[split] if entry["lam"] == 0.0)["accuracy"]
+        tve[split] = _tve_metrics(source["tve"], prediction_only, getattr(target, split), arrays[0.0, split],
+                                  accuracy_lam0, config)  # fmt: skip
+    t = clock.lap(f"{name}: TVE baseline", t)
 
     reference, comparison = arrays[0.0, "test"], []
     for n in config.comparison_num_samples:
@@ -233,7 +250,7 @@ def _target_stage(clip, tokenizer, target: Domain, source: dict, vector: TaskVec
               "cosine_tau_source_explainability_vs_tau_target": _cosine(vector, tau_target),
               "norm_tau_target": tau_target.norm(), "labels_rms": float(labels.pow(2).mean().sqrt()),
               "sweep": sweep, "chosen_lam": chosen, "direct": direct_metrics, "kernel_shap": comparison,
-              "kernel_shap_budget": budget}  # fmt: skip
+              "kernel_shap_budget": budget, "tve": tve}  # fmt: skip
     shown, is_chosen = illustrated_lambda(result, config.max_accuracy_drop)
     heatmaps = {"images": target.test.images[:count], "evidence": None if evidence is None else evidence[:count],
                 "labels": target.test.labels[:count], "class_names": target.class_names, "lam": shown,
@@ -242,6 +259,17 @@ def _target_stage(clip, tokenizer, target: Domain, source: dict, vector: TaskVec
                 "with_vector": arrays[shown, "test"]["attributions"][:count],
                 "direct": arrays["direct", "test"]["attributions"][:count]}  # fmt: skip
     return result, heatmaps
+
+
+def _tve_metrics(tve: TransferableExplainer, model, split: DemoSplit, arrays: dict, model_accuracy: float,
+                 config: DemoConfig, perturbation: bool = True) -> dict:  # fmt: skip
+    """The TVE baseline's explanations of `model` (its class embeddings; the features are the frozen base's) on a
+    split, against `model`'s own Kernel SHAP reference (`arrays`, from [`_evaluate`]); the predictions, hence the
+    accuracy, are `model`'s."""
+    explained, seconds = tve.explain(split, model.class_embeddings, config.shap_batch_size)
+    metrics = explanation_metrics(model, split, explained, arrays["reference"], top_k=config.top_k,
+                                  perturbation=perturbation)  # fmt: skip
+    return {"accuracy": model_accuracy, "explain_seconds_per_image": seconds, **metrics}
 
 
 def _budget_stage(models: dict, arrays: dict, split: DemoSplit, config: DemoConfig, name: str) -> dict:

@@ -64,6 +64,11 @@ DEFINITIONS = """\
   θ_T − θ_base (vision tower and projection): how related the two fine-tunings are.
 - Kernel SHAP rows explain the prediction-only target θ_T with another seed than the reference values: their E-RMSE
   is the sampling error of Kernel SHAP at that budget (the N = {eval_n} row is the noise floor of the reference).
+- **TVE baseline** (a transferable explainer, in the spirit of TVE): the self-explaining head with its projection
+  re-fitted, on the **frozen** base backbone θ_base, to the source's Kernel SHAP labels (closed-form ridge regression
+  toward the base's own projection, `hf_explvec.evaluation.tve`); it is applied to each target's images with the
+  target's class prompts and no target training, and is compared with Kernel SHAP of θ_T (its predictions are θ_T's,
+  so its accuracy is θ_T's). Its "Transfer works?" cell applies the same rule against θ_T's own explanations.
 - **Equivalent Kernel SHAP budget** (as FastSHAP reports): Kernel SHAP of the same model is run at a ladder of
   budgets (another seed than the reference) on the first test images, and the budget N whose E-RMSE against that
   model's reference equals the one-pass explanation's E-RMSE (on the same images) is read off by linear interpolation
@@ -124,6 +129,8 @@ def _points(value, reference) -> str:
 TABLE_HEADER = ["Model", "λ2", "Accuracy", "ΔAcc (pts)", "E-RMSE", "ΔE-RMSE", "E-RMSE (L2)", "ΔE-RMSE (L2)", "IoU@K",
                 "Spearman", "Pointing", "Deletion AUC ↓", "Insertion AUC ↑", "SHAP RMS", "s/image",
                 "cos(τ_S,pred, τ_T)", "Transfer works?"]  # fmt: skip
+
+TVE_ROW = "TVE baseline on θ_T (head on frozen θ_base, source labels, no target training)"
 
 #: The faithfulness measures the verdict checks, and the direction in which each gets better (+1 higher, -1 lower).
 FAITHFULNESS_MEASURES = {"pointing": 1, "deletion_auc": -1, "insertion_auc": 1}
@@ -209,6 +216,10 @@ def target_table(target: dict, split: str = "test") -> str:
         rows.append(_row(f"θ_T + λ2·τ_S{mark}", f"{entry['lam']:g}", entry, baseline, cosine, verdict))
     direct = target["direct"][split]
     rows.append(_row("self-explaining θ*_T trained on target (lower bound)", "–", direct, baseline, "–"))
+    tve = target.get("tve", {}).get(split)
+    if tve is not None:
+        verdict = _verdict_cell(transfer_verdict(tve, baseline))
+        rows.append(_row(TVE_ROW, "–", tve, baseline, "–", verdict))
     if split == "test":
         for entry in target["kernel_shap"]:
             rows.append(_row(f"Kernel SHAP N={entry['num_samples']} on θ_T", "–", entry, baseline, "–"))
@@ -250,8 +261,10 @@ def transfer_summary(
         `dict`: `lam`, `relative_e_rmse` and `relative_e_rmse_l2` (fractions; E-RMSE (L2) is the primary metric),
         `accuracy_change` (fraction), `meets_related_goal` (`bool`, the paper's criterion on E-RMSE and accuracy),
         `works`, `worse` and `unchecked` ([`transfer_verdict`] at the chosen λ2; `works` is `False` at λ2 = 0, where
-        nothing is transferred), `faithfulness` (per measure, `[value at λ2 = 0, value at the chosen λ2]`), and the
-        same on validation with the prefix `validation_`.
+        nothing is transferred), `faithfulness` (per measure, `[value at λ2 = 0, value at the chosen λ2]`), `tve`
+        (when the target has TVE baseline figures: its `relative_e_rmse`, `relative_e_rmse_l2`, `works`, `worse`,
+        `e_rmse_l2`, `vector_e_rmse_l2`, `vector_better_e_rmse_l2`, `vector_better_e_rmse`), and the same on
+        validation with the prefix `validation_`.
     """
     out = {"lam": target["chosen_lam"]}
     for split, prefix in (("test", ""), ("validation", "validation_")):
@@ -267,6 +280,17 @@ def transfer_summary(
         out[f"{prefix}worse"], out[f"{prefix}unchecked"] = verdict["worse"], verdict["unchecked"]
         out[f"{prefix}faithfulness"] = {name: [base[name], chosen[name]] for name in FAITHFULNESS_MEASURES
                                         if base.get(name) is not None and chosen.get(name) is not None}  # fmt: skip
+        tve = target.get("tve", {}).get(split)
+        if tve is not None:
+            verdict = transfer_verdict(tve, base)
+            out[f"{prefix}tve"] = {
+                "relative_e_rmse": (tve["e_rmse"] - base["e_rmse"]) / base["e_rmse"],
+                "relative_e_rmse_l2": (tve["e_rmse_l2"] - l2) / l2 if l2 else None,
+                "works": verdict["works"], "worse": verdict["worse"],
+                "e_rmse_l2": tve["e_rmse_l2"], "vector_e_rmse_l2": chosen["e_rmse_l2"],
+                "vector_better_e_rmse_l2": bool(chosen["e_rmse_l2"] < tve["e_rmse_l2"]),
+                "vector_better_e_rmse": bool(chosen["e_rmse"] < tve["e_rmse"]),
+            }  # fmt: skip
     out["meets_related_goal"] = bool(
         out["relative_e_rmse"] <= -goal_e_rmse_gain and out["accuracy_change"] >= -goal_accuracy_drop - 1e-9
     )
@@ -330,8 +354,40 @@ def _verdict(target: dict, summary: dict, settings: dict) -> str:
             text += " As the paper reports for unrelated domains, the vector does not help here."
         else:
             text += " Unlike the paper's unrelated case, the vector helps here."
+    tve = tve_summary(target, summary)
+    text = f"{text} {tve}" if tve else text
     budget = budget_summary(target)
     return f"{text} {budget}" if budget else text
+
+
+def tve_summary(target: dict, summary: dict) -> str:
+    r"""
+    One sentence on the TVE baseline against the vector at the chosen λ2 (test split): its E-RMSE (L2) and E-RMSE
+    relative to θ_T's own explanations, the rule's verdict, and which of the two is closer to Kernel SHAP.
+
+    Args:
+        target (`dict`): one entry of `results["targets"]`; without `tve` (older results) the text is empty.
+        summary (`dict`): its [`transfer_summary`].
+
+    Returns:
+        `str`
+    """
+    tve = summary.get("tve")
+    if tve is None:
+        return ""
+    l2 = "" if tve["relative_e_rmse_l2"] is None else f"E-RMSE (L2) {100 * tve['relative_e_rmse_l2']:+.1f}%, "
+    works = "works" if tve["works"] else "does not work"
+    if summary["lam"] == 0.0:
+        versus = "the rule applied no vector here"
+    else:
+        figures = f"{tve['vector_e_rmse_l2']:.3f} vs {tve['e_rmse_l2']:.3f}"
+        if tve["vector_better_e_rmse_l2"]:
+            versus = f"the vector at λ2 = {summary['lam']:g} beats it on E-RMSE (L2) ({figures})"
+        else:
+            versus = f"it beats the vector at λ2 = {summary['lam']:g} on E-RMSE (L2) ({figures})"
+    return (f"TVE baseline (head on the frozen θ_base fitted to the source's labels, no target training), explaining "
+            f"θ_T on test: {l2}E-RMSE {100 * tve['relative_e_rmse']:+.1f}% vs θ_T's own; by the rule it {works}; "
+            f"{versus}.")  # fmt: skip
 
 
 _BUDGET_MODELS = {"prediction_only": "prediction-only θ_T", "transferred": "θ_T + λ2·τ_S (chosen λ2)",
@@ -710,6 +766,7 @@ def format_summary(results: dict) -> str:
 __all__ = [
     "DEFINITIONS",
     "TABLE_HEADER",
+    "TVE_ROW",
     "FAITHFULNESS_MEASURES",
     "FAITHFULNESS_TOLERANCE",
     "budget_summary",
@@ -728,5 +785,6 @@ __all__ = [
     "target_table",
     "transfer_summary",
     "transfer_verdict",
+    "tve_summary",
     "write_report",
 ]
