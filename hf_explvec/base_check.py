@@ -123,6 +123,9 @@ class BaseModelMismatchError(ValueError):
             "fine-tune of it; pass check_base=False to apply it anyway."
         )
 
+    def __reduce__(self):  # copies (and processes that pass errors on) rebuild it from its attributes
+        return type(self), (self.base_model, self.distance, self.threshold)
+
 
 def _coordinates(name: str, numel: int, count: int) -> np.ndarray:
     """The first `count` distinct values of `int(sha256(f"{name}/{j}")) mod numel`, j = 0, 1, ... (all of

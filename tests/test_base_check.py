@@ -159,6 +159,8 @@ def test_another_initialisation_is_refused_naming_the_base(fingerprint):
     assert isinstance(caught.value, ValueError)
     assert caught.value.base_model == "org/base-clip" and caught.value.threshold == DEFAULT_THRESHOLD
     assert caught.value.distance > DEFAULT_THRESHOLD
+    copied = copy.deepcopy(caught.value)
+    assert str(copied) == str(caught.value) and copied.base_model == "org/base-clip"
     with pytest.raises(BaseModelMismatchError, match="unknown base"):
         check_base(fingerprint, other, None)
 
