@@ -76,6 +76,18 @@ def test_applies_to_other_classes_without_training_and_leaves_the_base_unchanged
     assert all(torch.equal(value, before[key]) for key, value in base.state_dict().items())
 
 
+def test_conjugate_gradients_reach_the_exact_solution(base):
+    train = Split(12, 12)
+    labels = torch.randn(12, 16, generator=torch.Generator().manual_seed(13))
+    exact = TransferableExplainer.fit(base, train.pixel_values, train.labels, labels, ridge=1e-2, solver="exact")
+    iterative = TransferableExplainer.fit(base, train.pixel_values, train.labels, labels, ridge=1e-2, solver="cg")
+    torch.testing.assert_close(iterative.weight, exact.weight, rtol=1e-6, atol=1e-8)
+    assert (exact.weight - TransferableExplainer(base).weight).abs().max() > 1e-3
+    one_step = TransferableExplainer.fit(base, train.pixel_values, train.labels, labels, ridge=1e-2, solver="cg",
+                                         max_iterations=1)  # fmt: skip
+    assert (one_step.weight - exact.weight).abs().max() > 1e-6  # the iterations are real
+
+
 def test_bad_input_is_named(base):
     train = Split(6, 11)
     labels = torch.zeros(6, 16)
@@ -87,6 +99,8 @@ def test_bad_input_is_named(base):
         TransferableExplainer.fit(base, train.pixel_values, train.labels, labels + float("nan"))
     with pytest.raises(ValueError, match="ridge"):
         TransferableExplainer.fit(base, train.pixel_values, train.labels, labels, ridge=-1.0)
+    with pytest.raises(ValueError, match="solver must be"):
+        TransferableExplainer.fit(base, train.pixel_values, train.labels, labels, solver="svd")
     with pytest.raises(ValueError, match=r"shap_values must have shape \(6, 16\)"):
         TransferableExplainer.fit(base, train.pixel_values, train.labels, torch.zeros(6, 9))
     with pytest.raises(ValueError, match="no training images"):

@@ -13,7 +13,9 @@ on these features, shrunk toward `W^T`:
 
     min_A  sum_i sum_m (a_i[y_i, m] - s_im)^2 + r * ||A - W^T||_F^2,    r = ridge * trace(F^T F) / (d p),
 
-in closed form (the normal equations, accumulated per class, in float64). Only the base backbone and the class
+in float64: in closed form (the normal equations, accumulated per class) when `d p <= 4096` (the demo's small CLIP:
+2048), else by conjugate gradients on the same equations without forming them (a ViT-B/32 has `d p = 393,216`).
+Only the base backbone and the class
 embeddings are needed at explanation time, so one head serves every target model of that base: it explains the
 target from the base's features, not from the target's own, which is the baseline a task vector should beat.
 """
@@ -104,6 +106,8 @@ class TransferableExplainer:
         class_embeddings: torch.Tensor | None = None,
         ridge: float = 1e-3,
         batch_size: int = 256,
+        solver: str = "auto",
+        max_iterations: int = 500,
     ) -> TransferableExplainer:
         r"""
         Fit the head to Kernel SHAP labels (of the source's model, for the label class) by ridge regression toward
@@ -119,6 +123,10 @@ class TransferableExplainer:
             ridge (`float`, *optional*, defaults to 1e-3): the shrinkage toward the base's projection, relative to
                 the mean diagonal of the normal matrix.
             batch_size (`int`, *optional*, defaults to 256): images per forward pass.
+            solver (`str`, *optional*, defaults to `"auto"`): `"exact"` (normal equations formed and solved, memory
+                `(d p)^2`), `"cg"` (conjugate gradients, memory `N M d`), or `"auto"`: exact up to `d p = 4096`.
+            max_iterations (`int`, *optional*, defaults to 500): the conjugate-gradient limit (relative residual
+                1e-10 ends it earlier).
 
         Returns:
             [`TransferableExplainer`]
@@ -128,6 +136,9 @@ class TransferableExplainer:
                 non-finite `ridge`, or no image.
         """
         _check_model(base)
+        if solver not in ("auto", "exact", "cg"):
+            raise ValueError(f"solver must be 'auto', 'exact' or 'cg', got {solver!r}.")
+        max_iterations = check_positive_int(max_iterations, "max_iterations")
         if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not math.isfinite(ridge) or ridge < 0:
             raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}.")
         embeddings = base.class_embeddings if class_embeddings is None else class_embeddings
@@ -148,20 +159,40 @@ class TransferableExplainer:
             raise ValueError(f"shap_values must have shape {tuple(hidden.shape[:2])} (images, patches), got "
                              f"{tuple(shap_values.shape)}.")  # fmt: skip
         d, p = explainer.weight.shape
-        normal, moment = torch.zeros(d * p, d * p, dtype=torch.float64), torch.zeros(d, p, dtype=torch.float64)
-        for c in labels.unique().tolist():
-            rows = labels == c
-            weighted = hidden[rows] * scales[rows, None, None]  # (n, M, d): the feature is k h_m ⊗ t_c
-            gram = torch.einsum("nmi,nmj->ij", weighted, weighted)
-            t = embeddings[c]
-            normal += torch.kron(gram, torch.outer(t, t))
-            moment += torch.outer(torch.einsum("nmi,nm->i", weighted, shap_values[rows]), t)
-        strength = ridge * float(normal.diagonal().mean())
-        if strength == 0.0 and ridge > 0:
-            strength = ridge
-        system = normal + strength * torch.eye(d * p, dtype=torch.float64)
-        target = moment.reshape(-1) + strength * explainer.weight.reshape(-1)
-        explainer.weight = torch.linalg.lstsq(system, target.unsqueeze(1)).solution.reshape(d, p)
+        weighted = hidden * scales[:, None, None]  # (N, M, d): the feature of patch m is k h_m ⊗ t_y
+        classes = embeddings[labels]  # (N, p)
+        moment = torch.einsum("nmi,nm,np->ip", weighted, shap_values, classes)
+        # mean diagonal of the normal matrix: mean over (i, l) of sum_n,m (k h_mi)^2 t_yl^2
+        diagonal = torch.einsum("nmi,np->", weighted.pow(2), classes.pow(2)) / (d * p)
+        strength = ridge * float(diagonal) or float(ridge)
+        prior = explainer.weight
+        if solver == "exact" or (solver == "auto" and d * p <= 4096):
+            normal = torch.zeros(d * p, d * p, dtype=torch.float64)
+            for c in labels.unique().tolist():
+                rows = weighted[labels == c]
+                normal += torch.kron(torch.einsum("nmi,nmj->ij", rows, rows), torch.outer(embeddings[c], embeddings[c]))
+            system = normal + strength * torch.eye(d * p, dtype=torch.float64)
+            target = (moment + strength * prior).reshape(-1, 1)
+            explainer.weight = torch.linalg.lstsq(system, target).solution.reshape(d, p)
+            return explainer
+
+        def apply(a: torch.Tensor) -> torch.Tensor:  # (F^T F + r I) a, without forming F^T F
+            predicted = torch.einsum("nmi,ni->nm", weighted, classes @ a.t())
+            return torch.einsum("nmi,nm,np->ip", weighted, predicted, classes) + strength * a
+
+        x = prior.clone()
+        residual = moment + strength * prior - apply(x)
+        direction, norm = residual.clone(), float(residual.pow(2).sum())
+        stop = 1e-20 * float((moment + strength * prior).pow(2).sum())
+        for _ in range(max_iterations):
+            if norm <= stop:
+                break
+            product = apply(direction)
+            step = norm / float((direction * product).sum())
+            x, residual = x + step * direction, residual - step * product
+            new_norm = float(residual.pow(2).sum())
+            direction, norm = residual + (new_norm / norm) * direction, new_norm
+        explainer.weight = x
         return explainer
 
     def attributions(
