@@ -601,7 +601,8 @@ def _setup_section(results: dict) -> list[str]:
         (
             f"Source twins on the source test split ({source['domain']}; RMS of the Kernel SHAP labels "
             f"{source['labels_rms']:.3f}; the prediction-only twin is bit-identical to the model the labels were "
-            f"taken from: {source['twins_identical_to_labelled_model']}):"
+            f"taken from: {source['twins_identical_to_labelled_model']}; tve-baseline: the TVE head on the frozen "
+            f"θ_base fitted to those labels, explaining the prediction-only twin):"
         ),
         "",
         markdown_table(
