@@ -281,15 +281,24 @@ def _budget_stage(models: dict, arrays: dict, split: DemoSplit, config: DemoConf
     num_patches = (vision.image_size // vision.patch_size) ** 2
     ladder = config.budget_ladder or default_budget_ladder(num_patches, config.eval_num_samples)
     results = {}
+    count = min(config.budget_num_images, len(split))
     for key, (model, lam) in models.items():
         source = arrays["direct" if lam is None else lam, "test"]
+        _, own, _ = forward_attributions(model, _first_images(split, count), config.shap_batch_size)
+        if not torch.allclose(own, source["attributions"][:count], rtol=1e-4, atol=1e-6):
+            raise RuntimeError(f"{name}: the {key} model of the Kernel SHAP ladder is not the model evaluated above.")
         if config.show_progress:
             logger.info("%s: Kernel SHAP ladder %s for the %s model", name, list(ladder), key)
         results[key] = {"lam": lam, **equivalent_kernel_shap_budget(
             model, split, ladder, seed=derived_seed(config, "comparison_shap"), explained=source["attributions"],
             reference=source["reference"], num_images=config.budget_num_images, batch_size=config.shap_batch_size,
             value=config.shap_value)}  # fmt: skip
-    return {"ladder": list(ladder), "num_images": min(config.budget_num_images, len(split)), "models": results}
+    return {"ladder": list(ladder), "num_images": count, "models": results}
+
+
+def _first_images(split: DemoSplit, count: int) -> DemoSplit:
+    evidence = None if split.evidence is None else split.evidence[:count]
+    return DemoSplit(split.pixel_values[:count], split.labels[:count], evidence, split.images[:count], None, None)
 
 
 def run(config: DemoConfig | None = None, *, clip=None, tokenizer=None, data: dict | None = None) -> dict:
