@@ -296,6 +296,8 @@ def test_report_verdict_text_names_the_rule_and_the_primary_metric(quick_run):
     closing = format_summary({**results, "targets": [target]})
     assert "digits_on_photos (related): λ2 = 0.5, test E-RMSE (L2) +10.0%, E-RMSE -20.0%" in closing
     assert closing.splitlines()[2].endswith("transfer does not work")
+    kept = format_summary({**results, "targets": [synthetic_target(chosen=0.0)]})
+    assert kept.splitlines()[2].endswith("accuracy +0.0 pts; no vector applied")
 
 
 def budget_entry(lam, one_pass, rungs):

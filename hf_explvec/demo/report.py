@@ -756,10 +756,10 @@ def format_summary(results: dict) -> str:
     for target in results["targets"]:
         s = transfer_summary(target, settings["goal_e_rmse_gain"], settings["goal_accuracy_drop"])
         l2 = "–" if s["relative_e_rmse_l2"] is None else f"{100 * s['relative_e_rmse_l2']:+.1f}%"
-        works = "works" if s["works"] else "does not work"
+        works = "no vector applied" if s["lam"] == 0.0 else "transfer works" if s["works"] else "transfer does not work"
         lines.append(f"{target['domain']} ({target['role']}): λ2 = {s['lam']:g}, test E-RMSE (L2) {l2}, E-RMSE "
                      f"{100 * s['relative_e_rmse']:+.1f}%, accuracy {100 * s['accuracy_change']:+.1f} pts; "
-                     f"transfer {works}")  # fmt: skip
+                     f"{works}")  # fmt: skip
     lines.append(f"wall time: {results['timings_seconds']['total']:.1f} s")
     return "\n".join(lines)
 
