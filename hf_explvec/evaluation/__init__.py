@@ -5,10 +5,14 @@ and the `evaluate` metric modules.
 - `perturbation`: [`deletion_auc`], [`insertion_auc`], [`perturbation_curve`], [`fidelity_sparsity_auc`];
 - `protocol`: [`evaluate_model`], [`explanation_metrics`], [`kernel_shap_values`], [`forward_attributions`],
   [`select_lambda`];
+- `budget`: [`equivalent_kernel_shap_budget`] (the Kernel SHAP budget whose error equals a one-pass explanation's),
+  [`default_budget_ladder`], [`interpolate_budget`];
+- `tve`: [`TransferableExplainer`], a transferable-explainer baseline (a head refitted on the frozen base);
 - `metrics`: [`load_metric`], [`metric_path`], [`metric_info`] and the module scripts.
 """
 
 from .agreement import accuracy, e_rmse, iou_at_k, select_target, spearman
+from .budget import default_budget_ladder, equivalent_kernel_shap_budget, interpolate_budget
 from .metrics import METRIC_NAMES, PAPER_CITATION, load_metric, metric_info, metric_path
 from .perturbation import (
     FidelityResult,
@@ -20,12 +24,17 @@ from .perturbation import (
     perturbation_curve,
 )
 from .protocol import evaluate_model, explanation_metrics, forward_attributions, kernel_shap_values, select_lambda
+from .tve import TransferableExplainer
 
 __all__ = [
     "METRIC_NAMES",
     "PAPER_CITATION",
     "FidelityResult",
     "PerturbationCurve",
+    "TransferableExplainer",
+    "default_budget_ladder",
+    "equivalent_kernel_shap_budget",
+    "interpolate_budget",
     "accuracy",
     "apply_patch_mask",
     "deletion_auc",
