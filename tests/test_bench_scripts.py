@@ -83,15 +83,21 @@ def test_compression_measures_every_form_and_writes_the_plot(compression_run):
     assert len(saved["rows"]) == len(rows) and saved["chosen_lam"] in (0.0, 0.5, 1.0)
 
 
-def test_compression_rerun_from_the_cache_gives_the_same_figures(compression_run, tmp_path):
+def test_compression_rerun_from_the_cache_gives_the_same_figures(compression_run, tmp_path, capsys):
     folder, rows = compression_run
+    chosen = json.loads((folder / "rows.json").read_text())["chosen_lam"]
     script = load_script("bench_compression")
-    again = script.main(["--tiny", "--no-merge", "--output-dir", str(tmp_path), "--cache", str(folder / "cache"),
-                         "--plot", ""])  # fmt: skip
+    again = script.main(["--tiny", "--no-merge", "--families", "dare", "--dare-seeds", "0,1", "--lam", str(chosen),
+                         "--output-dir", str(tmp_path), "--cache", str(folder / "cache"), "--plot", ""])  # fmt: skip
+    assert "models loaded from" in capsys.readouterr().out
+    assert [row["family"] for row in again] == ["full"] + ["dare"] * 8
     first = {(r["family"], r["label"]): r for r in rows}
-    for row in again:
-        assert row["e_rmse"] == first[row["family"], row["label"]]["e_rmse"]
-        assert row["file_bytes"] == first[row["family"], row["label"]]["file_bytes"]
+    assert again[0]["e_rmse"] == first["full", "full"]["e_rmse"]
+    for density in ("0.3", "0.1", "0.03", "0.01"):
+        seed0, seed1 = (next(r for r in again if r["label"] == f"d={density} seed {s}") for s in (0, 1))
+        assert seed0["e_rmse"] == first["dare", f"d={density}"]["e_rmse"]  # the same draw, the same figures
+        assert seed0["file_bytes"] == first["dare", f"d={density}"]["file_bytes"]
+        assert seed1["relative_error"] != seed0["relative_error"]  # another draw
 
 
 def test_linear_head_script_runs_the_sweep(compression_run, capsys):
