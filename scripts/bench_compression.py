@@ -14,12 +14,14 @@ Variants of τ_S:
 - merges of τ_S with a second source vector τ_S' (the source stage run again with the demo seed + 1: other source
   images of the same domain, its own Kernel SHAP labels and training order, same base): sum (weights 1/2, 1/2),
   TIES and DARE-TIES (density 0.2), each against τ_S and τ_S' alone, both at the λ2 of τ_S and at a λ2 chosen for
-  that vector on validation.
+  that vector on validation (`--own-lam` gives other families that second λ2 too).
 
 The size is the vector's safetensors file on disk as `save_pretrained` writes it (and, for context, the bytes of
 tensor data). Prints a table and writes a plot of ΔE-RMSE and accuracy against file size.
 
-    python scripts/bench_compression.py                    # the demo's default sizes (about 15 min on 2 cores)
+    python scripts/bench_compression.py --cache DIR        # the demo's default sizes: about 13 min to build the
+                                                           # models (kept in DIR for reruns), 20 min to measure, on
+                                                           # 2 shared cores
     python scripts/bench_compression.py --tiny             # toy sizes (quick_config), seconds; numbers mean nothing
 """
 
@@ -320,6 +322,11 @@ def main(argv=None):
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated subset of " + str(FAMILIES))
     parser.add_argument("--dare-seeds", default=str(DARE_SEED), help="comma-separated seeds of the DARE draws")
     parser.add_argument(
+        "--own-lam",
+        default="merge",
+        help="families whose vectors also get a λ2 chosen for them on validation (comma-separated)",
+    )
+    parser.add_argument(
         "--lam",
         type=float,
         default=None,
@@ -347,6 +354,7 @@ def main(argv=None):
         if unknown:
             parser.error(f"unknown families {unknown}; expected a subset of {FAMILIES}")
         dare_seeds = tuple(int(seed) for seed in args.dare_seeds.split(","))
+        own_lam_families = tuple(f for f in args.own_lam.split(",") if f)
         t, sweep = time.perf_counter(), []
         if args.lam is None:
             sweep = lambda_sweep(models, vector, config)
@@ -365,7 +373,7 @@ def main(argv=None):
             sizes = file_size(form, output_dir / "vectors" / f"{family}-{label}".replace("/", "_").replace(" ", "_"))
             full_bytes = full_bytes or sizes[0]
             lams = [(chosen, True)]
-            if family == "merge":
+            if family in own_lam_families and family != "full":
                 own = select_lambda(lambda_sweep(models, form, config), config.max_accuracy_drop)
                 if own != chosen:  # else the row at the chosen λ2 is this vector's own choice too
                     lams.append((own, False))
