@@ -1,6 +1,7 @@
 """The equivalent Kernel SHAP budget (hf_explvec.evaluation.budget): the log-N interpolation rule with known answers,
 honest bounds outside the ladder, the default ladder, and the measured ladder on a tiny self-explaining CLIP."""
 
+import logging
 import math
 
 import pytest
@@ -137,3 +138,17 @@ def test_bad_input_is_named(model, reference):
         equivalent_kernel_shap_budget(model, split, (32,), seed=3, reference=reference[:3])
     with pytest.raises(ValueError, match="no images"):
         equivalent_kernel_shap_budget(model, Split(0), (32,), seed=3)
+
+
+def test_small_rungs_do_not_warn_about_rank_deficiency_but_plain_kernel_shap_still_does(model, reference, caplog):
+    """The ladder's small rungs are rank deficient by design: the demo must not print the solver's warning for each."""
+    split = Split()
+    solver_logger = logging.getLogger("hf_explvec.attribution.solver")
+    with caplog.at_level(logging.WARNING, logger="hf_explvec.attribution.solver"):
+        kernel_shap_values(model, split, 32, seed=3, batch_size=64)
+    assert "rank deficient" in caplog.text  # the case does occur at 2 M coalitions
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_explvec.attribution.solver"):
+        equivalent_kernel_shap_budget(model, split, (32,), seed=3, reference=reference, batch_size=64)
+        assert solver_logger.level == logging.WARNING  # restored after the ladder
+    assert "rank deficient" not in caplog.text

@@ -11,10 +11,16 @@ linearly in `log N` between rungs `i - 1` and `i`:
 When even the smallest rung is closer to the reference than the explanation (`e > e_1`), the budget is only known to
 be *below* `N_1` (`bound="below"`: no figure is invented; Kernel SHAP accepts no budget under `2 M`); when no rung
 reaches `e`, it is *above* `N_k` (`bound="above"`).
+
+The small rungs are meant to be small: near `2 M` coalitions the least-squares system is often rank deficient, and
+the solver's minimum-norm solutions are part of what the ladder measures. The solver's warning about it is therefore
+silenced while the ladder runs (the demo would otherwise print it for every small rung).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 
 import torch
@@ -25,6 +31,18 @@ from .agreement import e_rmse
 from .protocol import forward_attributions, kernel_shap_values
 
 __all__ = ["default_budget_ladder", "equivalent_kernel_shap_budget", "interpolate_budget"]
+
+
+@contextlib.contextmanager
+def _small_budgets_expected():
+    """Silence the solver's rank-deficiency warning (expected on the ladder's small rungs) for the duration."""
+    solver_logger = logging.getLogger("hf_explvec.attribution.solver")
+    level = solver_logger.level
+    solver_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        solver_logger.setLevel(level)
 
 
 def default_budget_ladder(num_patches: int, largest: int = 500) -> tuple[int, ...]:
@@ -188,7 +206,8 @@ def equivalent_kernel_shap_budget(
     explained, reference = explained[:count].float().cpu(), reference[:count].float().cpu()
     ladder = []
     for n in sorted(budgets):
-        values, seconds = kernel_shap_values(model, subset, n, seed, batch_size, value=value)
+        with _small_budgets_expected():
+            values, seconds = kernel_shap_values(model, subset, n, seed, batch_size, value=value)
         errors = {"e_rmse": e_rmse(values, reference), "e_rmse_l2": e_rmse(values, reference, normalize="l2")}
         ladder.append({"num_samples": n, **errors, "seconds_per_image": seconds})
     one_pass, one_pass_l2 = e_rmse(explained, reference), e_rmse(explained, reference, normalize="l2")
