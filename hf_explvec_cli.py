@@ -81,6 +81,13 @@ def _add_demo_parser(commands, common) -> None:
     demo.add_argument("--test-size", type=int, default=None)
     demo.add_argument("--label-samples", type=int, default=None, help="Kernel SHAP samples of the training labels")
     demo.add_argument("--eval-samples", type=int, default=None, help="Kernel SHAP samples of the evaluation reference")
+    demo.add_argument(
+        "--linear-head",
+        action="store_true",
+        help="also build the related target as a transformers CLIPForImageClassification on the base's vision tower "
+        "(linear probe, then fine-tuning) and measure whether τ_S, trained with the text head, transfers to it "
+        "(results.json 'linear_head', a report section); costs a few extra minutes, the other figures are unchanged",
+    )
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 

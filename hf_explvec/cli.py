@@ -192,6 +192,8 @@ def _run_demo(args, argv) -> None:
     if args.clip is not None and "base" not in overrides:
         overrides["base"] = None  # a pretrained CLIP is the base
     overrides["show_progress"] = not args.no_progress
+    if args.linear_head:
+        overrides["linear_head_target"] = True
     overrides["command"] = "hf-explvec " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     if args.output_dir is not None:
         overrides["output_dir"] = args.output_dir

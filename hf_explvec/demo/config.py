@@ -73,6 +73,11 @@ class DemoConfig:
             test E-RMSE at least this fraction below the prediction-only target's...
         goal_accuracy_drop (`float`, defaults to 0.04): ...with test accuracy at most this fraction lower.
         top_k (`int`, defaults to 2): K of IoU@K. num_heatmaps (`int`): test images in the overlays.
+        linear_head_target (`bool`, defaults to `False`): also build the related target as a transformers
+            `CLIPForImageClassification` on the base's vision tower (a linear probe, then fine-tuning) and measure
+            whether τ_S, trained with the text head, transfers to it ([`~hf_explvec.demo.linear_head`]; results in
+            `results["linear_head"]` and a report section). Adds a few minutes to the default demo; the other
+            figures are unchanged.
         show_progress (`bool`): tqdm bars.
         note (`str`, *optional*): a line shown at the top of the report.
         command (`str`, *optional*): the command line that started the run, shown in the report.
@@ -125,6 +130,7 @@ class DemoConfig:
     goal_accuracy_drop: float = 0.04
     top_k: int = 2
     num_heatmaps: int = 4
+    linear_head_target: bool = False
     show_progress: bool = True
     note: str | None = None
     command: str | None = field(default=None, repr=False)
@@ -193,8 +199,9 @@ class DemoConfig:
                 f"image_size must be a multiple of patch_size, got image_size={self.image_size}, "
                 f"patch_size={self.patch_size}."
             )
-        if not isinstance(self.show_progress, bool):
-            raise TypeError(f"show_progress must be a bool, got {type(self.show_progress).__name__}.")
+        for name in ("show_progress", "linear_head_target"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}.")
 
     def to_dict(self) -> dict:
         """The settings as a JSON-ready dict (recorded in `results.json`)."""

@@ -23,6 +23,9 @@ The pipeline (arXiv 2507.04380 in miniature; every step uses the library's publi
    of the one-pass explanations of the prediction-only, transferred (chosen λ2) and target-trained models
    ([`~hf_explvec.evaluation.budget`], on the first `budget_num_images` test images); then
    [`~hf_explvec.demo.report`] writes the report folder (`results.json` first).
+6. **Linear-head target** (opt-in, `linear_head_target`): the related target as a transformers
+   `CLIPForImageClassification` (linear probe, then fine-tuning) with τ_S applied over the same λ2 grid, after every
+   other stage, so the other figures do not depend on it ([`~hf_explvec.demo.linear_head`]).
 
 The settings are in [`~hf_explvec.demo.config`], the data in [`~hf_explvec.demo.data`], the base stage in
 [`~hf_explvec.demo.pretrain`]; this module runs the stages.
@@ -61,6 +64,7 @@ from ..training import TrainingConfig, train, train_twins
 from .config import SEED_OFFSETS, DemoConfig, derived_seed, safe_file_name
 from .data import DemoSplit, Domain, load_domains
 from .domains import DOMAINS
+from .linear_head import linear_head_stage
 from .pretrain import build_clip, check_clip_pair, pretrain_clip, start_model
 from .report import illustrated_lambda, write_report
 
@@ -399,6 +403,10 @@ def _run(config: DemoConfig, clip, tokenizer, data) -> dict:
     for target in domains.targets:
         result, heatmaps[target.name] = _target_stage(clip, tokenizer, target, source, vector, config, work, clock)
         targets.append(result)
+    linear_head = None
+    if config.linear_head_target:  # after every other stage: the default figures do not depend on the flag
+        related = next((target for target in domains.targets if target.role == "related"), domains.targets[0])
+        linear_head = linear_head_stage(clip, tokenizer, related, vector, config, work / "linear_head", clock)
 
     twins = source["twins"]
     results = {
@@ -424,6 +432,7 @@ def _run(config: DemoConfig, clip, tokenizer, data) -> dict:
         },
         "hub": hub,
         "targets": targets,
+        **({} if linear_head is None else {"linear_head": linear_head}),
         "timings_seconds": {**clock.stages, "total": round(time.perf_counter() - clock.start, 3)},
         "report": str(output_dir / "report.md"),
     }
@@ -432,8 +441,9 @@ def _run(config: DemoConfig, clip, tokenizer, data) -> dict:
 
 
 def _is_default(config: DemoConfig) -> bool:
-    """Whether `config` is the default demo, up to where it writes, what it shows and how it was started."""
-    ignored = {"output_dir", "show_progress", "command", "note"}
+    """Whether `config` is the default demo, up to where it writes, what it shows and how it was started, and
+    whether it adds the linear-head target (which changes none of the other figures)."""
+    ignored = {"output_dir", "show_progress", "command", "note", "linear_head_target"}
     default = DemoConfig().to_dict()
     return all(value == default[key] for key, value in config.to_dict().items() if key not in ignored)
 

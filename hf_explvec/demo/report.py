@@ -226,6 +226,125 @@ def target_table(target: dict, split: str = "test") -> str:
     return markdown_table(TABLE_HEADER, rows)
 
 
+LINEAR_PROBE_ROW = "linear probe only (tower frozen: θ_base of the transfer)"
+
+
+def linear_head_table(entry: dict, split: str = "test") -> str:
+    r"""
+    The table of the linear-head target on `split`: the linear probe (θ_base of the transfer), the fine-tuned
+    `CLIPForImageClassification` θ_T (λ2 = 0), and θ_T + λ2·τ_S per λ2 (the λ2 chosen on validation marked ✓, each
+    with the [`transfer_verdict`]). Every row is compared with Kernel SHAP of its own model (pixel masking).
+
+    Args:
+        entry (`dict`): `results["linear_head"]` (keys `sweep`, `chosen_lam`, `probe`).
+        split (`str`, defaults to `"test"`): `"test"` or `"validation"`.
+
+    Returns:
+        `str`: a markdown table with the columns of `TABLE_HEADER`.
+    """
+    sweep = entry["sweep"][split]
+    baseline = next(row for row in sweep if row["lam"] == 0.0)
+    rows = [_row(LINEAR_PROBE_ROW, "–", entry["probe"][split], baseline, "–"),
+            _row("fine-tuned CLIPForImageClassification θ_T (no vector)", "0", baseline, baseline, "–")]  # fmt: skip
+    for row in sweep:
+        if row["lam"] == 0.0:
+            continue
+        mark = " ✓ chosen on validation" if row["lam"] == entry["chosen_lam"] else ""
+        verdict = _verdict_cell(transfer_verdict(row, baseline))
+        rows.append(_row(f"θ_T + λ2·τ_S{mark}", f"{row['lam']:g}", row, baseline, "–", verdict))
+    return markdown_table(TABLE_HEADER, rows)
+
+
+def linear_head_reading(results: dict) -> str:
+    r"""
+    One sentence read from the figures: whether τ_S transfers to the linear head by the rule at the λ2 chosen on
+    validation, its test E-RMSE (L2) and E-RMSE changes against the fine-tuned classifier, and the same for the
+    text-head target of the same domain (when the run has it), saying on which of the two heads the vector helped
+    more.
+
+    Args:
+        results (`dict`): the demo's results with `linear_head` (its `summary`, or computed here).
+
+    Returns:
+        `str`
+    """
+    entry = results["linear_head"]
+    settings = report_settings(results.get("config", {}))
+    linear = entry.get("summary") or transfer_summary(entry, settings["goal_e_rmse_gain"],
+                                                      settings["goal_accuracy_drop"])  # fmt: skip
+    text_head = next((t for t in results.get("targets", []) if t["domain"] == entry["domain"]), None)
+
+    def figures(summary: dict) -> str:
+        l2 = summary["relative_e_rmse_l2"]
+        l2 = "" if l2 is None else f"E-RMSE (L2) {100 * l2:+.1f}%, "
+        return (f"λ2 = {summary['lam']:g}: {l2}E-RMSE {100 * summary['relative_e_rmse']:+.1f}%, accuracy "
+                f"{100 * summary['accuracy_change']:+.1f} pts")  # fmt: skip
+
+    if linear["lam"] == 0.0:
+        head = ("The validation rule applied no vector to the linear head (no λ2 > 0 lowered validation E-RMSE within "
+                "the accuracy tolerance), so on this run the text-head vector does not transfer to it")  # fmt: skip
+    else:
+        works = "transfers" if linear["works"] else "does not transfer"
+        head = f"By the rule, the text-head vector {works} to the linear head on test ({figures(linear)})"
+    if text_head is None:
+        return head + "."
+    other = text_head.get("summary") or transfer_summary(text_head, settings["goal_e_rmse_gain"],
+                                                         settings["goal_accuracy_drop"])  # fmt: skip
+    if other["lam"] == 0.0:
+        compare = "the text-head θ_T of the same domain kept λ2 = 0"
+    else:
+        compare = (f"on the text-head θ_T of the same domain it {'works' if other['works'] else 'does not work'} "
+                   f"({figures(other)})")  # fmt: skip
+    changes = [(s["relative_e_rmse_l2"] or 0.0) if s["lam"] != 0.0 else 0.0 for s in (linear, other)]
+    figures_l2 = f"{100 * changes[0]:+.1f}% against {100 * changes[1]:+.1f}%"
+    if round(100 * changes[0], 1) == round(100 * changes[1], 1):
+        more = f"at the chosen λ2 the primary metric, E-RMSE (L2), changed alike on both heads ({figures_l2})"
+    else:
+        better = "more" if changes[0] < changes[1] else "less"
+        more = (f"at the chosen λ2 the vector helps the primary metric, E-RMSE (L2), {better} on the linear head than "
+                f"on the text head it was trained with ({figures_l2})")  # fmt: skip
+    return f"{head}; {compare}; {more}."
+
+
+def _linear_head_section(results: dict) -> list[str]:
+    entry = results.get("linear_head")
+    if entry is None:
+        return []
+    settings = report_settings(results["config"])
+    sizes = results["domains"].get(entry["domain"], {}).get("sizes", {})
+    check = entry["masking_check"]
+    summary = entry.get("summary") or transfer_summary(entry, settings["goal_e_rmse_gain"],
+                                                       settings["goal_accuracy_drop"])  # fmt: skip
+    return [
+        f"## Linear-head target `{entry['domain']}` ({entry['model_class']})",
+        "",
+        (
+            f"The same target as a transformers `{entry['model_class']}` on the base's vision tower (a linear head on "
+            f"the mean patch token): a linear probe (tower frozen, learning rate {entry['probe_learning_rate']:g}), "
+            "then fine-tuning of everything with the demo's settings, both with transformers' `Trainer`; explained by "
+            "`ExplainingCLIPForImageClassification.from_classifier` (a_{c,i} = W_c·h_i / M; largest logit "
+            f"difference from the classifier on test {entry['max_abs_logit_difference']:.1g}). θ̃ = probe + "
+            "λ1·(θ_T − probe) + λ2·τ_S with the source vector τ_S trained with the text head (its visual projection "
+            "has no counterpart here and is skipped); λ2 chosen on validation by the same rule. Kernel SHAP masks "
+            f"pixels (baseline 0): this model has no embedding-level path; on θ_base with the text head the two "
+            f"maskings differ by at most {check['max_abs_difference']:.1g} on {check['num_images']} test images "
+            f"(values' RMS {check['values_rms']:.3f})."
+        ),
+        "",
+        f"- Verdict: {_verdict(entry, summary, settings)}",
+        f"- Reading: {linear_head_reading(results)}",
+        "",
+        f"**Test** ({sizes.get('test', '?')} images):",
+        "",
+        linear_head_table(entry, "test"),
+        "",
+        f"**Validation** ({sizes.get('validation', '?')} images; λ2 is chosen here):",
+        "",
+        linear_head_table(entry, "validation"),
+        "",
+    ]
+
+
 def report_settings(config: dict) -> dict[str, float]:
     r"""
     The settings the report states, read from a run's config: `max_accuracy_drop` (the λ rule's tolerance),
@@ -680,6 +799,11 @@ def build_report(results: dict) -> str:
     for target in results["targets"]:
         summary = transfer_summary(target, settings["goal_e_rmse_gain"], settings["goal_accuracy_drop"])
         lines.append(f"- **{target['domain']}** ({target['role']}): {_verdict(target, summary, settings)}")
+    if "linear_head" in results:
+        entry = results["linear_head"]
+        summary = transfer_summary(entry, settings["goal_e_rmse_gain"], settings["goal_accuracy_drop"])
+        lines.append(f"- **{entry['domain']} as {entry['model_class']}** (linear head, {entry['role']}): "
+                     f"{_verdict(entry, summary, settings)}")  # fmt: skip
     definitions = DEFINITIONS.format(
         eval_n=config["eval_num_samples"],
         k=config["top_k"],
@@ -690,6 +814,7 @@ def build_report(results: dict) -> str:
     lines += ["", "## Definitions", "", definitions, "", *_setup_section(results)]
     for target in results["targets"]:
         lines += _target_section(results, target)
+    lines += _linear_head_section(results)
     timings = [[stage, f"{seconds:.1f}"] for stage, seconds in results["timings_seconds"].items()]
     lines += [
         "## λ sweep",
@@ -736,6 +861,10 @@ def write_report(results: dict, heatmaps: dict, output_dir: str | os.PathLike) -
     settings = report_settings(results["config"])
     for target in results["targets"]:
         target["summary"] = transfer_summary(target, settings["goal_e_rmse_gain"], settings["goal_accuracy_drop"])
+    if "linear_head" in results:
+        entry = results["linear_head"]
+        entry["summary"] = transfer_summary(entry, settings["goal_e_rmse_gain"], settings["goal_accuracy_drop"])
+        entry["reading"] = linear_head_reading(results)
     (output_dir / "results.json").write_text(json.dumps(_jsonable(results), indent=2, ensure_ascii=False) + "\n")
     logger.info("results written to %s", output_dir / "results.json")
     report = output_dir / "report.md"
@@ -760,6 +889,14 @@ def format_summary(results: dict) -> str:
         lines.append(f"{target['domain']} ({target['role']}): λ2 = {s['lam']:g}, test E-RMSE (L2) {l2}, E-RMSE "
                      f"{100 * s['relative_e_rmse']:+.1f}%, accuracy {100 * s['accuracy_change']:+.1f} pts; "
                      f"{works}")  # fmt: skip
+    if "linear_head" in results:
+        entry = results["linear_head"]
+        s = transfer_summary(entry, settings["goal_e_rmse_gain"], settings["goal_accuracy_drop"])
+        l2 = "–" if s["relative_e_rmse_l2"] is None else f"{100 * s['relative_e_rmse_l2']:+.1f}%"
+        works = "no vector applied" if s["lam"] == 0.0 else "transfer works" if s["works"] else "transfer does not work"
+        lines.append(f"{entry['domain']} as {entry['model_class']} (linear head): λ2 = {s['lam']:g}, test E-RMSE "
+                     f"(L2) {l2}, E-RMSE {100 * s['relative_e_rmse']:+.1f}%, accuracy "
+                     f"{100 * s['accuracy_change']:+.1f} pts; {works}")  # fmt: skip
     lines.append(f"wall time: {results['timings_seconds']['total']:.1f} s")
     return "\n".join(lines)
 
@@ -777,6 +914,8 @@ __all__ = [
     "format_summary",
     "heatmap_file_name",
     "illustrated_lambda",
+    "linear_head_reading",
+    "linear_head_table",
     "machine_description",
     "markdown_table",
     "plot_heatmaps",
