@@ -23,6 +23,8 @@ from hf_explvec.demo.report import (
     format_budget,
     format_summary,
     illustrated_lambda,
+    linear_head_reading,
+    linear_head_table,
     markdown_table,
     target_table,
     transfer_summary,
@@ -574,3 +576,150 @@ def test_reference_scale_pipeline_runs_on_the_vit_b32_architecture(tmp_path):
     assert results["source"]["vector_norm"] > 0 and results["source"]["vector_pred_norm"] > 0  # one step each
     assert results["targets"][0]["cosine_tau_source_prediction_vs_tau_target"] is not None
     assert (tmp_path / "r" / "report.md").is_file()
+
+
+# ------------------------------------------------------------------------------------- the linear-head target (10.8)
+@pytest.fixture(scope="module")
+def linear_head_run(tmp_path_factory):
+    """A --quick run with the linear-head target (one target, as the determinism test's second run), the λ rule's
+    inputs recorded: ~10-20 s."""
+    from hf_explvec.demo import linear_head
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    output_dir, calls = tmp_path_factory.mktemp("demo") / "linear", []
+
+    def recording_select_lambda(rows, max_accuracy_drop):
+        calls.append([dict(row) for row in rows])
+        return select_lambda(rows, max_accuracy_drop)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(linear_head, "select_lambda", recording_select_lambda)
+        config = quick_config(str(output_dir), show_progress=False, targets=("digits_on_photos",),
+                              linear_head_target=True)  # fmt: skip
+        results = run(config)
+    return output_dir, results, calls
+
+
+def test_linear_head_run_measures_the_classifier_like_the_other_targets(linear_head_run):
+    output_dir, results, _ = linear_head_run
+    saved = json.loads((output_dir / "results.json").read_text())
+    entry = saved["linear_head"]
+    assert entry["domain"] == "digits_on_photos" and entry["role"] == "related"
+    assert entry["model_class"] == "CLIPForImageClassification"
+    assert saved["default_config"] is False and saved["config"]["linear_head_target"] is True
+    lambdas = list(quick_config().lambdas)
+    for split in ("validation", "test"):
+        assert [row["lam"] for row in entry["sweep"][split]] == lambdas
+        for row in [*entry["sweep"][split], entry["probe"][split]]:
+            assert 0 <= row["accuracy"] <= 1 and row["e_rmse"] > 0 and 0 < row["e_rmse_l2"] <= 2
+            assert {"shap_rms", "pointing", "deletion_auc", "insertion_auc", "explain_seconds_per_image"} <= set(row)
+            assert all(math.isfinite(row[key]) for key in ("shap_rms", "deletion_auc", "insertion_auc"))
+    summary = entry["summary"]
+    assert summary["lam"] == entry["chosen_lam"] and "works" in summary and "relative_e_rmse_l2" in summary
+    # pixel masking gives the demo's embedding-masked Kernel SHAP values (checked on θ_base with the text head)
+    assert entry["masking_check"]["num_images"] == 16 and entry["masking_check"]["max_abs_difference"] < 1e-4
+    assert any("(linear head): λ2 sweep" in stage for stage in saved["timings_seconds"])
+    report = (output_dir / "report.md").read_text()
+    section = report.split("## Linear-head target `digits_on_photos` (CLIPForImageClassification)")[1]
+    section = section.split("## λ sweep")[0]
+    assert section.count("linear probe only (tower frozen") == 2 and section.count("✓ chosen on validation") == 2
+    assert "- Verdict: " in section and f"- Reading: {entry['reading']}" in section
+    assert "**digits_on_photos as CLIPForImageClassification** (linear head, related)" in report.split("## Def")[0]
+    assert "as CLIPForImageClassification (linear head): λ2 = " in format_summary(results)
+
+
+def test_linear_head_explaining_classifier_has_the_classifiers_logits(linear_head_run):
+    from transformers import CLIPForImageClassification
+
+    from hf_explvec import ExplainingCLIPForImageClassification
+
+    _, results, _ = linear_head_run
+    entry = results["linear_head"]
+    assert entry["max_abs_logit_difference"] == 0.0  # measured in the run, on the test split
+    classifier = CLIPForImageClassification.from_pretrained(entry["classifier_path"]).eval()
+    assert classifier.config.id2label == dict(enumerate(entry["class_names"]))
+    explaining = ExplainingCLIPForImageClassification.from_classifier(classifier)
+    pixel_values = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, outputs = classifier(pixel_values=pixel_values).logits, explaining(pixel_values)
+    assert torch.equal(outputs.logits, expected)
+    assert outputs.patch_attributions.shape == (3, len(entry["class_names"]), 16)
+    # the attributions sum (with the bias) to the logits: a_{c,i} = W_c·h_i / M
+    assert torch.allclose(outputs.patch_attributions.sum(-1) + classifier.classifier.bias, expected, atol=1e-5)
+
+
+def test_linear_head_lambda_is_chosen_on_validation_only(linear_head_run):
+    _, results, calls = linear_head_run
+    entry = results["linear_head"]
+    strip = [{k: v for k, v in row.items() if k != "explain_seconds_per_image"} for row in entry["sweep"]["validation"]]
+    assert [[{k: v for k, v in row.items() if k != "explain_seconds_per_image"} for row in rows]
+            for rows in calls] == [strip]  # fmt: skip
+    assert entry["chosen_lam"] == select_lambda(entry["sweep"]["validation"], quick_config().max_accuracy_drop)
+    assert [row["e_rmse"] for row in entry["sweep"]["test"]] != [row["e_rmse"] for row in strip]  # another split
+
+
+def test_linear_head_flag_adds_and_changes_nothing_else(quick_run, linear_head_run):
+    output_dir, default = quick_run
+    _, with_flag, _ = linear_head_run
+    assert DemoConfig().linear_head_target is False
+    saved = json.loads((output_dir / "results.json").read_text())
+    assert "linear_head" not in default and "linear_head" not in saved
+    assert not any("linear head" in stage for stage in saved["timings_seconds"])
+    report = (output_dir / "report.md").read_text()
+    assert "Linear-head" not in report and "CLIPForImageClassification" not in report
+    assert "linear head" not in format_summary(default)
+    # the flag runs after every other stage: the related target's figures are those of the run without it
+    untimed = lambda rows: [{k: v for k, v in row.items() if not k.endswith("seconds_per_image")} for row in rows]  # noqa: E731
+    first, second = default["targets"][0], with_flag["targets"][0]
+    for split in ("validation", "test"):
+        assert untimed(first["sweep"][split]) == untimed(second["sweep"][split])
+        assert untimed([first["direct"][split]]) == untimed([second["direct"][split]])
+    assert first["chosen_lam"] == second["chosen_lam"] and default["hub"]["commit_sha"] != ""
+    assert untimed(default["source"]["test"].values()) == untimed(with_flag["source"]["test"].values())
+
+
+def test_linear_head_config_and_command_line(monkeypatch):
+    with pytest.raises(TypeError, match="linear_head_target must be a bool"):
+        DemoConfig(linear_head_target=1)
+    seen = {}
+
+    def fake_run(config):
+        seen["config"] = config
+        return {"report": "r/report.md", "hub": {"repo_id": "demo/x", "commit_sha": "0" * 40},
+                "targets": [synthetic_target()], "timings_seconds": {"total": 1.0}}  # fmt: skip
+
+    monkeypatch.setattr(demo_module, "run", fake_run)
+    cli.main(["demo", "--quick", "--linear-head", "--no-progress"])
+    assert seen["config"].linear_head_target is True
+    cli.main(["demo", "--quick", "--no-progress"])
+    assert seen["config"].linear_head_target is False
+
+
+def synthetic_linear_head(chosen=0.5, test_e_rmse_l2=None):
+    entry = synthetic_target(chosen=chosen)
+    entry.update(model_class="CLIPForImageClassification", probe={s: metrics(0.6, 0.3) for s in ("validation", "test")})
+    if test_e_rmse_l2 is not None:
+        entry["sweep"]["test"][1]["e_rmse_l2"] = test_e_rmse_l2
+    return entry
+
+
+def test_linear_head_reading_is_read_from_the_figures():
+    text_head = synthetic_target(chosen=0.5)  # test: E-RMSE -20%, E-RMSE (L2) -20%, faithfulness unchanged: works
+    results = {"config": {}, "targets": [text_head], "linear_head": synthetic_linear_head(test_e_rmse_l2=0.3 * 0.5)}
+    reading = linear_head_reading(results)
+    assert reading.startswith("By the rule, the text-head vector transfers to the linear head on test (λ2 = 0.5: "
+                              "E-RMSE (L2) -50.0%, E-RMSE -20.0%, accuracy -2.0 pts)")  # fmt: skip
+    assert "helps the primary metric, E-RMSE (L2), more on the linear head" in reading
+    assert "(-50.0% against -20.0%)" in reading
+    results["linear_head"]["sweep"]["test"][1]["deletion_auc"] = 0.6  # worse deletion: no longer works
+    assert "does not transfer" in linear_head_reading(results)
+    results["linear_head"] = synthetic_linear_head(chosen=0.0)
+    reading = linear_head_reading(results)
+    assert "applied no vector" in reading and "less on the linear head" in reading
+    assert "(+0.0% against -20.0%)" in reading
+    del results["targets"][0]
+    assert "text-head θ_T" not in linear_head_reading(results)
+    lines = linear_head_table(synthetic_linear_head(), "test").splitlines()
+    assert len(lines) == 2 + 1 + 1 + 2 and "linear probe only" in lines[2] and "| -30.0 |" in lines[2]
+    assert "✓" in lines[4] and lines[4].endswith("| yes (pointing not measured) |")
