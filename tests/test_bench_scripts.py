@@ -1,5 +1,6 @@
 """Smoke runs of the benchmark scripts at toy sizes (`--tiny`), so that they keep working as the library changes:
-scripts/bench_compression.py (issue 12) and scripts/bench_linear_head.py (issue 10, item 8)."""
+scripts/bench_compression.py (issue 12) and scripts/bench_linear_head.py (issue 10, item 8: a thin wrapper over the
+demo's linear-head stage, `hf_explvec.demo.linear_head`)."""
 
 import importlib.util
 import json
@@ -106,8 +107,11 @@ def test_linear_head_script_runs_the_sweep(compression_run, capsys):
     result = script.main(["--tiny", "--cache", str(folder / "cache")])
     printed = capsys.readouterr().out
     assert "models loaded from" in printed
-    # embedding- and pixel-masked Kernel SHAP agree (the script's check on the text-head model)
+    # embedding- and pixel-masked Kernel SHAP agree (the demo stage's check on θ_base with the text head), and the
+    # explaining classifier has the classifier's logits
     assert float(re.search(r"max \|diff\| (\S+)", printed).group(1)) < 1e-4
+    assert float(re.search(r"largest logit difference (\S+)", printed).group(1)) == 0.0
+    assert "linear probe only" in printed and "(chosen)" in printed
     assert [row["lam"] for row in result["rows"]["test"]] == [0.0, 0.5, 1.0]
     assert result["chosen"] in (0.0, 0.5, 1.0)
     for row in result["rows"]["test"] + [result["probe"]["test"]]:
