@@ -86,7 +86,8 @@ def _add_demo_parser(commands, common) -> None:
         action="store_true",
         help="also build the related target as a transformers CLIPForImageClassification on the base's vision tower "
         "(linear probe, then fine-tuning) and measure whether τ_S, trained with the text head, transfers to it "
-        "(results.json 'linear_head', a report section); costs a few extra minutes, the other figures are unchanged",
+        "(results.json 'linear_head', a report section); costs a few extra minutes (about 4-5 on 2 CPU cores), "
+        "the other figures are unchanged",
     )
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 

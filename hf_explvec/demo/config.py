@@ -76,8 +76,8 @@ class DemoConfig:
         linear_head_target (`bool`, defaults to `False`): also build the related target as a transformers
             `CLIPForImageClassification` on the base's vision tower (a linear probe, then fine-tuning) and measure
             whether τ_S, trained with the text head, transfers to it ([`~hf_explvec.demo.linear_head`]; results in
-            `results["linear_head"]` and a report section). Adds a few minutes to the default demo; the other
-            figures are unchanged.
+            `results["linear_head"]` and a report section). Adds a few minutes to the default demo (about 4-5 on 2 CPU
+            cores); the other figures are unchanged.
         show_progress (`bool`): tqdm bars.
         note (`str`, *optional*): a line shown at the top of the report.
         command (`str`, *optional*): the command line that started the run, shown in the report.
