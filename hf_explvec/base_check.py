@@ -274,6 +274,8 @@ def validate_base_fingerprint(obj, source: str) -> dict:
             raise ValueError(
                 f"{label}.sketch holds {len(values)} values; expected 2 to {math.prod(shape)} (the tensor's size)."
             )
+        if not np.ptp(values) > 0:  # a stored sketch is centred and scaled: a constant one carries no correlation
+            raise ValueError(f"{label}.sketch holds {len(values)} equal values: not a sketch of a weight matrix.")
         checked[name] = {"shape": list(shape), "sketch": sketch}
     return {"method": method, "version": version, "tensors": checked}
 

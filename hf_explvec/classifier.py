@@ -164,6 +164,8 @@ class ExplainingCLIPForImageClassification(ExplainingModelHubMixin, PreTrainedMo
         check_head_loaded(classifier, info, cls.HEAD_KEYS, name, _REMEDY)
         model = cls.from_classifier(classifier)
         model.config.classifier_revision = commit
+        if commit is not None:  # the revision the image processor and the provenance are read at
+            model.config._commit_hash = commit
         return model, info
 
     @classmethod
@@ -229,6 +231,9 @@ class ExplainingCLIPForImageClassification(ExplainingModelHubMixin, PreTrainedMo
         config._attn_implementation = source._attn_implementation
         model = cls(config).to(device=weight.device, dtype=weight.dtype)
         model.load_state_dict(classifier.state_dict())  # strict: the same keys, copied
+        # Named after the classifier, as transformers names a loaded model: explain() then finds the classifier's own
+        # image processor there, and apply_vector records the classifier as the explained model's source.
+        model.config._name_or_path = model.name_or_path = source._name_or_path
         return model.eval()
 
     # -------------------------------------------------------------------------------------------------- forward

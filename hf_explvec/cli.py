@@ -92,7 +92,7 @@ def _validation_split(pattern: str, model):
     import datasets
 
     if os.path.isdir(pattern):
-        subfolders = sorted(entry.name for entry in os.scandir(pattern) if entry.is_dir())
+        subfolders = sorted(e.name for e in os.scandir(pattern) if e.is_dir() and not e.name.startswith("."))
         if subfolders:
             label2id = {str(name): int(i) for name, i in model.config.label2id.items()}
             unknown = [name for name in subfolders if name not in label2id]
@@ -101,7 +101,7 @@ def _validation_split(pattern: str, model):
                     f"--validation-images {pattern}: subfolders {unknown} are not classes of the model "
                     f"({sorted(label2id, key=label2id.get)}); name each subfolder after a class."
                 )
-            split = datasets.load_dataset("imagefolder", data_dir=pattern, split="train")
+            split = datasets.load_dataset("imagefolder", data_dir=pattern, split="train", drop_labels=False)
             folder_names = split.features["label"].names
             ids = [label2id[folder_names[i]] for i in split["label"]]
             return split.remove_columns("label").add_column("label", ids)

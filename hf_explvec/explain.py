@@ -7,8 +7,9 @@ the heatmap blended on the image in grey, with a diverging colour map centred on
 
 An explaining model is any `nn.Module` whose `forward(pixel_values)` returns an output with `logits` of shape
 `(batch_size, num_classes)` and `patch_attributions` of shape `(batch_size, num_classes, num_patches)` over a square
-patch grid, and whose `config.id2label` names the classes: [`SelfExplainingCLIPVision`], or a classifier after
-[`TaskVector.apply_to`].
+patch grid, and whose `config.id2label` names the classes: [`SelfExplainingCLIPVision`] or
+[`ExplainingCLIPForImageClassification`] (see [`hf_explvec.explaining_model`]), with or without an explainability
+vector applied.
 """
 
 from __future__ import annotations

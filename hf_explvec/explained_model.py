@@ -264,9 +264,10 @@ def _apply(model: nn.Module, vector: TaskVector, vector_id: str | None, lam, che
         )
     lam = _check_lam(lam, vector, vector_id)
     vector.apply_to(model, lam, check_base=check_base)
+    config = model.config
     model.config.explainability = {
-        "model": getattr(model.config, "_name_or_path", None) or None,
-        "model_revision": getattr(model.config, "_commit_hash", None),
+        "model": getattr(config, "_name_or_path", None) or getattr(config, "classifier_name_or_path", None) or None,
+        "model_revision": getattr(config, "_commit_hash", None) or getattr(config, "classifier_revision", None),
         "vector": vector_id,
         "vector_revision": vector.commit_hash,
         "lam": lam,
@@ -364,7 +365,8 @@ def remove_vector(model: nn.Module, vector=None, **hub_kwargs) -> nn.Module:
             An explained model (also one loaded back from the Hub: its `config.explainability` says which vector).
         vector (`str`, `os.PathLike` or [`TaskVector`], *optional*):
             The vector that was applied. By default it is loaded by the id and revision in `config.explainability`;
-            give it when it was applied from memory (no id recorded) or to avoid the download.
+            give it when it was applied from memory (no id recorded), or to avoid the download (then it must come
+            from the recorded id, and from the recorded revision when both are known).
         hub_kwargs:
             Passed to [`TaskVector.from_pretrained`].
 
@@ -373,7 +375,7 @@ def remove_vector(model: nn.Module, vector=None, **hub_kwargs) -> nn.Module:
 
     Raises:
         `ValueError`: the model has no vector applied, the recorded vector has no id and none was given, or the
-        given vector is not the recorded revision. On any error the model is left as it was.
+        given vector does not come from the recorded id or revision. On any error the model is left as it was.
     """
     if not isinstance(model, nn.Module) or getattr(model, "config", None) is None:
         raise TypeError(f"remove_vector takes a model with a config, got {type(model).__name__}.")
@@ -390,6 +392,12 @@ def remove_vector(model: nn.Module, vector=None, **hub_kwargs) -> nn.Module:
         vector = TaskVector.from_pretrained(recorded_id, revision=recorded_revision, **hub_kwargs)
     else:
         vector, _ = _load_vector(vector, None, hub_kwargs)
+        if recorded_id is not None and vector.name_or_path != recorded_id:
+            raise ValueError(
+                f"{recorded_id} was applied, but the vector given comes from "
+                f"{vector.name_or_path or 'memory (no name)'}: removing it would not restore the model. Pass "
+                f"{recorded_id!r}, or nothing to load it."
+            )
         if recorded_revision and vector.commit_hash and vector.commit_hash != recorded_revision:
             raise ValueError(
                 f"the vector given is at revision {vector.commit_hash}, but revision {recorded_revision} of "

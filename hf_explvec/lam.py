@@ -220,8 +220,9 @@ def choose_lam(
 
     For each λ in `lams`, the λ-model is `vector.apply_to(model, λ, inplace=False)` (λ = 0: `model` itself) and is
     measured on every image: one forward pass gives its prediction and its patch attributions, and Kernel SHAP of
-    *that same model* (its logit, embedding-level masking, baseline 0, the same coalitions for every λ) gives the
-    reference explanation.
+    *that same model* (its logit, baseline 0, the same coalitions for every λ; embedding-level masking where the
+    model offers it, as [`SelfExplainingCLIPVision`] does, pixel masking otherwise, as for
+    [`ExplainingCLIPForImageClassification`]) gives the reference explanation.
 
     - With labels (the paper's rule): the explained class is the label; the chosen λ has the lowest E-RMSE among
       the λ whose accuracy is at least accuracy(λ = 0) − `max_accuracy_drop` ([`select_lambda`]; ties go to the
@@ -291,8 +292,22 @@ def choose_lam(
     batch_size = check_int("batch_size", batch_size, 1)
     kernel_shap_batch_size = check_int("kernel_shap_batch_size", kernel_shap_batch_size, 1)
     seed = check_int("seed", seed)
+    applied = getattr(getattr(model, "config", None), "explainability", None)
+    if applied:
+        raise ValueError(
+            f"this model already has the vector {applied.get('vector') or '(in memory)'} applied with "
+            f"λ={applied.get('lam')}: the sweep would start from it. Call hf_explvec.remove_vector(model) first."
+        )
     if kernel_shap_samples is not None:
         kernel_shap_samples = check_int("kernel_shap_samples", kernel_shap_samples, 1)
+        vision = getattr(getattr(model, "config", None), "vision_config", None)
+        if vision is not None:  # fail before any image is processed
+            patches = (vision.image_size // vision.patch_size) ** 2
+            if kernel_shap_samples < min_num_samples(patches):
+                raise ValueError(
+                    f"kernel_shap_samples={kernel_shap_samples} is below Kernel SHAP's minimum of "
+                    f"{min_num_samples(patches)} for {patches} patches."
+                )
     apply_kwargs = {"check_base": check_base}  # apply_to checks its type
 
     count, items = _items(dataset, image_column, batch_size)

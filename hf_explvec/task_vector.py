@@ -143,7 +143,9 @@ class TaskVector(TVC.TaskVectorCompressionMixin):
             finetuned (`nn.Module` or `dict[str, torch.Tensor]`): The model θ* after fine-tuning.
             config ([`TaskVectorConfig`], *optional*): Provenance; fields not given are filled from the models'
                 configs when they have them (`base_model` from the base's `_name_or_path`, `base_model_revision` from
-                its `_commit_hash` when the base was loaded from the Hub, `finetuned_model`, `alpha`). The
+                its `_commit_hash` when that is set (transformers 5 does not set it on `from_pretrained`;
+                [`hf_explvec.load_explaining_model`] does, otherwise pass `base_model_revision=`), `finetuned_model`,
+                `alpha`). The
                 `base_fingerprint` of `base` is recorded unless given ([`~base_check.base_fingerprint`]: a few kB
                 that let `apply_to` refuse a model that does not descend from the base).
             provenance: Fields of [`TaskVectorConfig`] given as keywords.

@@ -213,6 +213,7 @@ BAD = [
     (with_entry("sketch", base64.b64encode(b"abc").decode()), ValueError, "not a whole number of float16"),
     (with_entry("sketch", f16([1.0, np.nan])), ValueError, "NaN or infinity"),
     (with_entry("sketch", ""), ValueError, "holds 0 values"),
+    (with_entry("sketch", f16([0.0] * 8)), ValueError, "8 equal values"),  # base_distance would divide by zero
 ]
 
 

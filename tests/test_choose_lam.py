@@ -238,7 +238,7 @@ def test_a_vector_of_another_base_is_refused_unless_check_base_is_false(model, r
 
 
 def test_a_kernel_shap_budget_below_the_minimum_is_refused(model, vector):
-    with pytest.raises(ValueError, match="num_samples=8 is too small for 16 players"):
+    with pytest.raises(ValueError, match="kernel_shap_samples=8 is below Kernel SHAP's minimum of 32 for 16 patches"):
         choose_lam(model, vector, _images(1), lams=[0.0, 1.0], kernel_shap_samples=8)
 
 

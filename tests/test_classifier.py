@@ -215,6 +215,28 @@ def test_the_classifiers_own_processor_travels_with_the_model(classifier, tmp_pa
     assert classify(image)[0]["label"] == top_label_by_hand(model, own, image)[0]
 
 
+def test_explain_uses_the_processor_saved_with_the_classifier_it_was_made_from(classifier, tmp_path):
+    """from_classifier(folder) is named after the folder, so explain() reads the classifier's own processor there."""
+    from hf_explvec import explain
+
+    own = CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.25] * 3
+    )
+    classifier.save_pretrained(tmp_path / "classifier")
+    own.save_pretrained(tmp_path / "classifier")
+    for model in (
+        ExplainingCLIPForImageClassification.from_classifier(tmp_path / "classifier"),
+        ExplainingCLIPForImageClassification.from_pretrained(tmp_path / "classifier"),
+        ExplainingCLIPForImageClassification.from_classifier(
+            CLIPForImageClassification.from_pretrained(tmp_path / "classifier")
+        ),
+    ):
+        assert model.name_or_path == str(tmp_path / "classifier")
+        image = random_images(1)[0]
+        expected = model(own(images=[image], return_tensors="pt")["pixel_values"]).logits.softmax(-1).max().item()
+        assert explain(model, [image])[0].score == pytest.approx(expected, abs=1e-6)
+
+
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [

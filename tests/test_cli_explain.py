@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,6 +100,22 @@ def test_explain_lam_auto_chooses_on_validation_images(world, images, tmp_path, 
     chosen = float(printed.split("chosen λ = ")[1].split()[0])
     assert chosen in (0.0, 0.5)
     assert len(json.loads((out / "explanations.json").read_text())) == len(images)
+
+
+def test_lam_auto_with_a_single_class_folder_keeps_its_labels(world, images, tmp_path, capsys):
+    """datasets infers no labels from one class folder unless asked (drop_labels=False); hidden folders are skipped."""
+    validation = tmp_path / "validation"
+    for path, label in write_images(tmp_path / "all", 4, seed=9, by_class=True):
+        if label == 0:
+            target = validation / Path(path).parent.name / Path(path).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Path(path).rename(target)
+    (validation / ".ipynb_checkpoints").mkdir()
+    main([
+        "explain", *images, "--model", CLASSIFIER, "--vector", VECTOR, "--lam", "auto", "--validation-images",
+        str(validation), "--lambdas", "0", "0.5", "--kernel-shap-samples", "64", "--output-dir", str(tmp_path / "o"),
+    ])  # fmt: skip
+    assert "chosen λ = " in capsys.readouterr().out
 
 
 def test_explain_a_zero_shot_clip_with_class_names(world, images, tmp_path):

@@ -202,6 +202,36 @@ def test_a_vector_from_memory_is_removed_when_given(world):
     assert explained.config.explainability is None
 
 
+def test_remove_vector_refuses_a_vector_that_is_not_the_recorded_one(world):
+    explained = hf_explvec.from_pretrained_with_vector(CLASSIFIER, VECTOR, lam=0.7)
+    before = _vision(explained)
+    other = twin_vector(CLIPModel.from_pretrained(BASE), recommended_lam=0.3)  # in memory: not VECTOR
+    with pytest.raises(ValueError, match="would not restore"):
+        hf_explvec.remove_vector(explained, other)
+    assert explained.config.explainability["vector"] == VECTOR
+    assert all(torch.equal(value, before[key]) for key, value in _vision(explained).items())
+    hf_explvec.remove_vector(explained, TaskVector.from_pretrained(VECTOR))  # the recorded one, given: accepted
+    assert explained.config.explainability is None
+
+
+def test_apply_vector_to_a_copy_made_by_hand_names_the_classifier(world):
+    model = hf_explvec.ExplainingCLIPForImageClassification.from_pretrained(CLASSIFIER)
+    explained = hf_explvec.apply_vector(model, VECTOR, lam=0.5)
+    record = explained.config.explainability
+    assert record["model"] == CLASSIFIER and record["model_revision"] == model.config.classifier_revision is not None
+
+
+def test_choose_lam_refuses_a_model_that_already_has_the_vector_and_a_budget_below_2m(world):
+    validation = [color_image(i % 2, 300 + i) for i in range(2)]
+    vector = TaskVector.from_pretrained(VECTOR)
+    explained = hf_explvec.from_pretrained_with_vector(CLASSIFIER, VECTOR, lam=0.5)
+    with pytest.raises(ValueError, match="already has the vector"):
+        choose_lam(explained, vector, validation, lams=[0.0, 0.5])
+    fresh = hf_explvec.load_explaining_model(CLASSIFIER)
+    with pytest.raises(ValueError, match="below Kernel SHAP's minimum of 32 for 16 patches"):
+        choose_lam(fresh, vector, validation, lams=[0.0, 0.5], kernel_shap_samples=8)
+
+
 # ----------------------------------------------------------------------------------------------------- base check
 def test_a_foreign_base_is_refused_naming_it_and_can_be_overridden(foreign_world):
     with pytest.raises(BaseModelMismatchError, match=FOREIGN_BASE):
