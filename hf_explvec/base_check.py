@@ -74,6 +74,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import math
 import numbers
 from collections.abc import Mapping
@@ -82,6 +83,8 @@ import numpy as np
 import torch
 
 from .arithmetic import preview
+
+logger = logging.getLogger(__name__)
 
 METHOD = "coordinate-sketch"
 VERSION = 1
@@ -96,6 +99,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "BaseModelMismatchError",
     "base_distance",
+    "base_fingerprint_or_none",
     "base_fingerprint",
     "check_base",
     "validate_base_fingerprint",
@@ -218,6 +222,16 @@ def base_fingerprint(state: Mapping[str, torch.Tensor]) -> dict:
     if not tensors:
         raise ValueError("every tensor with at least 2 dimensions is constant: nothing to fingerprint.")
     return {"method": METHOD, "version": VERSION, "tensors": tensors}
+
+
+def base_fingerprint_or_none(state, who: str) -> dict | None:
+    """[`base_fingerprint`] of `state`, or `None` with a warning naming `who` when it cannot be taken (e.g. a base
+    whose matrices are all constant: nothing to recognise it by), so that `apply_to` cannot check the base."""
+    try:
+        return base_fingerprint(state)
+    except ValueError as error:
+        logger.warning("%s: no base fingerprint recorded, apply_to cannot check the base: %s", who, error)
+        return None
 
 
 def validate_base_fingerprint(obj, source: str) -> dict:

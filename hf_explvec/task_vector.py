@@ -177,10 +177,7 @@ class TaskVector(TVC.TaskVectorCompressionMixin):
             if config.base_model == getattr(base_config, "_name_or_path", None):  # the revision of that name
                 config.base_model_revision = commit
         if config.base_fingerprint is None:
-            try:
-                config.base_fingerprint = base_check.base_fingerprint(base_state)
-            except ValueError as error:  # e.g. a base whose matrices are all constant: nothing to recognise it by
-                logger.warning("from_models: no base fingerprint recorded, apply_to cannot check the base: %s", error)
+            config.base_fingerprint = base_check.base_fingerprint_or_none(base_state, "from_models")
         if config.finetuned_model is None and getattr(finetuned_config, "_name_or_path", None):
             config.finetuned_model = finetuned_config._name_or_path
         if config.alpha is None and isinstance(getattr(finetuned_config, "alpha", None), float):

@@ -45,6 +45,12 @@ class DemoSplit:
         return len(self.labels)
 
 
+def first_images(split: DemoSplit, count: int) -> DemoSplit:
+    """The first `count` images of `split` (pixels, labels, evidence, images; no data set or processor)."""
+    evidence = None if split.evidence is None else split.evidence[:count]
+    return DemoSplit(split.pixel_values[:count], split.labels[:count], evidence, split.images[:count], None, None)
+
+
 @dataclass
 class Domain:
     """A domain: class names, prompt templates, role (`base`, `source`, `related`, `unrelated`, `target`), splits."""

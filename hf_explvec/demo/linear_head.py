@@ -32,7 +32,7 @@ from ..classifier import ExplainingCLIPForImageClassification
 from ..evaluation import accuracy, explanation_metrics, forward_attributions, kernel_shap_values, select_lambda
 from ..task_vector import TaskVector, transfer
 from .config import DemoConfig, derived_seed
-from .data import DemoSplit, Domain
+from .data import DemoSplit, Domain, first_images
 from .pretrain import start_model
 
 __all__ = ["PROBE_LEARNING_RATE", "build_linear_head_target", "linear_head_stage", "pixel_kernel_shap"]
@@ -127,15 +127,10 @@ def pixel_kernel_shap(model, split: DemoSplit, config: DemoConfig, seed_name: st
     return torch.cat(values)
 
 
-def _first(split: DemoSplit, count: int) -> DemoSplit:
-    evidence = None if split.evidence is None else split.evidence[:count]
-    return DemoSplit(split.pixel_values[:count], split.labels[:count], evidence, split.images[:count], None, None)
-
-
 def _masking_check(model, split: DemoSplit, config: DemoConfig) -> dict:
     """Embedding-level (the demo's) against pixel-level (this stage's) Kernel SHAP on the first test images of a
     text-head model, same seeds: the largest difference and the RMS of the values."""
-    first = _first(split, min(MASKING_CHECK_IMAGES, len(split)))
+    first = first_images(split, min(MASKING_CHECK_IMAGES, len(split)))
     embedding, _ = kernel_shap_values(model, first, config.eval_num_samples, derived_seed(config, "test_shap"),
                                       config.shap_batch_size, value=config.shap_value)  # fmt: skip
     pixel = pixel_kernel_shap(model, first, config, "test_shap")

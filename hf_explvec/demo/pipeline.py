@@ -62,7 +62,7 @@ from ..evaluation.tve import TransferableExplainer
 from ..task_vector import TaskVector, transfer
 from ..training import TrainingConfig, train, train_twins
 from .config import SEED_OFFSETS, DemoConfig, derived_seed, safe_file_name
-from .data import DemoSplit, Domain, load_domains
+from .data import DemoSplit, Domain, first_images, load_domains
 from .domains import DOMAINS
 from .linear_head import linear_head_stage
 from .pretrain import build_clip, check_clip_pair, pretrain_clip, start_model
@@ -288,7 +288,7 @@ def _budget_stage(models: dict, arrays: dict, split: DemoSplit, config: DemoConf
     count = min(config.budget_num_images, len(split))
     for key, (model, lam) in models.items():
         source = arrays["direct" if lam is None else lam, "test"]
-        _, own, _ = forward_attributions(model, _first_images(split, count), config.shap_batch_size)
+        _, own, _ = forward_attributions(model, first_images(split, count), config.shap_batch_size)
         if not torch.allclose(own, source["attributions"][:count], rtol=1e-4, atol=1e-6):
             raise RuntimeError(f"{name}: the {key} model of the Kernel SHAP ladder is not the model evaluated above.")
         if config.show_progress:
@@ -298,11 +298,6 @@ def _budget_stage(models: dict, arrays: dict, split: DemoSplit, config: DemoConf
             reference=source["reference"], num_images=config.budget_num_images, batch_size=config.shap_batch_size,
             value=config.shap_value)}  # fmt: skip
     return {"ladder": list(ladder), "num_images": count, "models": results}
-
-
-def _first_images(split: DemoSplit, count: int) -> DemoSplit:
-    evidence = None if split.evidence is None else split.evidence[:count]
-    return DemoSplit(split.pixel_values[:count], split.labels[:count], evidence, split.images[:count], None, None)
 
 
 def run(config: DemoConfig | None = None, *, clip=None, tokenizer=None, data: dict | None = None) -> dict:

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from .._process import process_state
 from ..arithmetic import vision_state
-from ..base_check import base_fingerprint
+from ..base_check import base_fingerprint_or_none
 from ..modeling import SelfExplainingCLIPVision
 from ..task_vector import TaskVector, TaskVectorConfig
 from .checkpoint import check_output_dir
@@ -85,11 +85,7 @@ def train_twins(
     if base_model_revision is not None and not isinstance(base_model_revision, str):
         raise TypeError(f"base_model_revision must be a string or None, got {type(base_model_revision).__name__}.")
     output_dir = check_output_dir(config.output_dir)
-    try:
-        fingerprint = base_fingerprint(vision_state(base_model.state_dict()))
-    except ValueError as error:  # e.g. a base whose matrices are all constant: nothing to recognise it by
-        logger.warning("train_twins: no base fingerprint recorded, apply_to cannot check the base: %s", error)
-        fingerprint = None
+    fingerprint = base_fingerprint_or_none(vision_state(base_model.state_dict()), "train_twins")
     models = []
     for name, alpha in (("prediction_only", 1.0), ("self_explaining", config.alpha)):
         twin_config = dataclasses.replace(config, output_dir=output_dir / name, alpha=alpha)
