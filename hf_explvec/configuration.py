@@ -51,8 +51,22 @@ def validate_explainability(value) -> dict | None:
     return record
 
 
+class PatchGridMixin:
+    """The patch grid of a config with a CLIP `vision_config` (both explaining models' configs)."""
+
+    @property
+    def grid_size(self) -> int:
+        """Number of patches along each side of the image (`image_size // patch_size`)."""
+        return self.vision_config.image_size // self.vision_config.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        """Number of patch tokens M = grid_size**2, the length of the attribution vector of each class."""
+        return self.grid_size**2
+
+
 @strict
-class SelfExplainingCLIPVisionConfig(PreTrainedConfig):
+class SelfExplainingCLIPVisionConfig(PatchGridMixin, PreTrainedConfig):
     r"""
     Configuration of a [`SelfExplainingCLIPVision`]: a CLIP vision tower and visual projection (the feature
     extractor, trainable) with a fixed head of CLIP text embeddings, one row per class.
@@ -135,19 +149,9 @@ class SelfExplainingCLIPVisionConfig(PreTrainedConfig):
             value = validate_explainability(value)
         super().__setattr__(name, value)
 
-    @property
-    def grid_size(self) -> int:
-        """Number of patches along each side of the image (`image_size // patch_size`)."""
-        return self.vision_config.image_size // self.vision_config.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        """Number of patch tokens M = grid_size**2, the length of the attribution vector of each class."""
-        return self.grid_size**2
-
 
 @strict
-class ExplainingCLIPForImageClassificationConfig(PreTrainedConfig):
+class ExplainingCLIPForImageClassificationConfig(PatchGridMixin, PreTrainedConfig):
     r"""
     Configuration of an [`ExplainingCLIPForImageClassification`]: transformers' `CLIPForImageClassification` (a CLIP
     vision tower and a linear classifier on the mean of its patch tokens) that also outputs patch attributions.
@@ -206,16 +210,6 @@ class ExplainingCLIPForImageClassificationConfig(PreTrainedConfig):
     def class_names(self) -> list[str]:
         """The class names in label order (from `id2label`)."""
         return [self.id2label[i] for i in sorted(self.id2label)]
-
-    @property
-    def grid_size(self) -> int:
-        """Number of patches along each side of the image (`image_size // patch_size`)."""
-        return self.vision_config.image_size // self.vision_config.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        """Number of patch tokens M = grid_size**2, the length of the attribution vector of each class."""
-        return self.grid_size**2
 
 
 def check_patch_grid(vision_config) -> None:
