@@ -60,6 +60,15 @@ FAMILIES = ("magnitude", "dare", "low_rank", "merge")
 
 
 # ----------------------------------------------------------------------------------------------- the demo's models
+def run_description(config: DemoConfig, tiny: bool) -> str:
+    """The first line a benchmark prints: library, threads, machine and the demo settings it measures."""
+    return (f"torch {torch.__version__}, {config.num_threads} thread(s), {platform.machine()}, "
+            f"{os.cpu_count()} CPUs, Python {platform.python_version()}; "
+            f"{'quick_config (toy sizes)' if tiny else 'DemoConfig defaults'}, target "
+            f"{config.targets[0]}, sizes train/val/test {config.train_size}/{config.validation_size}/"
+            f"{config.test_size}, Kernel SHAP N={config.eval_num_samples}")  # fmt: skip
+
+
 def demo_config(tiny: bool, output_dir: str) -> DemoConfig:
     """The demo's default settings (only the related target), or `quick_config`'s toy sizes with `tiny`."""
     settings = {"output_dir": output_dir, "show_progress": False, "targets": (DEFAULT_TRANSFER["related"],)}
@@ -338,11 +347,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as scratch:
         output_dir = Path(args.output_dir or scratch)
         config = demo_config(args.tiny, str(output_dir / "demo"))
-        print(f"torch {torch.__version__}, {config.num_threads} thread(s), {platform.machine()}, "
-              f"{os.cpu_count()} CPUs, Python {platform.python_version()}; "
-              f"{'quick_config (toy sizes)' if args.tiny else 'DemoConfig defaults'}, target "
-              f"{config.targets[0]}, sizes train/val/test {config.train_size}/{config.validation_size}/"
-              f"{config.test_size}, Kernel SHAP N={config.eval_num_samples}")  # fmt: skip
+        print(run_description(config, args.tiny))
         models = build_demo_models(config, second_source=not args.no_merge, cache=args.cache)
         vector, vector2 = models["vector"], models["vector2"]
         if vector2 is not None:

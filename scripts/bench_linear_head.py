@@ -21,8 +21,6 @@ demo's embedding masking on θ_base with the text head).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -33,7 +31,7 @@ import torch
 from hf_explvec.demo.linear_head import linear_head_stage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_compression import build_demo_models, demo_config  # noqa: E402  (the shared demo models)
+from bench_compression import build_demo_models, demo_config, run_description  # noqa: E402  (the shared demo models)
 
 COLUMNS = (("acc", "accuracy"), ("E-RMSE", "e_rmse"), ("E-RMSE(L2)", "e_rmse_l2"), ("IoU@2", "iou_at_k"),
            ("Spear.", "spearman"), ("point.", "pointing"), ("del.AUC", "deletion_auc"),
@@ -63,11 +61,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as scratch:
         output_dir = Path(args.output_dir or scratch)
         config = demo_config(args.tiny, str(output_dir / "demo"))
-        print(f"torch {torch.__version__}, {config.num_threads} thread(s), {platform.machine()}, "
-              f"{os.cpu_count()} CPUs, Python {platform.python_version()}; "
-              f"{'quick_config (toy sizes)' if args.tiny else 'DemoConfig defaults'}, target "
-              f"{config.targets[0]}, sizes train/val/test {config.train_size}/{config.validation_size}/"
-              f"{config.test_size}, Kernel SHAP N={config.eval_num_samples}")  # fmt: skip
+        print(run_description(config, args.tiny))
         models = build_demo_models(config, cache=args.cache)
         torch.set_num_threads(config.num_threads)
         target = models["target"]
