@@ -55,6 +55,7 @@ import numpy as np
 from PIL import Image
 
 from .._validation import check_int
+from . import glyphs
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ _BACKGROUND_CROP = (64, 128)  # side of a background crop in source pixels (clip
 _TILE_CROP = (32, 64)  # side of a texture tile crop in source pixels
 _PLATE = 0.35  # a digit's cells are darkened to this fraction of the background before the ink goes on
 _DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+PLAIN = "plain"  # the background name of a plain colour (with a little noise), for object domains
 
 
 # Pixel sources ------------------------------------------------------------------------------------------------------
@@ -85,6 +87,29 @@ _PHOTOS = {
     "flower": ("sklearn", 1),
     **{name: ("skimage", name) for name in ("coffee", "chelsea", "astronaut", "rocket")},
 }
+# What each photo shows: the class names of the photo scenes.
+_PHOTO_WORDS = {
+    "china": "temple",
+    "flower": "flower",
+    "coffee": "coffee cup",
+    "chelsea": "cat",
+    "astronaut": "astronaut",
+    "rocket": "rocket",
+}
+
+OBJECT_CLASSES: dict[str, str] = {
+    **{f"digit:{digit}": f"digit {word}" for digit, word in enumerate(_DIGIT_WORDS)},
+    **{f"letter:{letter}": f"letter {letter}" for letter in glyphs.LETTERS},
+    **{f"symbol:{char}": name for char, name in glyphs.SYMBOLS.items()},
+    **{f"shape:{shape}": name for shape, name in {**glyphs.FILLED_SHAPES, **glyphs.OUTLINE_SHAPES}.items()},
+    **{f"tile:{texture}": texture for texture in _TEXTURES},
+}
+"""Every object an object domain can show, as `family:item` key → class name. Families: `digit` (handwritten, from
+`load_digits`), `letter` and `symbol` (font glyphs), `shape` (drawn), pasted as ink on a dark plate; and `tile` (a
+texture crop)."""
+
+SCENE_CLASSES: dict[str, str] = {**{texture: texture for texture in _TEXTURES}, **_PHOTO_WORDS}
+"""Every background a scene domain can be classified by: source name → class name."""
 
 
 def _import(module: str):
@@ -176,10 +201,15 @@ class DomainSpec:
     r"""
     What a domain's images look like and what decides their class.
 
-    Classes are the `digits` (in that order), then the `textures`. A digit image is a crop of one of `backgrounds`
-    with the digit on a darkened `digit_cells × digit_cells` plate; a texture image is a plain colour with a
-    `texture_cells × texture_cells` tile of the texture and, when `distractor`, a random digit of the split on a
-    one-cell plate elsewhere (never evidence).
+    A domain is built by one of two generators. The original one (`base`, `digits_on_*`, `texture_tiles`) has
+    `digits` then `textures` as classes: a digit image is a crop of one of `backgrounds` with the digit on a darkened
+    `digit_cells × digit_cells` plate; a texture image is a plain colour with a `texture_cells × texture_cells` tile of
+    the texture and, when `distractor`, a random digit of the split on a one-cell plate elsewhere (never evidence).
+    The object generator (every other domain) has `objects` then `scenes` as classes: an object image is a crop of one
+    of `backgrounds` (or a plain colour) with the object pasted on a cell-aligned square (ink objects on a dark
+    `digit_cells` plate, texture tiles as `texture_cells` crops on a background other than their own texture); a
+    scene image is a crop of the scene's source filling the whole image and, when `distractor`, one ink object of
+    `distractors` on a one-cell plate: its evidence is every patch but the distractor's.
 
     Args:
         name (`str`): registry key.
@@ -187,13 +217,26 @@ class DomainSpec:
         class_names (`tuple[str, ...]`): one per class, in label order, to fill the `templates`
             (`"digit zero"` → `"a photo of the digit zero."`).
         templates (`tuple[str, ...]`): CLIP prompt templates with one `{}`, for `SelfExplainingCLIPVision.from_clip`.
-        evidence_kind (`str`): `"digit"`, `"texture"` or `"mixed"`; domains of the same kind are related.
-        digits (`tuple[int, ...]`, defaults to `()`): digit classes.
-        textures (`tuple[str, ...]`, defaults to `()`): texture classes (names of the texture sources).
-        backgrounds (`tuple[str, ...]`, defaults to `()`): photo or texture sources behind the digits.
+        evidence_kind (`str`): `"digit"`, `"texture"`, `"mixed"` (the original generator), `"object"` (a pasted object
+            decides the class) or `"scene"` (the background does); domains of the same kind are related.
+        digits (`tuple[int, ...]`, defaults to `()`): digit classes (original generator).
+        textures (`tuple[str, ...]`, defaults to `()`): texture classes (names of the texture sources; original).
+        backgrounds (`tuple[str, ...]`, defaults to `()`): photo or texture sources behind the digits or objects, and
+            for object domains also `"plain"` (a plain colour).
         ink (`str`, defaults to `"white"`): `"white"`, `"colour"` (a saturated random hue) or `"any"` (either).
-        digit_cells (`int`, defaults to 1), texture_cells (`int`, defaults to 2): object sides in grid cells.
-        distractor (`bool`, defaults to `False`): add a non-evidence digit to texture images.
+        digit_cells (`int`, defaults to 1): side in grid cells of an ink object (digit, letter, symbol or shape).
+        texture_cells (`int`, defaults to 2): side in grid cells of a texture tile.
+        distractor (`bool`, defaults to `False`): add a non-evidence object to texture images (original generator,
+            a digit) or to scene images (object generator, one of `distractors`).
+        objects (`tuple[str, ...]`, defaults to `()`): object classes, keys of [`OBJECT_CLASSES`] (object generator).
+        scenes (`tuple[str, ...]`, defaults to `()`): scene classes, keys of [`SCENE_CLASSES`] (object generator).
+        distractors (`tuple[str, ...]`, defaults to `()`): the ink objects (keys of [`OBJECT_CLASSES`], no tiles) a
+            scene's distractor is drawn from.
+
+    Raises:
+        `ValueError`: a field outside its allowed values, a class-name count that does not match the classes, digit
+            or object classes without backgrounds, classes of both generators, or scenes with a distractor but no
+            `distractors`.
     """
 
     name: str
@@ -208,19 +251,34 @@ class DomainSpec:
     digit_cells: int = 1
     texture_cells: int = 2
     distractor: bool = False
+    objects: tuple[str, ...] = ()
+    scenes: tuple[str, ...] = ()
+    distractors: tuple[str, ...] = ()
 
     def __post_init__(self):
-        if not self.class_names or len(self.class_names) != len(self.digits) + len(self.textures):
+        count = len(self.digits) + len(self.textures) + len(self.objects) + len(self.scenes)
+        if not self.class_names or len(self.class_names) != count:
             raise ValueError(
-                f"domain {self.name!r}: expected one class name per digit and texture "
-                f"({len(self.digits)} + {len(self.textures)}), got {len(self.class_names)}"
+                f"domain {self.name!r}: expected one class name per digit, texture, object and scene "
+                f"({len(self.digits)} + {len(self.textures)} + {len(self.objects)} + {len(self.scenes)}), "
+                f"got {len(self.class_names)}"
             )
+        if (self.digits or self.textures) and (self.objects or self.scenes):
+            raise ValueError(
+                f"domain {self.name!r}: classes are either digits/textures or objects/scenes, not both "
+                f"(digits={self.digits}, textures={self.textures}, objects={self.objects}, scenes={self.scenes})"
+            )
+        ink_objects = tuple(key for key in OBJECT_CLASSES if not key.startswith("tile:"))
+        backgrounds = (*_TEXTURES, *_PHOTOS, *((PLAIN,) if self.uses_objects else ()))
         allowed = {
             "digits": (self.digits, range(10)),
             "textures": (self.textures, tuple(_TEXTURES)),
-            "backgrounds": (self.backgrounds, (*_TEXTURES, *_PHOTOS)),
+            "objects": (self.objects, tuple(OBJECT_CLASSES)),
+            "scenes": (self.scenes, tuple(SCENE_CLASSES)),
+            "distractors": (self.distractors, ink_objects),
+            "backgrounds": (self.backgrounds, backgrounds),
             "ink": ((self.ink,), ("white", "colour", "any")),
-            "evidence_kind": ((self.evidence_kind,), ("digit", "texture", "mixed")),
+            "evidence_kind": ((self.evidence_kind,), ("digit", "texture", "mixed", "object", "scene")),
         }
         for field, (values, options) in allowed.items():
             bad = [value for value in values if value not in options]
@@ -228,8 +286,20 @@ class DomainSpec:
                 raise ValueError(f"domain {self.name!r}: {field} must be from {list(options)}, got {bad}")
         if self.digits and not self.backgrounds:
             raise ValueError(f"domain {self.name!r}: digit classes need at least one background, got none")
+        if self.objects and not self.backgrounds:
+            raise ValueError(f"domain {self.name!r}: object classes need at least one background, got none")
+        tiles = [key[len("tile:") :] for key in self.objects if key.startswith("tile:")]
+        if any(set(self.backgrounds) <= {tile} for tile in tiles):
+            raise ValueError(f"domain {self.name!r}: a texture tile needs a background other than its own texture")
+        if self.scenes and self.distractor and not self.distractors:
+            raise ValueError(f"domain {self.name!r}: scenes with a distractor need distractors, got none")
         check_int("digit_cells", self.digit_cells, 1)
         check_int("texture_cells", self.texture_cells, 1)
+
+    @property
+    def uses_objects(self) -> bool:
+        """Whether the object generator builds this domain (its classes are `objects` and `scenes`)."""
+        return bool(self.objects or self.scenes)
 
     @property
     def num_classes(self) -> int:
@@ -238,11 +308,48 @@ class DomainSpec:
     @property
     def min_grid(self) -> int:
         """The smallest grid side the objects fit in (a tile and its distractor never overlap)."""
+        if self.uses_objects:
+            sides = [1]
+            sides += [self.texture_cells if key.startswith("tile:") else self.digit_cells for key in self.objects]
+            sides += [2] if self.scenes and self.distractor else []  # a scene keeps at least one evidence patch
+            return max(sides)
         digit = self.digit_cells if self.digits else 1
         return max(digit, (self.texture_cells + int(self.distractor)) if self.textures else 1)
 
 
 _DIGIT_TEMPLATES = ("a photo of the {}.", "the handwritten {}.")
+_OBJECT_TEMPLATES = ("a photo of {}.", "an image showing {}.")
+_GREY_BACKGROUNDS = ("brick wall", "grass", "gravel")
+_ALL_BACKGROUNDS = (*_GREY_BACKGROUNDS, *_PHOTOS, PLAIN)
+_PHOTO_SCENES = ("china", "flower", "coffee", "chelsea", "rocket")
+_DIVERSE_INK = ("digit:0", "digit:1", "digit:2", "digit:3", "digit:4", "shape:circle", "shape:square", "shape:triangle")
+_DIVERSE_OBJECTS = (*_DIVERSE_INK, "tile:star field", "tile:stained tissue")
+
+
+def _object_domain(
+    name: str,
+    description: str,
+    objects: tuple[str, ...],
+    *,
+    scenes: tuple[str, ...] = (),
+    evidence_kind: str = "object",
+    templates: tuple[str, ...] = _OBJECT_TEMPLATES,
+    **fields,
+) -> DomainSpec:
+    """A [`DomainSpec`] of the object generator, its class names read from the object and scene registries."""
+    class_names = tuple(OBJECT_CLASSES[key] for key in objects) + tuple(SCENE_CLASSES[key] for key in scenes)
+    return DomainSpec(
+        name,
+        description,
+        class_names=class_names,
+        templates=templates,
+        evidence_kind=evidence_kind,
+        objects=objects,
+        scenes=scenes,
+        **fields,
+    )
+
+
 DOMAINS: dict[str, DomainSpec] = {
     spec.name: spec
     for spec in (
@@ -285,6 +392,68 @@ DOMAINS: dict[str, DomainSpec] = {
             textures=tuple(_TEXTURES),
             distractor=True,
         ),
+        _object_domain(
+            "pretraining",
+            "pretraining mixture: every object of every family on grey textures, colour photos or plain colour, "
+            "and five photo scenes",
+            tuple(OBJECT_CLASSES),
+            scenes=_PHOTO_SCENES,
+            evidence_kind="mixed",
+            templates=("a photo of {}.",),
+            backgrounds=_ALL_BACKGROUNDS,
+            ink="any",
+        ),
+        _object_domain(
+            "diverse_source",
+            "digits 0-4, filled circle/square/triangle on a dark one-cell plate, or a star-field or stained-tissue "
+            "tile, over grey textures, colour photos or plain colour",
+            _DIVERSE_OBJECTS,
+            backgrounds=_ALL_BACKGROUNDS,
+            ink="any",
+        ),
+        _object_domain(
+            "letters_on_photos",
+            "letters A H K R W in coloured ink on a dark one-cell plate over colour photos",
+            tuple(f"letter:{letter}" for letter in glyphs.LETTERS),
+            backgrounds=tuple(_PHOTOS),
+            ink="colour",
+        ),
+        _object_domain(
+            "symbols_on_textures",
+            "the symbols @ # & % $ in white ink on a dark one-cell plate over grey brick, grass or gravel",
+            tuple(f"symbol:{char}" for char in glyphs.SYMBOLS),
+            backgrounds=_GREY_BACKGROUNDS,
+            ink="white",
+        ),
+        _object_domain(
+            "outlines_on_plain",
+            "star, cross, ring, heart and diamond outlines on a dark one-cell plate over plain colour or photos",
+            tuple(f"shape:{shape}" for shape in glyphs.OUTLINE_SHAPES),
+            backgrounds=(PLAIN, *_PHOTOS),
+            ink="any",
+        ),
+        _object_domain(
+            "photo_scenes",
+            "which colour photo the whole image is cut from; a source object on one cell is a distractor",
+            (),
+            scenes=_PHOTO_SCENES,
+            evidence_kind="scene",
+            templates=("a photo of a {}.", "a close-up photo of a {}."),
+            distractor=True,
+            distractors=_DIVERSE_INK,
+            ink="any",
+        ),
+        _object_domain(
+            "texture_scenes",
+            "which grey texture fills the whole image; a source object on one cell is a distractor",
+            (),
+            scenes=tuple(_TEXTURES),
+            evidence_kind="scene",
+            templates=("a photo of {}.", "a patch of {} texture."),
+            distractor=True,
+            distractors=_DIVERSE_INK,
+            ink="any",
+        ),
     )
 }
 """The registered domains by name (the module docstring says what each is and why)."""
@@ -296,6 +465,17 @@ DEFAULT_TRANSFER: dict[str, str] = {
     "unrelated": "texture_tiles",
 }
 """The demo's roles: pretrain on `base`, take the vector on `source`, apply it on `related` and `unrelated`."""
+
+DIVERSE_TRANSFER: dict[str, str | tuple[str, ...]] = {
+    "base": "pretraining",
+    "source": "diverse_source",
+    "related": ("letters_on_photos", "symbols_on_textures", "outlines_on_plain"),
+    "near": ("digits_on_photos",),
+    "unrelated": ("photo_scenes", "texture_scenes"),
+}
+"""The diverse transfer study: pretrain on `pretraining`, take the vector on the many-family `diverse_source`, apply
+it on `related` targets (object families the source never shows), the `near` target (other classes of a family it
+shows) and `unrelated` targets (the background is the evidence, an object of the source a distractor)."""
 
 
 def get_domain(name: str) -> DomainSpec:
@@ -335,11 +515,19 @@ class DomainArrays:
     Args:
         images (`np.ndarray` of shape `(N, image_size, image_size, 3)`, uint8): RGB images.
         labels (`np.ndarray` of shape `(N,)`, int64): class indices into `class_names`.
-        evidence (`np.ndarray` of shape `(N, M)`, bool): the patches covered by the class object.
-        distractor (`np.ndarray` of shape `(N, M)`, bool): the patches of a non-evidence digit (`texture_tiles`).
+        evidence (`np.ndarray` of shape `(N, M)`, bool): the patches that decide the class: those the class object
+            covers, or for a scene every patch but the distractor's.
+        distractor (`np.ndarray` of shape `(N, M)`, bool): the patches of a non-evidence object (`texture_tiles`,
+            scene domains).
         digit_indices (`np.ndarray` of shape `(N,)`, int64): the `load_digits()` index of the digit drawn (object or
             distractor), -1 where there is none.
         class_names (`tuple[str, ...]`): the domain's class names.
+        object_names (`np.ndarray` of shape `(N,)`, str): the [`OBJECT_CLASSES`] key of the class object
+            (`"digit:3"`, `"letter:A"`, `"tile:grass"`), `""` for a scene.
+        distractor_names (`np.ndarray` of shape `(N,)`, str): the key of the distractor, `""` where there is none.
+        fonts (`np.ndarray` of shape `(N,)`, str): the font file of a glyph (object or distractor), `""` otherwise.
+        backgrounds (`np.ndarray` of shape `(N,)`, str): the source the background is cut from, `"plain"` for a
+            plain colour.
     """
 
     images: np.ndarray
@@ -348,6 +536,10 @@ class DomainArrays:
     distractor: np.ndarray
     digit_indices: np.ndarray
     class_names: tuple[str, ...]
+    object_names: np.ndarray
+    distractor_names: np.ndarray
+    fonts: np.ndarray
+    backgrounds: np.ndarray
 
 
 def _resize(pixels: np.ndarray, size: int) -> np.ndarray:
@@ -404,6 +596,101 @@ def _paste_digit(canvas: np.ndarray, alpha: np.ndarray, top: int, left: int, ink
     region += (ink - region) * alpha[..., None]
 
 
+def _background(rng: np.random.Generator, background: str, split: str, size: int) -> np.ndarray:
+    """A background canvas: a plain colour with a little noise, or a crop of the split's band of a source."""
+    if background == PLAIN:
+        colour = rng.uniform(70.0, 190.0, size=3).astype(np.float32)
+        return colour + rng.normal(0.0, 3.0, size=(size, size, 3)).astype(np.float32)
+    return _crop(rng, background, split, _BACKGROUND_CROP, size)
+
+
+def _ink_object(
+    rng: np.random.Generator, key: str, split: str, side: int, by_digit: dict[int, np.ndarray]
+) -> tuple[np.ndarray, int, str]:
+    """An ink object's coverage `(side, side)`, its `load_digits()` index (-1 if not a digit) and font (or `""`)."""
+    family, item = key.split(":", 1)
+    if family == "digit":
+        candidates = by_digit[int(item)]
+        index = int(candidates[rng.integers(len(candidates))])
+        return _digit_alphas(side)[index], index, ""
+    if family in ("letter", "symbol"):
+        fonts = glyphs.glyph_fonts(split, item)
+        font = fonts[int(rng.integers(len(fonts)))]
+        return glyphs.glyph_alpha(rng, item, font, side), -1, font
+    return glyphs.shape_alpha(rng, item, side), -1, ""
+
+
+def _compose_objects(
+    spec: DomainSpec,
+    split: str,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    grid: int,
+    patch_size: int,
+    draw_objects: bool,
+) -> DomainArrays:
+    """The object generator: objects of any family on any background, and scenes with a distractor object."""
+    num_examples, image_size = len(labels), grid * patch_size
+    _, targets = _digits()
+    pool = digit_split_indices(split)
+    by_digit = {digit: pool[targets[pool] == digit] for digit in range(10)}
+
+    images = np.empty((num_examples, image_size, image_size, 3), dtype=np.uint8)
+    evidence = np.zeros((num_examples, grid, grid), dtype=bool)
+    distractor = np.zeros((num_examples, grid, grid), dtype=bool)
+    digit_indices = np.full(num_examples, -1, dtype=np.int64)
+    names = {key: [""] * num_examples for key in ("object_names", "distractor_names", "fonts", "backgrounds")}
+    for i, label in enumerate(labels):
+        if label < len(spec.objects):
+            key = spec.objects[label]
+            family, item = key.split(":", 1)
+            # A texture tile never lies on its own texture (it would be invisible).
+            choices = [name for name in spec.backgrounds if not (family == "tile" and name == item)]
+            background = choices[int(rng.integers(len(choices)))]
+            canvas = _background(rng, background, split, image_size)
+            cells = spec.texture_cells if family == "tile" else spec.digit_cells
+            row, column = _place(rng, grid, cells, evidence[i])
+            evidence[i, row : row + cells, column : column + cells] = True
+            top, left, side = row * patch_size, column * patch_size, cells * patch_size
+            names["object_names"][i] = key
+            if family == "tile":
+                tile = _crop(rng, item, split, _TILE_CROP, side) * rng.uniform(0.85, 1.15)
+                if draw_objects:
+                    canvas[top : top + side, left : left + side] = tile
+            else:
+                alpha, digit_indices[i], names["fonts"][i] = _ink_object(rng, key, split, side, by_digit)
+                ink = _ink(rng, spec.ink)
+                if draw_objects:
+                    _paste_digit(canvas, alpha, top, left, ink)
+        else:
+            background = spec.scenes[label - len(spec.objects)]
+            canvas = _crop(rng, background, split, _BACKGROUND_CROP, image_size)
+            evidence[i] = True
+            if spec.distractor:
+                key = spec.distractors[int(rng.integers(len(spec.distractors)))]
+                row, column = _place(rng, grid, 1, distractor[i])
+                distractor[i, row, column] = True
+                evidence[i, row, column] = False
+                names["distractor_names"][i] = key
+                alpha, digit_indices[i], names["fonts"][i] = _ink_object(rng, key, split, patch_size, by_digit)
+                ink = _ink(rng, spec.ink)
+                if draw_objects:
+                    _paste_digit(canvas, alpha, row * patch_size, column * patch_size, ink)
+        names["backgrounds"][i] = background
+        images[i] = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+
+    flat = (num_examples, grid * grid)
+    return DomainArrays(
+        images,
+        labels,
+        evidence.reshape(flat),
+        distractor.reshape(flat),
+        digit_indices,
+        spec.class_names,
+        **{key: np.asarray(values, dtype=str) for key, values in names.items()},
+    )
+
+
 def generate_domain(
     name: str,
     split: str,
@@ -445,6 +732,33 @@ def generate_domain(
 
     rng = np.random.default_rng([seed, zlib.crc32(spec.name.encode()), SPLITS.index(split)])
     labels = rng.permutation(np.arange(num_examples) % spec.num_classes).astype(np.int64)
+    if spec.uses_objects:
+        arrays = _compose_objects(spec, split, labels, rng, grid, patch_size, draw_objects)
+    else:
+        arrays = _compose_original(spec, split, labels, rng, grid, patch_size, draw_objects)
+    logger.debug(
+        "composed %d images of %s/%s (%d px, patch %d) in %.2fs",
+        num_examples,
+        name,
+        split,
+        image_size,
+        patch_size,
+        time.perf_counter() - start,
+    )
+    return arrays
+
+
+def _compose_original(
+    spec: DomainSpec,
+    split: str,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    grid: int,
+    patch_size: int,
+    draw_objects: bool,
+) -> DomainArrays:
+    """The original generator (digits and texture tiles): its random stream must not change (bit-identical images)."""
+    num_examples, image_size = len(labels), grid * patch_size
     _, targets = _digits()
     pool = digit_split_indices(split)
     by_digit = {digit: pool[targets[pool] == digit] for digit in spec.digits}
@@ -455,11 +769,13 @@ def generate_domain(
     evidence = np.zeros((num_examples, grid, grid), dtype=bool)
     distractor = np.zeros((num_examples, grid, grid), dtype=bool)
     digit_indices = np.full(num_examples, -1, dtype=np.int64)
+    names = {key: [""] * num_examples for key in ("object_names", "distractor_names", "fonts", "backgrounds")}
     for i, label in enumerate(labels):
         if label < len(spec.digits):
             candidates = by_digit[spec.digits[label]]
             digit_indices[i] = candidates[rng.integers(len(candidates))]
             background = spec.backgrounds[int(rng.integers(len(spec.backgrounds)))]
+            names["object_names"][i], names["backgrounds"][i] = f"digit:{spec.digits[label]}", background
             canvas = _crop(rng, background, split, _BACKGROUND_CROP, image_size)
             row, column = _place(rng, grid, spec.digit_cells, evidence[i])
             evidence[i, row : row + spec.digit_cells, column : column + spec.digit_cells] = True
@@ -471,6 +787,7 @@ def generate_domain(
             canvas = colour + rng.normal(0.0, 3.0, size=(image_size, image_size, 3)).astype(np.float32)
             side = spec.texture_cells * patch_size
             texture = spec.textures[label - len(spec.digits)]
+            names["object_names"][i], names["backgrounds"][i] = f"tile:{texture}", PLAIN
             tile = _crop(rng, texture, split, _TILE_CROP, side) * rng.uniform(0.85, 1.15)
             row, column = _place(rng, grid, spec.texture_cells, evidence[i])
             evidence[i, row : row + spec.texture_cells, column : column + spec.texture_cells] = True
@@ -479,6 +796,7 @@ def generate_domain(
                 canvas[top : top + side, left : left + side] = tile
             if spec.distractor:
                 digit_indices[i] = pool[rng.integers(len(pool))]
+                names["distractor_names"][i] = f"digit:{targets[digit_indices[i]]}"
                 row, column = _place(rng, grid, 1, evidence[i])
                 distractor[i, row, column] = True
                 ink = _ink(rng, "white")
@@ -487,25 +805,26 @@ def generate_domain(
                     _paste_digit(canvas, alpha, row * patch_size, column * patch_size, ink)
         images[i] = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
 
-    logger.debug(
-        "composed %d images of %s/%s (%d px, patch %d) in %.2fs",
-        num_examples,
-        name,
-        split,
-        image_size,
-        patch_size,
-        time.perf_counter() - start,
-    )
     flat = (num_examples, grid * grid)
     return DomainArrays(
-        images, labels, evidence.reshape(flat), distractor.reshape(flat), digit_indices, spec.class_names
+        images,
+        labels,
+        evidence.reshape(flat),
+        distractor.reshape(flat),
+        digit_indices,
+        spec.class_names,
+        **{key: np.asarray(values, dtype=str) for key, values in names.items()},
     )
 
 
 __all__ = [
     "DEFAULT_TRANSFER",
+    "DIVERSE_TRANSFER",
     "DOMAINS",
     "GENERATOR_VERSION",
+    "OBJECT_CLASSES",
+    "PLAIN",
+    "SCENE_CLASSES",
     "SPLITS",
     "DomainArrays",
     "DomainSpec",

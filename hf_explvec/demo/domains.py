@@ -17,8 +17,11 @@ from PIL import Image
 
 from .domain_images import (
     DEFAULT_TRANSFER,
+    DIVERSE_TRANSFER,
     DOMAINS,
     GENERATOR_VERSION,
+    OBJECT_CLASSES,
+    SCENE_CLASSES,
     SPLITS,
     DomainArrays,
     DomainSpec,
@@ -126,8 +129,11 @@ def build_domain_dict(
 
 __all__ = [
     "DEFAULT_TRANSFER",
+    "DIVERSE_TRANSFER",
     "DOMAINS",
     "GENERATOR_VERSION",
+    "OBJECT_CLASSES",
+    "SCENE_CLASSES",
     "SPLITS",
     "DomainArrays",
     "DomainSpec",
