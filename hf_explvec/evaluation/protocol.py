@@ -19,69 +19,299 @@ from __future__ import annotations
 import logging
 import math
 import time
+from statistics import NormalDist
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..attribution.vit import model_kernel_shap
-from ._checks import check_positive_int
+from ._checks import as_float_matrix, as_labels, as_tensor, check_positive_int
 from .agreement import accuracy, e_rmse, iou_at_k, select_target, spearman
 from .perturbation import deletion_auc, insertion_auc
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "SELECTION_METRICS",
+    "accuracy_drop_bound",
+    "add_accuracy_drop_bounds",
     "eligible_lambdas",
     "evaluate_model",
     "explanation_metrics",
     "forward_attributions",
     "kernel_shap_values",
+    "per_image_correct",
     "select_lambda",
 ]
 
 
-def select_lambda(sweep: list[dict], max_accuracy_drop: float = 0.04) -> float:
+SELECTION_METRICS = ("e_rmse", "e_rmse_l2")
+
+
+def _check_confidence(confidence: Any, name: str = "confidence") -> float:
+    """Returns `confidence` as a float in (0, 1); `TypeError` for non-numbers (bools included), `ValueError` outside."""
+    if isinstance(confidence, (bool, np.bool_)) or not isinstance(confidence, (int, float, np.integer, np.floating)):
+        raise TypeError(f"`{name}` must be a number in (0, 1), got {type(confidence).__name__}.")
+    confidence = float(confidence)
+    if not (0.0 < confidence < 1.0):  # NaN fails too
+        raise ValueError(f"`{name}` must lie strictly between 0 and 1, got {confidence}.")
+    return confidence
+
+
+def _as_correctness(value: Any, name: str) -> np.ndarray:
+    """Per-image correctness as a 1-D bool array: bools, or numbers that are all exactly 0 or 1."""
+    array = as_tensor(value, name).cpu().numpy()
+    if array.ndim != 1:
+        raise ValueError(f"`{name}` must be one-dimensional (one 0/1 value per image), got shape {array.shape}.")
+    if array.size == 0:
+        raise ValueError(f"`{name}` is empty: the bound needs at least one image.")
+    if array.dtype == bool:
+        return array
+    if array.dtype.kind not in "iuf":
+        raise TypeError(f"`{name}` must hold 0/1 numbers or bools, got dtype {array.dtype}.")
+    bad = ~((array == 0) | (array == 1))
+    if bad.any():
+        index = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"`{name}` must hold only 0 and 1 (per-image correctness), got {array[index]} at index {index}."
+        )
+    return array == 1
+
+
+def per_image_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     r"""
-    The validation rule that picks λ2: the lowest validation E-RMSE among the λ2 whose validation accuracy is within
-    `max_accuracy_drop` of the prediction-only target's (the λ2 = 0 entry); ties go to the smaller λ2. λ2 = 0 is
-    always eligible, so a vector that does not help is not applied.
+    Per-image correctness of the argmax prediction: the input of [`accuracy_drop_bound`] (e.g. from the `logits` that
+    [`evaluate_model`] returns and the split's `labels`).
+
+    Args:
+        logits (`torch.Tensor` of shape `(N, C)`): the class scores.
+        labels (`torch.Tensor` of shape `(N,)`): the integer class ids.
+
+    Returns:
+        `torch.BoolTensor` of shape `(N,)`: `True` where the prediction is the label.
+
+    Raises:
+        `ValueError`: not a `(N, C)` matrix, or labels of another length or out of range.
+        `TypeError`: labels that are not integers.
+    """
+    logits = as_float_matrix(logits, "logits")
+    labels = as_labels(labels, "labels", logits.shape[0], logits.shape[1])
+    return logits.argmax(dim=1) == labels.to(logits.device)
+
+
+def accuracy_drop_bound(correct_at_lam: Any, correct_at_zero: Any, confidence: float = 0.9) -> float:
+    r"""
+    A one-sided upper confidence bound on the accuracy drop `accuracy(λ = 0) − accuracy(λ)` from paired per-image
+    correctness on the same images.
+
+    The method is Tango's asymptotic score bound for a difference of paired proportions (Tango, *Statistics in
+    Medicine* 17, 1998; recommended for small samples by Fagerland, Lydersen and Laake, *BMC Med. Res. Methodol.*
+    13, 2013). With `n` images, `b` of them *lost* (right at λ = 0, wrong at λ) and `c` *gained* (wrong at λ = 0,
+    right at λ), the drop is `Δ = π_b − π_c` and its estimate `(b − c) / n`. For a candidate `Δ` the score statistic
+    is `Z(Δ) = (b − c − nΔ) / sqrt(n (2 q + Δ − Δ²))`, where `q` is the maximum-likelihood gain probability `π_c` under
+    that `Δ` (the positive root of `2n q² + W q − cΔ(1 − Δ) = 0`, `W = −(b + c) + Δ(2n − b + c)`). The bound is the
+    largest `Δ` with `Z(Δ) ≥ −z`, `z` the standard-normal quantile of `confidence`, found by bisection on
+    `[(b − c) / n, 1]`. Why this one:
+
+    - the variance is taken at the candidate `Δ`, not at the estimate, so the bound stays above the estimate when
+      there are few or no discordant pairs: with none it is `z² / (n + z²)` (a Wald bound, `(b − c)/n + z·se`, gives
+      0 there, which would call a 10-image validation set proof of no drop);
+    - with no gained images (`c = 0`) it is exactly the Wilson score upper bound of `b / n`;
+    - it is closed-form up to a bisection, so it is exactly reproducible (no resampling, no randomness).
+
+    Args:
+        correct_at_lam (`torch.Tensor`, `np.ndarray` or `list` of shape `(N,)`): 0/1 (or bool) correctness of each
+            image at λ, e.g. [`per_image_correct`].
+        correct_at_zero (same type and shape): the correctness of the same images, in the same order, at λ = 0.
+        confidence (`float`, *optional*, defaults to 0.9): the one-sided confidence level, in (0, 1).
+
+    Returns:
+        `float`: the upper bound, in `[(b − c) / n, 1]` (negative when λ gains clearly more images than it loses).
+
+    Raises:
+        `TypeError`: a confidence or correctness values that are not numbers.
+        `ValueError`: a confidence outside (0, 1), correctness that is not one-dimensional, empty, not 0/1, or of two
+            different lengths.
+    """
+    confidence = _check_confidence(confidence)
+    at_lam, at_zero = (
+        _as_correctness(correct_at_lam, "correct_at_lam"),
+        _as_correctness(correct_at_zero, "correct_at_zero"),
+    )
+    if at_lam.shape != at_zero.shape:
+        raise ValueError(
+            f"`correct_at_lam` and `correct_at_zero` must describe the same images, got {at_lam.size} and "
+            f"{at_zero.size} values."
+        )
+    n, lost, gained = at_lam.size, int((at_zero & ~at_lam).sum()), int((~at_zero & at_lam).sum())
+    return _tango_upper_bound(lost, gained, n, NormalDist().inv_cdf(confidence))
+
+
+def _tango_upper_bound(lost: int, gained: int, n: int, z: float) -> float:
+    """The largest Δ with Tango's score statistic `Z(Δ) >= -z` (see [`accuracy_drop_bound`])."""
+    estimate = (lost - gained) / n
+    if lost == n:  # every image lost: the drop is 1 and nothing is above it
+        return 1.0
+
+    def score(delta: float) -> float:
+        w = -(lost + gained) + delta * (2 * n - lost + gained)
+        q = (-w + math.sqrt(w * w + 8 * n * gained * delta * (1 - delta))) / (4 * n)
+        variance = n * (2 * q + delta - delta * delta)
+        if variance <= 0:
+            return -math.inf if lost - gained - n * delta < 0 else math.inf
+        return (lost - gained - n * delta) / math.sqrt(variance)
+
+    if z <= 0:  # confidence <= 0.5: the bound is at or below the estimate; Z(estimate) = 0 >= -z only for z >= 0
+        low, high = -1.0, estimate
+    else:
+        low, high = estimate, 1.0
+    # Z decreases in Δ; keep Z(low) >= -z > Z(high) and halve until the interval is below float resolution
+    for _ in range(200):
+        middle = 0.5 * (low + high)
+        if middle in (low, high):
+            break
+        if score(middle) >= -z:
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+def select_lambda(
+    sweep: list[dict],
+    max_accuracy_drop: float = 0.04,
+    *,
+    metric: str = "e_rmse",
+    confidence: float | None = None,
+) -> float:
+    r"""
+    The validation rule that picks λ2: the lowest validation `metric` among the eligible λ2; ties go to the smaller
+    λ2. λ2 = 0 is always eligible, so a vector that does not help is not applied. Eligible ([`eligible_lambdas`]):
+
+    - `confidence=None` (the default, the demo's rule so far): validation accuracy within `max_accuracy_drop` of the
+      prediction-only target's (the λ2 = 0 entry);
+    - with a `confidence`: the entry's `accuracy_drop_bound` (the one-sided upper confidence bound on the accuracy
+      drop of [`accuracy_drop_bound`], computed by the caller on the same validation images, e.g. with
+      [`add_accuracy_drop_bounds`]) is at most `max_accuracy_drop`. This keeps a small validation set from passing a
+      λ2 whose observed drop is within the tolerance only by chance.
 
     Args:
         sweep (`list[dict]`):
-            One entry per λ2, with keys `lam`, `accuracy` (a fraction) and `e_rmse`, measured on validation.
+            One entry per λ2, with keys `lam`, `accuracy` (a fraction) and `metric`, measured on validation; with a
+            `confidence`, also `accuracy_drop_bound` (every entry but λ2 = 0).
         max_accuracy_drop (`float`, *optional*, defaults to 0.04):
             The tolerance, a fraction (0.04 is 4 accuracy points).
+        metric (`str`, *optional*, defaults to `"e_rmse"`):
+            The validation figure minimised: `"e_rmse"` (raw E-RMSE) or `"e_rmse_l2"` (scale-free E-RMSE).
+        confidence (`float`, *optional*):
+            The one-sided confidence level of the bounds, in (0, 1). An entry that records its own
+            `accuracy_drop_confidence` must record this one.
 
     Returns:
         `float`: the chosen λ2.
 
     Raises:
-        `ValueError`: no λ2 = 0 entry, an entry without those keys, or a negative or non-finite tolerance.
+        `ValueError`: no λ2 = 0 entry, an entry without the needed keys, a negative or non-finite tolerance, an unknown
+            `metric`, a `confidence` outside (0, 1), a non-finite bound or a bound computed at another confidence.
+        `TypeError`: a `metric` that is not a string or a `confidence` that is not a number.
+    """
+    allowed = set(eligible_lambdas(sweep, max_accuracy_drop, metric=metric, confidence=confidence))
+    eligible = [entry for entry in sweep if entry["lam"] in allowed]
+    return min(eligible, key=lambda entry: (entry[metric], entry["lam"]))["lam"]
+
+
+def eligible_lambdas(
+    sweep: list[dict], max_accuracy_drop: float, *, metric: str = "e_rmse", confidence: float | None = None
+) -> list[float]:
+    r"""
+    The λ2 that [`select_lambda`] chooses among (same arguments and checks): λ2 = 0, and every λ2 whose accuracy is
+    within `max_accuracy_drop` of the λ2 = 0 entry (`confidence=None`) or whose `accuracy_drop_bound` is at most
+    `max_accuracy_drop` (with a `confidence`). A drop of exactly the tolerance is within it.
+
+    Returns:
+        `list[float]`: the eligible λ2, in the order of `sweep`.
+
+    Raises:
+        Those of [`select_lambda`].
     """
     if isinstance(max_accuracy_drop, bool) or not isinstance(max_accuracy_drop, (int, float)):
         raise ValueError(f"max_accuracy_drop must be a number >= 0, got {max_accuracy_drop!r}.")
     if not (math.isfinite(max_accuracy_drop) and max_accuracy_drop >= 0):
         raise ValueError(f"max_accuracy_drop must be >= 0, got {max_accuracy_drop}.")
+    if not isinstance(metric, str):
+        raise TypeError(f"metric must be a string, one of {list(SELECTION_METRICS)}, got {type(metric).__name__}.")
+    if metric not in SELECTION_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; select_lambda minimises one of {list(SELECTION_METRICS)}.")
+    if confidence is not None:
+        confidence = _check_confidence(confidence)
     for entry in sweep:
-        missing = {"lam", "accuracy", "e_rmse"} - set(entry)
+        missing = {"lam", "accuracy", metric} - set(entry)
         if missing:
-            raise ValueError(f"every sweep entry needs lam, accuracy and e_rmse; {entry} lacks {sorted(missing)}.")
+            raise ValueError(f"every sweep entry needs lam, accuracy and {metric}; {entry} lacks {sorted(missing)}.")
     baseline = [entry for entry in sweep if entry["lam"] == 0.0]
     if not baseline:
         lams = [entry["lam"] for entry in sweep]
         raise ValueError(f"the sweep needs a lam = 0 entry (the prediction-only target), got {lams}.")
-    allowed = set(eligible_lambdas(sweep, max_accuracy_drop))
-    eligible = [entry for entry in sweep if entry["lam"] in allowed]
-    return min(eligible, key=lambda entry: (entry["e_rmse"], entry["lam"]))["lam"]
+    if confidence is None:
+        floor = baseline[0]["accuracy"] - max_accuracy_drop - 1e-9  # 1e-9: a drop of exactly the tolerance is within
+        return [entry["lam"] for entry in sweep if entry["accuracy"] >= floor or entry["lam"] == 0.0]
+    for entry in sweep:
+        if entry["lam"] == 0.0:
+            continue
+        if "accuracy_drop_bound" not in entry:
+            raise ValueError(
+                f"with a confidence every sweep entry but lam = 0 needs accuracy_drop_bound (see "
+                f"add_accuracy_drop_bounds); the entry of lam = {entry['lam']} lacks it."
+            )
+        bound = entry["accuracy_drop_bound"]
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound):
+            raise ValueError(f"accuracy_drop_bound of lam = {entry['lam']} must be a finite number, got {bound!r}.")
+        recorded = entry.get("accuracy_drop_confidence", confidence)
+        if recorded != confidence:
+            raise ValueError(
+                f"accuracy_drop_bound of lam = {entry['lam']} was computed at confidence {recorded}, but "
+                f"select_lambda was given confidence {confidence}."
+            )
+    return [
+        entry["lam"]
+        for entry in sweep
+        if entry["lam"] == 0.0 or entry["accuracy_drop_bound"] <= max_accuracy_drop + 1e-9
+    ]
 
 
-def eligible_lambdas(sweep: list[dict], max_accuracy_drop: float) -> list[float]:
-    r"""The λ2 that [`select_lambda`] chooses among: accuracy within `max_accuracy_drop` of the λ2 = 0 entry (which
-    `select_lambda` checks to exist), and λ2 = 0 itself."""
-    baseline = next(entry for entry in sweep if entry["lam"] == 0.0)
-    floor = baseline["accuracy"] - max_accuracy_drop - 1e-9  # 1e-9: a drop of exactly the tolerance is within it
-    return [entry["lam"] for entry in sweep if entry["accuracy"] >= floor or entry["lam"] == 0.0]
+def add_accuracy_drop_bounds(sweep: list[dict], correct: dict, confidence: float = 0.9) -> list[dict]:
+    r"""
+    The sweep with `accuracy_drop_bound` ([`accuracy_drop_bound`] of each λ2 against λ2 = 0) and
+    `accuracy_drop_confidence` added to every entry, what [`select_lambda`] reads with a `confidence`.
+
+    Args:
+        sweep (`list[dict]`): one entry per λ2, with `lam`.
+        correct (`dict`): λ2 → per-image 0/1 correctness on the validation images (the same images, same order for
+            every λ2; e.g. [`per_image_correct`] of the `logits` that [`evaluate_model`] returns), λ2 = 0 included.
+        confidence (`float`, *optional*, defaults to 0.9): the one-sided confidence level.
+
+    Returns:
+        `list[dict]`: new entries (copies; `sweep` is left unchanged). The λ2 = 0 entry gets its bound against
+        itself (no discordant pairs: `z² / (n + z²)`), for the record; the rule never excludes λ2 = 0.
+
+    Raises:
+        `ValueError`: an entry without `lam`, a λ2 (or λ2 = 0) missing from `correct`, and those of
+            [`accuracy_drop_bound`].
+    """
+    confidence = _check_confidence(confidence)
+    if 0.0 not in correct:
+        raise ValueError(f"correct needs the λ2 = 0 correctness, got the λ2 {sorted(correct)}.")
+    out = []
+    for entry in sweep:
+        if "lam" not in entry:
+            raise ValueError(f"every sweep entry needs lam; {entry} lacks it.")
+        if entry["lam"] not in correct:
+            raise ValueError(f"correct has no correctness for lam = {entry['lam']} (it has {sorted(correct)}).")
+        bound = accuracy_drop_bound(correct[entry["lam"]], correct[0.0], confidence)
+        out.append({**entry, "accuracy_drop_bound": bound, "accuracy_drop_confidence": confidence})
+    return out
 
 
 def kernel_shap_values(
