@@ -1,0 +1,161 @@
+"""The ablation rows (hf_explvec.demo.ablations): quick run, partial vector, efficiency correction, bad names."""
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from hf_explvec import TaskVector
+from hf_explvec.demo.ablations import (
+    DEFAULT_VARIANTS,
+    VARIANTS,
+    VECTOR_PARTS,
+    _related_targets,
+    ablation_report,
+    efficiency_correction,
+    partial_vector,
+    run_ablations,
+    score_gap,
+    vector_part_keys,
+)
+from hf_explvec.demo.clip import tiny_clip_model, tiny_clip_tokenizer
+from hf_explvec.demo.config import quick_config
+from hf_explvec.evaluation import kernel_shap_values
+from hf_explvec.modeling import SelfExplainingCLIPVision
+
+DOMAINS = {"base": "base", "source": "digits_on_textures", "targets": ("digits_on_photos", "texture_tiles")}
+
+
+def _config(tmp_path, **overrides):
+    return quick_config(str(tmp_path), show_progress=False, **{**DOMAINS, **overrides})
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    return run_ablations(_config(tmp_path_factory.mktemp("ablations")))
+
+
+def test_quick_run_has_every_row_with_finite_figures(quick_run):
+    targets = list(quick_run["targets"])
+    assert targets == ["digits_on_photos"]  # the related target only, by default
+    assert [(row["variant"], row["target"]) for row in quick_run["rows"]] == [
+        (name, target) for target in targets for name in ("reference", *DEFAULT_VARIANTS)
+    ]
+    lambdas = quick_run["config"]["lambdas"]
+    for row in quick_run["rows"]:
+        assert row["chosen_lam"] in lambdas
+        for key in ("relative_e_rmse", "relative_e_rmse_l2", "accuracy_change_points"):
+            assert math.isfinite(row[key]), (row["variant"], key)
+        for key in ("pointing", "deletion_auc", "insertion_auc"):
+            assert all(math.isfinite(value) for value in row[key]), (row["variant"], key)
+        assert isinstance(row["verdict"]["works"], bool)
+        assert [entry["lam"] for entry in row["validation"]] == list(lambdas)
+    reference = quick_run["rows"][0]
+    assert reference["relative_e_rmse"] == pytest.approx(
+        reference["test_at_chosen"]["e_rmse"] / quick_run["targets"]["digits_on_photos"]["baseline_test"]["e_rmse"] - 1
+    )
+    # retrained sources are other vectors; the α variants reuse the reference's labels and prediction-only twin
+    sources = quick_run["sources"]
+    assert sources["alpha_0.5"]["alpha"] == 0.5 and sources["data_x2"]["train_size"] == 2 * sources["reference"][
+        "train_size"]  # fmt: skip
+    assert sources["alpha_0.5"]["cosine_with_reference"] < 1 - 1e-6
+    json.dumps(quick_run)  # JSON-ready
+    report = ablation_report(quick_run)
+    table = [line for line in report.splitlines() if line.startswith("| ") and "digits_on_photos" in line]
+    assert len(table) == len(quick_run["rows"])
+    for name in DEFAULT_VARIANTS:
+        assert f"**{name}** helped" in report or f"**{name}** did not help" in report
+
+
+def test_role_detection_is_tolerant(tmp_path):
+    assert _related_targets(_config(tmp_path)) == ("digits_on_photos",)
+    assert _related_targets(_config(tmp_path, targets=("texture_tiles",))) == ("texture_tiles",)  # none related
+
+
+def _vector_and_model():
+    base = tiny_clip_model(0)
+    finetuned = copy.deepcopy(base)
+    with torch.no_grad():
+        for parameter in finetuned.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    return TaskVector.from_models(base, finetuned), base
+
+
+@pytest.mark.parametrize("part", list(VECTOR_PARTS))
+def test_partial_vector_touches_only_the_selected_keys(part):
+    vector, base = _vector_and_model()
+    partial = partial_vector(vector, part)
+    selected = set(vector_part_keys(vector.keys(), part))
+    assert partial.keys() == vector.keys() and 0 < len(selected) < len(vector)
+    full, kept = vector.state_dict(), partial.state_dict()
+    for key in vector.keys():
+        assert torch.equal(kept[key], full[key] if key in selected else torch.zeros_like(full[key])), key
+    before = TaskVector.from_models(base, base).state_dict()  # canonical names of the model's values
+    applied = partial.apply_to(copy.deepcopy(base), lam=0.5, check_base=False)
+    moved = TaskVector.from_models(base, applied).state_dict()
+    for key in vector.keys():
+        expected = 0.5 * full[key] if key in selected else torch.zeros_like(before[key])
+        torch.testing.assert_close(moved[key], expected, rtol=0, atol=1e-6)
+        if key not in selected:
+            assert torch.equal(moved[key], torch.zeros_like(moved[key])), key
+
+
+def test_vector_parts_select_what_they_say():
+    vector, _ = _vector_and_model()
+    last = vector_part_keys(vector.keys(), "last")
+    assert "visual_projection.weight" in last and all("layers.0." not in key for key in last)
+    assert any(key.startswith("vision_model.post_layernorm.") for key in last)
+    first = vector_part_keys(vector.keys(), "first")
+    assert any(key.startswith("vision_model.embeddings.") for key in first)
+    assert "visual_projection.weight" not in first
+    assert all(key.startswith("vision_model.encoder.layers.") for key in vector_part_keys(vector.keys(), "encoder"))
+    with pytest.raises(ValueError, match="unknown vector part 'middle'.*encoder"):
+        partial_vector(vector, "middle")
+
+
+def test_efficiency_correction_sums_to_the_gap_and_is_a_no_op_when_it_does():
+    generator = torch.Generator().manual_seed(0)
+    attributions, gap = torch.randn(5, 16, generator=generator), torch.randn(5, generator=generator)
+    corrected = efficiency_correction(attributions, gap)
+    torch.testing.assert_close(corrected.sum(dim=1), gap, rtol=0, atol=1e-5)
+    assert not torch.allclose(corrected, attributions)
+    torch.testing.assert_close(efficiency_correction(corrected, gap), corrected, rtol=0, atol=1e-6)
+    # ranks unchanged: the shift is the same for every patch of an image
+    assert torch.equal(corrected.argsort(dim=1), attributions.argsort(dim=1))
+    with pytest.raises(ValueError, match="attributions must be"):
+        efficiency_correction(attributions, gap[:3])
+
+
+def test_score_gap_is_what_kernel_shap_values_sum_to():
+    clip = tiny_clip_model(0)
+    model = SelfExplainingCLIPVision.from_clip(clip, ["a", "b", "c"], tokenizer=tiny_clip_tokenizer()).eval()
+    size = model.config.vision_config.image_size
+    pixel_values, labels = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1)), torch.tensor(
+        [0, 2, 1])  # fmt: skip
+
+    class Split:
+        def __len__(self):
+            return 3
+
+    split = Split()
+    split.pixel_values, split.labels = pixel_values, labels
+    for value in ("logit", "prob"):
+        gap = score_gap(model, pixel_values, labels, value=value)
+        reference, _ = kernel_shap_values(model, split, 64, seed=0, value=value)
+        torch.testing.assert_close(reference.sum(dim=1), gap, rtol=1e-4, atol=1e-4)
+        corrected = efficiency_correction(torch.zeros_like(reference), gap)
+        torch.testing.assert_close(corrected.sum(dim=1), gap, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="value must be"):
+        score_gap(model, pixel_values, labels, value="margin")
+
+
+def test_bad_variant_names_are_refused_naming_the_known_ones(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown ablation variant\(s\) \['alpha_2'\].*alpha_0\.5.*efficiency"):
+        run_ablations(_config(tmp_path), ("efficiency", "alpha_2"))
+    with pytest.raises(TypeError, match="variants must be a tuple or list"):
+        run_ablations(_config(tmp_path), "efficiency")
+    with pytest.raises(TypeError, match="config must be a DemoConfig"):
+        run_ablations({"source": "digits_on_textures"})
+    assert set(DEFAULT_VARIANTS) == set(VARIANTS)
