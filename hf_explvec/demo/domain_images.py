@@ -112,6 +112,28 @@ SCENE_CLASSES: dict[str, str] = {**{texture: texture for texture in _TEXTURES}, 
 """Every background a scene domain can be classified by: source name → class name."""
 
 
+def object_family(key: str) -> str:
+    r"""
+    The family of an object of [`OBJECT_CLASSES`]: `"digit"`, `"letter"`, `"symbol"`, `"filled shape"`,
+    `"outline shape"` or `"texture tile"`. A related target shows a family its source never shows.
+
+    Args:
+        key (`str`): a key of [`OBJECT_CLASSES`], e.g. `"shape:star"`.
+
+    Returns:
+        `str`
+
+    Raises:
+        `KeyError`: an unknown key (the message lists the families' key prefixes).
+    """
+    if key not in OBJECT_CLASSES:
+        raise KeyError(f"unknown object {key!r}; objects are digit:0-9, letter:X, symbol:X, shape:NAME, tile:NAME")
+    family, item = key.split(":", 1)
+    if family == "shape":
+        return "filled shape" if item in glyphs.FILLED_SHAPES else "outline shape"
+    return {"tile": "texture tile"}.get(family, family)
+
+
 def _import(module: str):
     """Import the package that ships the pixels, with an install hint when it is missing."""
     try:
@@ -831,4 +853,5 @@ __all__ = [
     "digit_split_indices",
     "generate_domain",
     "get_domain",
+    "object_family",
 ]

@@ -28,6 +28,7 @@ from .domain_images import (
     digit_split_indices,
     generate_domain,
     get_domain,
+    object_family,
 )
 from .plots import save_contact_sheet
 
@@ -142,5 +143,6 @@ __all__ = [
     "digit_split_indices",
     "generate_domain",
     "get_domain",
+    "object_family",
     "save_contact_sheet",
 ]

@@ -207,7 +207,7 @@ def _finish(canvas: Image.Image, rng: np.random.Generator, side: int, max_angle:
 
 def glyph_alpha(rng: np.random.Generator, char: str, font_file: str, side: int) -> np.ndarray:
     r"""
-    A glyph as ink coverage: random height (60-80% of the side for its longer extent), offset (±5%), rotation
+    A glyph as ink coverage: random height (70-85% of the side for its longer extent), offset (±5%), rotation
     (±15°) and stroke weight.
 
     Args:
@@ -227,7 +227,7 @@ def glyph_alpha(rng: np.random.Generator, char: str, font_file: str, side: int) 
     if not has_glyph(font_file, char):
         raise ValueError(f"font {font_file!r} has no glyph for {char!r}")
     stroke = _STROKES[int(rng.integers(len(_STROKES)))]
-    extent = float(rng.uniform(0.6, 0.8))
+    extent = float(rng.uniform(0.7, 0.85))
     shift = rng.uniform(-0.05, 0.05, size=2)
     master = _glyph_master(font_file, char, stroke)
     big = _OVERSAMPLE * side
