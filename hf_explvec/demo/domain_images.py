@@ -1,25 +1,41 @@
 """Small image-classification domains built offline from real pixels shipped in PyPI packages.
 
 The offline demo needs domains in which the class evidence sits in *known patches* at varying positions, so that
-patch attributions can be checked against the truth. Every image is a background with one object pasted on a
-cell-aligned square of the patch grid at a random position; the object decides the class, and the `evidence` column
-marks the patches it covers.
+patch attributions can be checked against the truth. An object image is a background with one object pasted on a
+cell-aligned square of the patch grid at a random position: the object decides the class, and the `evidence` column
+marks the patches it covers. A scene image is a crop of one photo or texture filling the whole image, with one
+distractor object on one cell: the background decides the class, and the evidence is every patch but the
+distractor's.
 
 Pixel sources (bundled with the packages; nothing is downloaded, no scikit-image image that needs `pooch` is used):
 
-- scikit-learn `load_digits`: 1,797 handwritten 8×8 digits (the objects of the digit domains, and distractors);
+- scikit-learn `load_digits`: 1,797 handwritten 8×8 digits (objects and distractors);
 - colour photos: scikit-learn's `china` and `flower`, scikit-image's `coffee`, `chelsea`, `astronaut`, `rocket`;
 - textures: scikit-image's `brick`, `grass`, `gravel`, `hubble_deep_field` (star field) and `immunohistochemistry`
-  (stained tissue), used in grey so that colour does not give a texture class away.
+  (stained tissue), used in grey so that colour does not give a texture class away;
+- letters (A H K R W) and symbols (@ # & % $): glyphs of the TrueType fonts matplotlib ships, and shapes drawn with
+  `PIL.ImageDraw` (filled circle, square, triangle; star, cross, ring, heart, diamond outlines), rendered by
+  [`~hf_explvec.demo.glyphs`].
 
-The registered domains ([`DOMAINS`]), five classes each except the pretraining mixture:
+Ink objects (digits, letters, symbols, shapes) are pasted as ink on a dark one-cell plate, visible on any background;
+texture tiles are 2×2-cell crops. The registered domains ([`DOMAINS`]), five classes each unless said:
 
-| name                 | class decided by                      | background                          | evidence kind |
-|----------------------|---------------------------------------|-------------------------------------|---------------|
-| `base`               | digit 0-9 or texture (15 classes)     | textures, photos, or plain          | mixed         |
-| `digits_on_textures` | digit 0-4, white ink on a dark plate  | grey brick / grass / gravel         | digit         |
-| `digits_on_photos`   | digit 5-9, coloured ink on dark plate | colour photos                       | digit         |
-| `texture_tiles`      | texture of a 2×2-cell tile            | plain colour + a non-evidence digit | texture       |
+| name                  | class decided by                                        | background              | evidence |
+|-----------------------|---------------------------------------------------------|-------------------------|----------|
+| `base`                | digit 0-9 or texture tile (15 classes)                  | textures, photos, plain | mixed    |
+| `digits_on_textures`  | digit 0-4, white ink                                    | grey brick/grass/gravel | digit    |
+| `digits_on_photos`    | digit 5-9, coloured ink                                 | colour photos           | digit    |
+| `texture_tiles`       | texture of a 2×2-cell tile (+ a non-evidence digit)     | plain colour            | texture  |
+| `pretraining`         | any of the 33 objects, or a photo scene (38 classes)    | textures, photos, plain | mixed    |
+| `diverse_source`      | digit 0-4, filled circle/square/triangle, star-field or | textures, photos, plain | object   |
+|                       | stained-tissue tile (10 classes), white or coloured ink |                         |          |
+| `letters_on_photos`   | letter A H K R W, coloured ink                          | colour photos           | object   |
+| `symbols_on_textures` | symbol @ # & % $, white ink                             | grey brick/grass/gravel | object   |
+| `outlines_on_plain`   | star, cross, ring, heart or diamond outline, any ink    | plain colour, photos    | object   |
+| `photo_scenes`        | the photo the image is cut from: temple, flower, coffee | that photo (+ a         | scene    |
+|                       | cup, cat, rocket                                        | distractor object)      |          |
+| `texture_scenes`      | the grey texture filling the image (the five textures)  | that texture (+ a       | scene    |
+|                       |                                                         | distractor object)      |          |
 
 **Related and unrelated.** An explainability vector changes how the feature extractor lines up the patch tokens
 that carry the class evidence with the class embedding, so it can only transfer where the same kind of feature
@@ -32,14 +48,31 @@ learnt on digits points at the wrong patch on `texture_tiles`, which the `eviden
 [`DEFAULT_TRANSFER`] names these roles; `base` mixes both kinds and gives every model the shared pretrained starting
 point that task arithmetic needs.
 
+**The diverse study** ([`DIVERSE_TRANSFER`]) asks whether a vector learnt on many kinds of object transfers to
+object families it has never seen. `diverse_source` mixes three families (handwritten digits 0-4, filled shapes,
+texture tiles) on every background kind in white or coloured ink. Its related targets each show one family the
+source never shows, with the same evidence (one pasted object on a plate): font letters on colour photos, font
+symbols on grey textures, outline shapes on plain colour or photos ([`object_family`] names the families; outline
+shapes are counted apart from the filled ones, though both are drawn shapes). `digits_on_photos` is a near target:
+other classes (digits 5-9) of a family the source shows, by the original generator. The unrelated targets reverse
+the roles: the class is the photo or the grey texture the whole image is cut from, and an object of the source's
+ink classes (a digit 0-4 or a filled shape) on one cell is the distractor, so an explanation that points at objects
+points at the one patch that is not evidence. `pretraining` has every object of every family on every background
+kind and, as classes of their own, the five photo scenes without a distractor (a scene image has no plate, an
+object image has one), so every class name of every domain of the study is a class it was trained on; the texture
+scenes' class names are its texture-tile classes.
+
 **Splits.** Train, validation and test never share source pixels, whatever the seed: the digits are split by index
-(70/15/15 of each class, by a permutation fixed in this module; [`digit_split_indices`]), and each photo or texture
-is cut into three bands (60/20/20 of its longer side), a split cropping only from its own. The seed changes only
-the composition (crops, positions, colours, which digit of the split). Labels are balanced to within one image.
+(70/15/15 of each class, by a permutation fixed in this module; [`digit_split_indices`]), each photo or texture is
+cut into three bands (60/20/20 of its longer side), a split cropping only from its own, and glyphs are split by font
+file ([`~hf_explvec.demo.glyphs.FONT_SPLITS`]: 15 usable fonts train, 4 validation, 3 test). Drawn shapes have no pixel
+source: their splits differ only in random draws. The seed changes only the composition (crops, positions, colours,
+sizes, rotations, which digit or font of the split). Labels are balanced to within one image.
 
 **Geometry.** Images are `image_size²` RGB on a `(image_size // patch_size)²` patch grid (row-major): 32/8 (4×4,
 M = 16) for the tiny test models, 224/32 (7×7, M = 49) for the ViT-B/32 reference scale. Crops are cut at a fixed
-size in source pixels (64-128 for backgrounds, 32-64 for tiles), so 224-pixel images are upsampled, not wider views.
+size in source pixels (64-128 for backgrounds, 32-64 for tiles), so 224-pixel images are upsampled, not wider views;
+glyphs and shapes are drawn at four times their side and shrunk.
 """
 
 from __future__ import annotations
