@@ -12,10 +12,10 @@ from hf_explvec.demo.ablations import (
     DEFAULT_VARIANTS,
     VARIANTS,
     VECTOR_PARTS,
-    _related_targets,
     ablation_report,
     efficiency_correction,
     partial_vector,
+    related_targets,
     run_ablations,
     score_gap,
     vector_part_keys,
@@ -70,8 +70,8 @@ def test_quick_run_has_every_row_with_finite_figures(quick_run):
 
 
 def test_role_detection_is_tolerant(tmp_path):
-    assert _related_targets(_config(tmp_path)) == ("digits_on_photos",)
-    assert _related_targets(_config(tmp_path, targets=("texture_tiles",))) == ("texture_tiles",)  # none related
+    assert related_targets(_config(tmp_path)) == ("digits_on_photos",)
+    assert related_targets(_config(tmp_path, targets=("texture_tiles",))) == ("texture_tiles",)  # none related
 
 
 def _vector_and_model():
@@ -159,3 +159,23 @@ def test_bad_variant_names_are_refused_naming_the_known_ones(tmp_path):
     with pytest.raises(TypeError, match="config must be a DemoConfig"):
         run_ablations({"source": "digits_on_textures"})
     assert set(DEFAULT_VARIANTS) == set(VARIANTS)
+
+
+def test_script_writes_results_and_report(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "ablations.py"
+    spec = importlib.util.spec_from_file_location("ablations_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    argv = ["--quick", "--output-dir", str(tmp_path), "--variants", "efficiency", "--base", "base", "--source",
+            "digits_on_textures", "--targets", "digits_on_photos"]  # fmt: skip
+    results = script.main(argv)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "command: python scripts/ablations.py --quick" in first and "UTC" in first
+    assert [row["variant"] for row in results["rows"]] == ["reference", "efficiency"]
+    assert json.loads((tmp_path / "results.json").read_text())["rows"][1]["variant"] == "efficiency"
+    assert "| efficiency | digits_on_photos |" in (tmp_path / "ablations.md").read_text()
+    with pytest.raises(SystemExit):
+        script.main(["--variants"])

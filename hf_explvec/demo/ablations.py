@@ -59,6 +59,7 @@ __all__ = [
     "ablation_report",
     "efficiency_correction",
     "partial_vector",
+    "related_targets",
     "run_ablations",
     "score_gap",
     "vector_part_keys",
@@ -294,9 +295,17 @@ def _source_twins(clip, tokenizer, source, config: DemoConfig, work: Path, label
             "train_size": len(source.train)}  # fmt: skip
 
 
-def _related_targets(config: DemoConfig) -> tuple[str, ...]:
-    """The related targets of `config` (roles from [`domain_role`]); when there are none, the first target (the role
-    names of the domains are changing: a run must not fail for want of one), with a warning."""
+def related_targets(config: DemoConfig) -> tuple[str, ...]:
+    r"""
+    The targets of `config` whose role for `config.source` ([`domain_role`]) is `"related"`; when none is, the first
+    target, with a warning (a run does not fail for want of a related target).
+
+    Args:
+        config ([`DemoConfig`]): `source` and `targets`.
+
+    Returns:
+        `tuple[str, ...]`: never empty.
+    """
     related = tuple(name for name in config.targets if domain_role(name, config.source) == "related")
     if related:
         return related
@@ -409,7 +418,7 @@ def run_ablations(config: DemoConfig, variants=DEFAULT_VARIANTS, *, targets=None
         raise TypeError(f"config must be a DemoConfig, got {type(config).__name__}.")
     chosen_variants = _check_variants(variants)
     if targets is None:
-        targets = _related_targets(config)
+        targets = related_targets(config)
     elif isinstance(targets, str) or not isinstance(targets, (tuple, list)):
         raise TypeError(f"targets must be a tuple or list of domain names, got {type(targets).__name__}.")
     config = dataclasses.replace(config, targets=tuple(targets))  # checks: non-empty, no repeats
@@ -608,9 +617,12 @@ def ablation_report(results: dict) -> str:
         "|" + "---|" * len(_HEADER),
     ]
     for row in results["rows"]:
+        verdict = _verdict_cell(row["verdict"])
+        if row["chosen_lam"] == 0.0 and not (row["variant"] in VARIANTS and VARIANTS[row["variant"]].efficiency):
+            verdict = "no: λ2 = 0 chosen (no vector applied)"
         cells = [row["variant"], row["target"], f"{row['chosen_lam']:g}", f"{row['accuracy_change_points']:+.1f}",
                  _pct(row["relative_e_rmse"]), _pct(row["relative_e_rmse_l2"]), _pair(row["pointing"]),
-                 _pair(row["deletion_auc"]), _pair(row["insertion_auc"]), _verdict_cell(row["verdict"])]  # fmt: skip
+                 _pair(row["deletion_auc"]), _pair(row["insertion_auc"]), verdict]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     reference_rows = [row for row in results["rows"] if row["variant"] == REFERENCE]
     lines += ["", "## What helped and what did not", ""]
