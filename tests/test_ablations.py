@@ -52,6 +52,11 @@ def test_quick_run_has_every_row_with_finite_figures(quick_run):
             assert all(math.isfinite(value) for value in row[key]), (row["variant"], key)
         assert isinstance(row["verdict"]["works"], bool)
         assert [entry["lam"] for entry in row["validation"]] == list(lambdas)
+        if row["variant"] != "efficiency":  # λ2 = 0 is θ_T itself for every vector variant
+            assert row["relative_at_zero"] == {"e_rmse": 0.0, "e_rmse_l2": 0.0}
+        else:  # the correction moves θ_T's attributions, not its predictions or rankings
+            assert row["relative_at_zero"]["e_rmse"] != 0.0
+            assert row["pointing"][0] == quick_run["targets"][row["target"]]["baseline_test"]["pointing"]
     reference = quick_run["rows"][0]
     assert reference["relative_e_rmse"] == pytest.approx(
         reference["test_at_chosen"]["e_rmse"] / quick_run["targets"]["digits_on_photos"]["baseline_test"]["e_rmse"] - 1

@@ -380,6 +380,7 @@ def _row(name: str, run: _TargetRun, vector_name: str, vector: TaskVector, effic
         "relative_e_rmse": _relative(at_chosen["e_rmse"], baseline["e_rmse"]),
         "relative_e_rmse_l2": _relative(at_chosen["e_rmse_l2"], baseline["e_rmse_l2"]),
         "accuracy_change_points": 100 * (at_chosen["accuracy"] - baseline["accuracy"]),
+        "relative_at_zero": {key: _relative(at_zero[key], baseline[key]) for key in ("e_rmse", "e_rmse_l2")},
         **{measure: [at_zero.get(measure), at_chosen.get(measure)]
            for measure in ("pointing", "deletion_auc", "insertion_auc")},
         "verdict": transfer_verdict(at_chosen, baseline),
@@ -406,7 +407,8 @@ def run_ablations(config: DemoConfig, variants=DEFAULT_VARIANTS, *, targets=None
         `dict` (JSON-ready): `config`, `variants` (name → description), `targets` (name → role and the baseline test
         figures), `sources` (per trained source: α, images, norm of τ_S, cosine with the reference τ_S), `rows` (one
         per variant and target, the reference first: `chosen_lam`, `relative_e_rmse`, `relative_e_rmse_l2`,
-        `accuracy_change_points`, `pointing`, `deletion_auc`, `insertion_auc` (each `[at λ2 = 0, at the chosen
+        `accuracy_change_points` (at the chosen λ2), `relative_at_zero` (the two relative E-RMSEs at λ2 = 0: zero but
+        for the efficiency correction), `pointing`, `deletion_auc`, `insertion_auc` (each `[at λ2 = 0, at the chosen
         λ2]`), `verdict` ([`~hf_explvec.demo.report.transfer_verdict`] against the prediction-only θ_T),
         `test_at_zero`, `test_at_chosen`, `validation`), `timings_seconds`.
 
@@ -571,6 +573,11 @@ def _sentence(name: str, rows: list[dict], reference_rows: list[dict], efficienc
     text = (f"**{name}** {verdict}: works by the rule on {works} of {count} target(s) (reference: {reference_works}), "
             f"mean ΔE-RMSE (L2) {_pct(mean_l2)} against the reference's {_pct(mean_ref)}; λ2 > 0 chosen on {applied} "
             f"of {count}.")  # fmt: skip
+    if efficiency:
+        zero_raw = _mean([r["relative_at_zero"]["e_rmse"] for r in rows])
+        zero_l2 = _mean([r["relative_at_zero"]["e_rmse_l2"] for r in rows])
+        text += (f" The correction alone (θ_T's attributions at λ2 = 0): mean ΔE-RMSE {_pct(zero_raw)}, ΔE-RMSE (L2) "
+                 f"{_pct(zero_l2)}.")  # fmt: skip
     if applied == 0:
         text += (
             " The λ rule applied no vector: the figures are the efficiency correction of θ_T's attributions alone."
@@ -634,6 +641,11 @@ def ablation_report(results: dict) -> str:
         rows = [row for row in results["rows"] if row["variant"] == name]
         efficiency = name in VARIANTS and VARIANTS[name].efficiency
         lines += [f"- {_sentence(name, rows, reference_rows, efficiency)}"]
+    if "efficiency" in results["variants"]:
+        lines += ["", "`efficiency` does not use τ_S: it corrects any model's attributions after the fact, and its "
+                  "Kernel SHAP reference sums to f(x) − f(baseline) by construction, so part of its E-RMSE gain is the "
+                  "removal of a per-image offset the reference pins exactly; rankings (IoU@K, Spearman, pointing, "
+                  "deletion, insertion) cannot change."]  # fmt: skip
     if "data_x2" in results["variants"]:
         lines += ["", "`data_x2` changes only the data: the model's capacity is the base's (the same small CLIP), "
                   "so more images can help only as far as that capacity allows."]  # fmt: skip
