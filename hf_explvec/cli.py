@@ -183,7 +183,7 @@ _DEMO_OPTIONS = {  # argparse name -> DemoConfig field
 
 
 def _run_demo(args, argv) -> None:
-    from .demo import DemoConfig, quick_config, run
+    from .demo import SEEDS_TARGETS, DemoConfig, quick_config, run, run_seeds
     from .demo.report import format_summary
 
     overrides = {field: getattr(args, name) for name, field in _DEMO_OPTIONS.items() if getattr(args, name) is not None}
@@ -197,8 +197,22 @@ def _run_demo(args, argv) -> None:
     overrides["command"] = "hf-explvec " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     if args.output_dir is not None:
         overrides["output_dir"] = args.output_dir
+    if args.seeds > 1 and "targets" not in overrides:
+        overrides["targets"] = SEEDS_TARGETS
     config = quick_config(**overrides) if args.quick else DemoConfig(**overrides)
-    print(format_summary(run(config)))
+    if args.seeds == 1:
+        print(format_summary(run(config)))
+        return
+    results = run_seeds(config, args.seeds)
+    print(f"report: {results['report']}")
+    for name, entry in results["aggregate"]["targets"].items():
+        figure = entry["relative_e_rmse"]
+        mean = "–" if figure["mean"] is None else f"{100 * figure['mean']:+.1f}% ± {100 * figure['std']:.1f}"
+        print(
+            f"{name} ({entry['role']}): λ2 {', '.join(f'{lam:g}' for lam in entry['lams'])}; test E-RMSE {mean}; "
+            f"transfer works in {entry['works']}/{entry['num_runs']} seeds"
+        )
+    print(f"wall time: {results['wall_seconds']:.1f} s")
 
 
 def _quickstart(args, argv) -> None:

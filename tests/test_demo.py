@@ -70,7 +70,7 @@ def test_quick_run_writes_the_report_folder(quick_run):
     output_dir, results = quick_run
     names = {path.name for path in output_dir.iterdir()}
     targets = [target["domain"] for target in results["targets"]]
-    assert targets == ["digits_on_photos", "texture_tiles"]
+    assert targets == ["letters_on_photos", "photo_scenes"]
     assert {"report.md", "results.json", "lambda_sweep.png"} | {f"heatmaps_{t}.png" for t in targets} <= names
     for name in ["lambda_sweep.png"] + [f"heatmaps_{t}.png" for t in targets]:
         assert (output_dir / name).read_bytes()[:8] == PNG_MAGIC
@@ -83,7 +83,7 @@ def test_quick_run_report_has_every_row_kind_per_target_and_the_hub_commit(quick
     output_dir, results = quick_run
     report = (output_dir / "report.md").read_text()
     sections = report.split("## Target ")[1:]
-    assert [s.split("`")[1] for s in sections] == ["digits_on_photos", "texture_tiles"]
+    assert [s.split("`")[1] for s in sections] == ["letters_on_photos", "photo_scenes"]
     for section in sections:
         test_table = section.split("**Test**")[1].split("**Validation**")[0]
         for kind in ROW_KINDS:
@@ -114,8 +114,14 @@ def test_quick_run_results_json_holds_figures_config_seeds_and_timings(quick_run
     for target in saved["targets"]:
         assert target["role"] in ("related", "unrelated")
         assert target["chosen_lam"] in config.lambdas
+        # λ2 is chosen on validation; test is measured afterwards at λ2 = 0, the chosen λ2 and the one shown
+        assert [entry["lam"] for entry in target["sweep"]["validation"]] == list(config.lambdas)
+        shown, _ = illustrated_lambda(target, config.max_accuracy_drop)
+        assert [entry["lam"] for entry in target["sweep"]["test"]] == sorted({0.0, target["chosen_lam"], shown})
+        assert all("accuracy_drop_bound" in entry for entry in target["sweep"]["validation"])
+        assert target["probe"]["num_images"] == config.probe_num_images
+        assert "relative_change_e_rmse_l2" in target["probe"]
         for split in ("validation", "test"):
-            assert [entry["lam"] for entry in target["sweep"][split]] == list(config.lambdas)
             for entry in target["sweep"][split]:
                 assert 0 <= entry["accuracy"] <= 1 and entry["e_rmse"] >= 0 and "deletion_auc" in entry
         assert [row["num_samples"] for row in target["kernel_shap"]] == list(config.comparison_num_samples)
@@ -155,7 +161,7 @@ def test_quick_run_measures_the_equivalent_kernel_shap_budget(quick_run):
 
 def test_quick_run_is_deterministic_in_what_it_measures(quick_run, tmp_path):
     _, first = quick_run
-    second = run(quick_config(str(tmp_path / "again"), show_progress=False, targets=("digits_on_photos",)))
+    second = run(quick_config(str(tmp_path / "again"), show_progress=False, targets=("letters_on_photos",)))
     a, b = first["targets"][0]["sweep"]["validation"], second["targets"][0]["sweep"]["validation"]
     assert [(e["accuracy"], e["e_rmse"]) for e in a] == [(e["accuracy"], e["e_rmse"]) for e in b]
 
@@ -285,7 +291,7 @@ def test_summary_and_table_say_when_a_gain_in_e_rmse_is_a_loss_in_confidence():
 def test_report_verdict_text_names_the_rule_and_the_primary_metric(quick_run):
     _, results = quick_run
     target = held_out_like_target()
-    target["domain"] = "digits_on_photos"
+    target["domain"] = "letters_on_photos"
     report = build_report({**results, "targets": [target]})
     summary = report.split("## Summary")[1].split("## Definitions")[0]
     assert "on test E-RMSE (L2, primary) +10.0%, E-RMSE -20.0%, accuracy -2.0 pts" in summary
@@ -296,7 +302,7 @@ def test_report_verdict_text_names_the_rule_and_the_primary_metric(quick_run):
     definitions = report.split("## Definitions")[1].split("## Setup")[0]
     assert "**E-RMSE (L2)** — the **primary metric**" in definitions and "by more than 0.001" in definitions
     closing = format_summary({**results, "targets": [target]})
-    assert "digits_on_photos (related): λ2 = 0.5, test E-RMSE (L2) +10.0%, E-RMSE -20.0%" in closing
+    assert "letters_on_photos (related): λ2 = 0.5, test E-RMSE (L2) +10.0%, E-RMSE -20.0%" in closing
     assert closing.splitlines()[2].endswith("transfer does not work")
     kept = format_summary({**results, "targets": [synthetic_target(chosen=0.0)]})
     assert kept.splitlines()[2].endswith("accuracy +0.0 pts; no vector applied")
@@ -381,7 +387,7 @@ def test_report_summary_says_what_validation_showed(quick_run):
     for split in ("validation", "test"):  # every λ2 > 0 makes E-RMSE worse
         target["sweep"][split][1]["e_rmse"], target["sweep"][split][2]["e_rmse"] = 2.2, 2.6
     related = synthetic_target()
-    related["domain"], target["domain"] = "digits_on_photos", "texture_tiles"  # the quick run's domains
+    related["domain"], target["domain"] = "letters_on_photos", "photo_scenes"  # the quick run's domains
     report = build_report({**results, "targets": [related, target]})
     summary = report.split("## Summary")[1].split("## Definitions")[0]
     assert (
@@ -406,7 +412,7 @@ def synthetic_heatmaps(count=2, patches=16, size=32):
 def hub_named_results(results, name="org/name"):
     """The quick run's results with one target named like a Hub data set."""
     target = {**synthetic_target(), "domain": name, "role": "target"}
-    domains = {**results["domains"], name: {**results["domains"]["digits_on_photos"], "origin": "datasets"}}
+    domains = {**results["domains"], name: {**results["domains"]["letters_on_photos"], "origin": "datasets"}}
     return {**results, "targets": [target], "domains": domains, "config": dict(results["config"])}
 
 
@@ -437,10 +443,10 @@ def test_report_reads_the_runs_tolerance_and_goal_from_its_config(quick_run, tmp
     _, results = quick_run
     drawn = {}
     monkeypatch.setattr(report_module, "plot_lambda_sweep", lambda targets, path, drop: drawn.update(drop=drop))
-    results = hub_named_results(results, "digits_on_photos")
+    results = hub_named_results(results, "letters_on_photos")
     results["targets"][0]["role"] = "related"
     results["config"].update(max_accuracy_drop=0.125, goal_e_rmse_gain=0.5, goal_accuracy_drop=0.01)
-    text = report_module.write_report(results, {"digits_on_photos": synthetic_heatmaps()}, tmp_path).read_text()
+    text = report_module.write_report(results, {"letters_on_photos": synthetic_heatmaps()}, tmp_path).read_text()
     assert drawn == {"drop": 0.125}
     assert "does not meet the paper's related-domain result (≥ 50% lower E-RMSE, accuracy within 1 points)" in text
     assert results["targets"][0]["summary"]["meets_related_goal"] is False  # -20% E-RMSE misses a 50% goal
@@ -595,7 +601,7 @@ def linear_head_run(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(linear_head, "select_lambda", recording_select_lambda)
-        config = quick_config(str(output_dir), show_progress=False, targets=("digits_on_photos",),
+        config = quick_config(str(output_dir), show_progress=False, targets=("letters_on_photos",),
                               linear_head_target=True)  # fmt: skip
         results = run(config)
     return output_dir, results, calls
@@ -605,7 +611,7 @@ def test_linear_head_run_measures_the_classifier_like_the_other_targets(linear_h
     output_dir, results, _ = linear_head_run
     saved = json.loads((output_dir / "results.json").read_text())
     entry = saved["linear_head"]
-    assert entry["domain"] == "digits_on_photos" and entry["role"] == "related"
+    assert entry["domain"] == "letters_on_photos" and entry["role"] == "related"
     assert entry["model_class"] == "CLIPForImageClassification"
     assert saved["default_config"] is False and saved["config"]["linear_head_target"] is True
     lambdas = list(quick_config().lambdas)
@@ -621,11 +627,11 @@ def test_linear_head_run_measures_the_classifier_like_the_other_targets(linear_h
     assert entry["masking_check"]["num_images"] == 16 and entry["masking_check"]["max_abs_difference"] < 1e-4
     assert any("(linear head): λ2 sweep" in stage for stage in saved["timings_seconds"])
     report = (output_dir / "report.md").read_text()
-    section = report.split("## Linear-head target `digits_on_photos` (CLIPForImageClassification)")[1]
+    section = report.split("## Linear-head target `letters_on_photos` (CLIPForImageClassification)")[1]
     section = section.split("## λ sweep")[0]
     assert section.count("linear probe only (tower frozen") == 2 and section.count("✓ chosen on validation") == 2
     assert "- Verdict: " in section and f"- Reading: {entry['reading']}" in section
-    assert "**digits_on_photos as CLIPForImageClassification** (linear head, related)" in report.split("## Def")[0]
+    assert "**letters_on_photos as CLIPForImageClassification** (linear head, related)" in report.split("## Def")[0]
     assert "as CLIPForImageClassification (linear head): λ2 = " in format_summary(results)
 
 

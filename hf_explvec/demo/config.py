@@ -9,16 +9,24 @@ from dataclasses import dataclass, field
 
 from .._validation import check_finite, check_int
 
-__all__ = ["SEED_OFFSETS", "DemoConfig", "derived_seed", "quick_config", "safe_file_name"]
+__all__ = ["DEFAULT_TARGETS", "SEEDS_TARGETS", "SEED_OFFSETS", "DemoConfig", "derived_seed", "quick_config",
+           "safe_file_name"]  # fmt: skip
 
 # Offsets of the derived seeds (all from DemoConfig.seed), recorded in results.json.
 SEED_OFFSETS = {"data": 0, "pretrain": 0, "training": 0, "labels": 1000, "validation_shap": 2000, "test_shap": 3000,
-                "comparison_shap": 4000, "model_init": 0}  # fmt: skip
+                "comparison_shap": 4000, "model_init": 0, "probe_shap": 5000}  # fmt: skip
+
+DEFAULT_TARGETS = ("letters_on_photos", "symbols_on_textures", "outlines_on_plain", "photo_scenes", "texture_scenes")
+"""The default demo's targets: three related domains of object families the source never shows, two unrelated."""
+SEEDS_TARGETS = (*DEFAULT_TARGETS[:3], "digits_on_photos", *DEFAULT_TARGETS[3:])
+"""The multi-seed mode's targets (`hf-explvec demo --seeds N`): the default ones and the near target
+`digits_on_photos` (other classes of a family the source shows), six in all for the diagnostic's correlation."""
 
 _POSITIVE_INTS = ("num_threads", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                   "projection_dim", "image_size", "patch_size", "base_train_size", "train_size", "validation_size",
                   "test_size", "pretrain_batch_size", "num_train_epochs", "batch_size", "label_num_samples",
-                  "eval_num_samples", "shap_batch_size", "top_k", "budget_num_images")  # fmt: skip
+                  "eval_num_samples", "shap_batch_size", "top_k", "budget_num_images", "probe_num_images",
+                  "probe_num_samples")  # fmt: skip
 _NON_NEGATIVE_INTS = ("seed", "pretrain_steps", "num_heatmaps")
 _OPTIONAL_STRINGS = ("device", "clip", "base", "image_column", "label_column", "note", "command")
 
@@ -46,7 +54,7 @@ class DemoConfig:
             patch_size (`int`): the small CLIP built in code (image 32, patch 8: M = 16 patches).
         base, source (`str`): domains of [`~hf_explvec.demo.domains.DOMAINS`] or Hub data sets (`"name"` or
             `"name:config"`); `base=None` skips the base stage.
-        targets (`tuple[str, ...]`): the target domains or data sets.
+        targets (`tuple[str, ...]`, defaults to `DEFAULT_TARGETS`): the target domains or data sets.
         image_column, label_column (`str`, *optional*): columns of Hub data sets; by default the first `Image`
             column and the `ClassLabel` column `label` (or the first `ClassLabel` column).
         base_train_size, train_size, validation_size, test_size (`int`): images per split.
@@ -69,9 +77,21 @@ class DemoConfig:
             alike: `"logit"` (the units the model's attributions are defined in), `"log_prob"` or `"prob"`.
         lambdas (`tuple[float, ...]`): the λ2 grid (0 is the prediction-only target). lam_target (`float`): λ1.
         max_accuracy_drop (`float`, defaults to 0.04): the λ rule's accuracy tolerance on validation (a fraction).
+        lambda_metric (`str`, defaults to `"e_rmse_l2"`): the validation figure the λ rule minimises: the scale-free
+            E-RMSE (L2), which a model cannot lower by growing less confident, or the raw `"e_rmse"`.
+        lambda_confidence (`float`, *optional*, defaults to 0.9): the λ rule admits a λ2 only when the one-sided
+            upper confidence bound (at this level) of its paired validation accuracy drop is within
+            `max_accuracy_drop` ([`~hf_explvec.evaluation.accuracy_drop_bound`]), so a small validation split does
+            not let a lucky λ2 through; `None` compares the observed drop, as the paper does.
+        probe_lam (`float`, defaults to 0.3), probe_num_images (`int`, defaults to 16), probe_num_samples (`int`,
+            defaults to 64): the diagnostic measured before the sweep ([`~hf_explvec.evaluation.probe_transfer`]):
+            E-RMSE (L2) at λ2 = `probe_lam` against λ2 = 0 on the first validation images, with a small Kernel SHAP
+            budget.
         goal_e_rmse_gain (`float`, defaults to 0.09): the paper's related-domain result the verdict compares with:
             test E-RMSE at least this fraction below the prediction-only target's...
         goal_accuracy_drop (`float`, defaults to 0.04): ...with test accuracy at most this fraction lower.
+        goal_gap_closed (`float`, defaults to 0.25): the aim beyond the paper: the share of the E-RMSE gap between
+            θ_T and the self-explaining model trained on the target that the vector should close.
         top_k (`int`, defaults to 2): K of IoU@K. num_heatmaps (`int`): test images in the overlays.
         linear_head_target (`bool`, defaults to `False`): also build the related target as a transformers
             `CLIPForImageClassification` on the base's vision tower (a linear probe, then fine-tuning) and measure
@@ -99,15 +119,15 @@ class DemoConfig:
     projection_dim: int = 32
     image_size: int = 32
     patch_size: int = 8
-    base: str | None = "base"
-    source: str = "digits_on_textures"
-    targets: tuple[str, ...] = ("digits_on_photos", "texture_tiles")
+    base: str | None = "pretraining"
+    source: str = "diverse_source"
+    targets: tuple[str, ...] = DEFAULT_TARGETS
     image_column: str | None = None
     label_column: str | None = None
     base_train_size: int = 3000
-    train_size: int = 600
-    validation_size: int = 240
-    test_size: int = 300
+    train_size: int = 400
+    validation_size: int = 200
+    test_size: int = 200
     pretrain_steps: int = 600
     pretrain_batch_size: int = 64
     pretrain_learning_rate: float = 1e-3
@@ -123,11 +143,17 @@ class DemoConfig:
     tve_ridge: float = 1e-3
     shap_batch_size: int = 256
     shap_value: str = "logit"
-    lambdas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
+    lambdas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0)
     lam_target: float = 1.0
     max_accuracy_drop: float = 0.04
+    lambda_metric: str = "e_rmse_l2"
+    lambda_confidence: float | None = 0.9
+    probe_lam: float = 0.3
+    probe_num_images: int = 16
+    probe_num_samples: int = 64
     goal_e_rmse_gain: float = 0.09
     goal_accuracy_drop: float = 0.04
+    goal_gap_closed: float = 0.25
     top_k: int = 2
     num_heatmaps: int = 4
     linear_head_target: bool = False
@@ -175,6 +201,15 @@ class DemoConfig:
                 raise ValueError("budget_ladder is empty: give at least one Kernel SHAP budget, or None.")
             if len(set(self.budget_ladder)) != len(self.budget_ladder):
                 raise ValueError(f"budget_ladder must not repeat a value, got {list(self.budget_ladder)}.")
+        if self.lambda_metric not in ("e_rmse", "e_rmse_l2"):
+            raise ValueError(f"lambda_metric must be 'e_rmse' or 'e_rmse_l2', got {self.lambda_metric!r}.")
+        if self.lambda_confidence is not None:
+            self.lambda_confidence = check_finite("lambda_confidence", self.lambda_confidence)
+            if not 0.0 < self.lambda_confidence < 1.0:
+                raise ValueError(f"lambda_confidence must be in (0, 1) or None, got {self.lambda_confidence}.")
+        self.probe_lam = check_finite("probe_lam", self.probe_lam)
+        if self.probe_lam <= 0:
+            raise ValueError(f"probe_lam must be > 0 (the probe compares it with λ2 = 0), got {self.probe_lam}.")
         if self.shap_value not in ("logit", "log_prob", "prob"):
             raise ValueError(f"shap_value must be 'logit', 'log_prob' or 'prob', got {self.shap_value!r}.")
         self.lam_target = check_finite("lam_target", self.lam_target)
@@ -189,7 +224,7 @@ class DemoConfig:
         self.alpha = check_finite("alpha", self.alpha)
         if not 0.0 <= self.alpha < 1.0:
             raise ValueError(f"alpha must be in [0, 1) for the self-explaining models, got {self.alpha}.")
-        for name in ("max_accuracy_drop", "goal_e_rmse_gain", "goal_accuracy_drop"):
+        for name in ("max_accuracy_drop", "goal_e_rmse_gain", "goal_accuracy_drop", "goal_gap_closed"):
             value = check_finite(name, getattr(self, name))
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} is a fraction in [0, 1], got {value}.")
@@ -209,7 +244,8 @@ class DemoConfig:
 
 
 def quick_config(output_dir: str = "reports/demo-quick", **overrides) -> DemoConfig:
-    """Toy sizes: the whole pipeline in well under a minute on 2 cores (for tests and smoke runs, not for figures).
+    """Toy sizes: the whole pipeline in well under a minute on 2 cores (for tests and smoke runs, not for figures), on
+    one related and one unrelated target.
 
     Args:
         output_dir (`str`, *optional*, defaults to `"reports/demo-quick"`): the report folder.
@@ -222,7 +258,8 @@ def quick_config(output_dir: str = "reports/demo-quick", **overrides) -> DemoCon
         "output_dir": output_dir, "hidden_size": 32, "intermediate_size": 64, "base_train_size": 240,
         "train_size": 48, "validation_size": 16, "test_size": 16, "pretrain_steps": 30, "num_train_epochs": 2,
         "batch_size": 16, "label_num_samples": 64, "eval_num_samples": 96, "comparison_num_samples": (64, 96),
-        "lambdas": (0.0, 0.5, 1.0), "num_heatmaps": 2, "budget_num_images": 4,
+        "lambdas": (0.0, 0.5, 1.0), "num_heatmaps": 2, "budget_num_images": 4, "probe_num_images": 4,
+        "probe_num_samples": 64, "targets": ("letters_on_photos", "photo_scenes"),
         "note": "toy sizes (--quick): a smoke run of the pipeline, its figures mean nothing",
     }  # fmt: skip
     return DemoConfig(**{**settings, **overrides})

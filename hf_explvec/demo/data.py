@@ -14,7 +14,7 @@ import torch
 
 from ..data.images import clip_image_processor
 from .config import DemoConfig, derived_seed
-from .domains import DOMAINS, build_domain_dict
+from .domains import DIVERSE_TRANSFER, DOMAINS, build_domain_dict
 
 __all__ = [
     "DemoSplit",
@@ -53,7 +53,8 @@ def first_images(split: DemoSplit, count: int) -> DemoSplit:
 
 @dataclass
 class Domain:
-    """A domain: class names, prompt templates, role (`base`, `source`, `related`, `unrelated`, `target`), splits."""
+    """A domain: class names, prompt templates, role (`base`, `source`, `related`, `near`, `unrelated`,
+    `target`), splits."""
 
     name: str
     role: str
@@ -172,7 +173,16 @@ def load_domain(name: str, role: str, sizes: dict, config: DemoConfig, image_siz
 
 
 def domain_role(target: str, source: str) -> str:
-    """`"related"` / `"unrelated"` for two registered domains (same evidence kind or not), else `"target"`."""
+    r"""
+    The role of a target for a source: for the diverse source, the role [`DIVERSE_TRANSFER`] gives it (`"related"`:
+    an object family the source never shows; `"near"`: other classes of a family it shows; `"unrelated"`: the
+    evidence is the scene); for other registered domains `"related"` when the evidence is of the same kind, else
+    `"unrelated"`; `"target"` for data sets the library does not know.
+    """
+    if source == DIVERSE_TRANSFER["source"]:
+        for role in ("related", "near", "unrelated"):
+            if target in DIVERSE_TRANSFER[role]:
+                return role
     if target in DOMAINS and source in DOMAINS:
         return "related" if DOMAINS[target].evidence_kind == DOMAINS[source].evidence_kind else "unrelated"
     return "target"

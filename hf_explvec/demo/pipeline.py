@@ -16,7 +16,10 @@ The pipeline (arXiv 2507.04380 in miniature; every step uses the library's publi
    the pulled vector is the one applied.
 4. **Targets.** For each: the prediction-only θ_T from the base, the direct self-explaining θ*_T (needs Kernel SHAP
    labels of the target's training split), and the transfer θ̃ = θ_base + λ1 (θ_T − θ_base) + λ2 τ_S
-   ([`transfer`]) over a λ2 grid; λ2 is chosen on the validation split only ([`select_lambda`]).
+   ([`transfer`]) over a λ2 grid. Before the sweep, the diagnostic probe
+   ([`~hf_explvec.evaluation.probe_transfer`]) predicts the gain from a handful of validation images. λ2 is chosen
+   on the validation split only ([`select_lambda`], with a confidence bound on the accuracy drop); the test split is
+   measured afterwards, at λ2 = 0, the chosen λ2 and the λ2 the heatmaps show.
 5. **Evaluation.** Every model is compared with Kernel SHAP values of *that* model
    ([`~hf_explvec.evaluation.protocol`]; the report's Definitions section says what each figure is), plus
    faithfulness metrics; the TVE baseline explains θ_T with no target training; and the equivalent Kernel SHAP budget
@@ -51,10 +54,13 @@ from ..attribution.kernel_shap import min_num_samples
 from ..attribution.vit import model_kernel_shap
 from ..evaluation import (
     accuracy,
+    add_accuracy_drop_bounds,
     evaluate_model,
     explanation_metrics,
     forward_attributions,
     kernel_shap_values,
+    per_image_correct,
+    probe_transfer,
     select_lambda,
 )
 from ..evaluation.budget import default_budget_ladder, equivalent_kernel_shap_budget
@@ -207,13 +213,33 @@ def _target_stage(clip, tokenizer, target: Domain, source: dict, vector: TaskVec
     direct = train(copy.deepcopy(base), _training_set(target.train, labels), run).model
     t = clock.lap(f"{name}: self-explaining model trained on the target (labels + training)", t)
 
+    probe = probe_transfer(
+        base, prediction_only, vector, target.validation, lams=(0.0, config.probe_lam),
+        num_images=min(config.probe_num_images, len(target.validation)), num_samples=config.probe_num_samples,
+        seed=derived_seed(config, "probe_shap"), lam_target=config.lam_target, batch_size=config.shap_batch_size,
+        value=config.shap_value,
+    )  # fmt: skip
+    t = clock.lap(f"{name}: diagnostic probe", t)
+
+    # λ2 is chosen on validation; test is then measured only where the report needs it (λ2 = 0, the chosen λ2 and
+    # the λ2 the heatmaps show), so no test figure exists before the choice is made.
     sweep, arrays = {"validation": [], "test": []}, {}
     for lam in tqdm(config.lambdas, desc=f"{name}: λ2 sweep", disable=not config.show_progress):
         model = transfer(base, prediction_only, vector, lam=lam, lam_target=config.lam_target)
-        for split in ("validation", "test"):
-            metrics, arrays[lam, split] = _evaluate(model, getattr(target, split), config, f"{split}_shap", split)
-            sweep[split].append({"lam": lam, **metrics})
-    chosen = select_lambda(sweep["validation"], config.max_accuracy_drop)
+        metrics, arrays[lam, "validation"] = _evaluate(model, target.validation, config, "validation_shap",
+                                                       "validation")  # fmt: skip
+        sweep["validation"].append({"lam": lam, **metrics})
+    if config.lambda_confidence is not None:  # each λ2's paired accuracy drop bound against λ2 = 0
+        correct = {lam: per_image_correct(arrays[lam, "validation"]["logits"], target.validation.labels)
+                   for lam in config.lambdas}  # fmt: skip
+        sweep["validation"] = add_accuracy_drop_bounds(sweep["validation"], correct, config.lambda_confidence)
+    chosen = select_lambda(sweep["validation"], config.max_accuracy_drop, metric=config.lambda_metric,
+                           confidence=config.lambda_confidence)  # fmt: skip
+    shown, _ = illustrated_lambda({"chosen_lam": chosen, "sweep": sweep}, config.max_accuracy_drop)
+    for lam in sorted({0.0, chosen, shown}):
+        model = transfer(base, prediction_only, vector, lam=lam, lam_target=config.lam_target)
+        metrics, arrays[lam, "test"] = _evaluate(model, target.test, config, "test_shap", "test")
+        sweep["test"].append({"lam": lam, **metrics})
     t = clock.lap(f"{name}: λ2 sweep (validation + test)", t)
     direct_metrics = {}
     for split in ("validation", "test"):
@@ -253,7 +279,7 @@ def _target_stage(clip, tokenizer, target: Domain, source: dict, vector: TaskVec
               "cosine_tau_source_prediction_vs_tau_target": _cosine(source["vector_pred"], tau_target),
               "cosine_tau_source_explainability_vs_tau_target": _cosine(vector, tau_target),
               "norm_tau_target": tau_target.norm(), "labels_rms": float(labels.pow(2).mean().sqrt()),
-              "sweep": sweep, "chosen_lam": chosen, "direct": direct_metrics, "kernel_shap": comparison,
+              "probe": probe, "sweep": sweep, "chosen_lam": chosen, "direct": direct_metrics, "kernel_shap": comparison,
               "kernel_shap_budget": budget, "tve": tve}  # fmt: skip
     shown, is_chosen = illustrated_lambda(result, config.max_accuracy_drop)
     heatmaps = {"images": target.test.images[:count], "evidence": None if evidence is None else evidence[:count],

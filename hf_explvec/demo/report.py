@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import DemoConfig, safe_file_name
+from .diagnostics import diagnostic_correlations, diagnostic_points, diagnostic_section
 from .plots import plot_heatmaps, plot_lambda_sweep
 
 logger = logging.getLogger(__name__)
@@ -190,6 +191,11 @@ def _row(name: str, lam: str, metrics: dict, baseline: dict, cosine: str, verdic
             _seconds(metrics.get("explain_seconds_per_image")), cosine, verdict]  # fmt: skip
 
 
+def _kept_mark(target: dict) -> str:
+    """The chosen mark on the λ2 = 0 row, when the rule kept λ2 = 0."""
+    return " ✓ chosen on validation" if target["chosen_lam"] == 0.0 else ""
+
+
 def target_table(target: dict, split: str = "test") -> str:
     r"""
     The table of one target domain on `split`: the prediction-only target (λ2 = 0), the target with the vector per
@@ -207,7 +213,7 @@ def target_table(target: dict, split: str = "test") -> str:
     sweep = target["sweep"][split]
     baseline = next(entry for entry in sweep if entry["lam"] == 0.0)
     cosine = _fmt(target["cosine_tau_source_prediction_vs_tau_target"])
-    rows = [_row("prediction-only θ_T (no vector)", "0", baseline, baseline, cosine)]
+    rows = [_row(f"prediction-only θ_T (no vector){_kept_mark(target)}", "0", baseline, baseline, cosine)]
     for entry in sweep:
         if entry["lam"] == 0.0:
             continue
@@ -245,7 +251,8 @@ def linear_head_table(entry: dict, split: str = "test") -> str:
     sweep = entry["sweep"][split]
     baseline = next(row for row in sweep if row["lam"] == 0.0)
     rows = [_row(LINEAR_PROBE_ROW, "–", entry["probe"][split], baseline, "–"),
-            _row("fine-tuned CLIPForImageClassification θ_T (no vector)", "0", baseline, baseline, "–")]  # fmt: skip
+            _row(f"fine-tuned CLIPForImageClassification θ_T (no vector){_kept_mark(entry)}", "0", baseline,
+                 baseline, "–")]  # fmt: skip
     for row in sweep:
         if row["lam"] == 0.0:
             continue
@@ -361,6 +368,7 @@ def report_settings(config: dict) -> dict[str, float]:
         "max_accuracy_drop": float(config.get("max_accuracy_drop", MAX_ACCURACY_DROP)),
         "goal_e_rmse_gain": float(config.get("goal_e_rmse_gain", GOAL_E_RMSE_GAIN)),
         "goal_accuracy_drop": float(config.get("goal_accuracy_drop", GOAL_ACCURACY_DROP)),
+        "goal_gap_closed": float(config.get("goal_gap_closed", _DEFAULTS["goal_gap_closed"])),
     }
 
 
@@ -378,7 +386,9 @@ def transfer_summary(
 
     Returns:
         `dict`: `lam`, `relative_e_rmse` and `relative_e_rmse_l2` (fractions; E-RMSE (L2) is the primary metric),
-        `accuracy_change` (fraction), `meets_related_goal` (`bool`, the paper's criterion on E-RMSE and accuracy),
+        `accuracy_change` (fraction), `gap_closed` and `gap_closed_l2` (the share of the E-RMSE or E-RMSE (L2)
+        gap between θ_T and the self-explaining model trained on the target that the vector closes; `None` when
+        that model is not better), `meets_related_goal` (`bool`, the paper's criterion on E-RMSE and accuracy),
         `works`, `worse` and `unchecked` ([`transfer_verdict`] at the chosen λ2; `works` is `False` at λ2 = 0, where
         nothing is transferred), `faithfulness` (per measure, `[value at λ2 = 0, value at the chosen λ2]`), `tve`
         (when the target has TVE baseline figures: its `relative_e_rmse`, `relative_e_rmse_l2`, `works`, `worse`,
@@ -394,6 +404,10 @@ def transfer_summary(
         l2 = base.get("e_rmse_l2")
         out[f"{prefix}relative_e_rmse_l2"] = (chosen["e_rmse_l2"] - l2) / l2 if l2 else None
         out[f"{prefix}accuracy_change"] = chosen["accuracy"] - base["accuracy"]
+        direct = target.get("direct", {}).get(split, {})  # the linear-head target has no target-trained model
+        for key, suffix in (("e_rmse", ""), ("e_rmse_l2", "_l2")):
+            gap = base.get(key, math.nan) - direct.get(key, math.nan)
+            out[f"{prefix}gap_closed{suffix}"] = (base[key] - chosen[key]) / gap if gap > 0 else None
         verdict = transfer_verdict(chosen, base)
         out[f"{prefix}works"] = bool(verdict["works"] and target["chosen_lam"] != 0.0)
         out[f"{prefix}worse"], out[f"{prefix}unchecked"] = verdict["worse"], verdict["unchecked"]
@@ -461,7 +475,12 @@ def _verdict(target: dict, summary: dict, settings: dict) -> str:
         head = f"λ2 = {summary['lam']:g} chosen on validation; on test {change}; {_works_text(summary)}"
     note = _validation_note(target, settings["goal_e_rmse_gain"])
     text = f"{head}; {note}." if note else f"{head}."
-    if target["role"] == "related":
+    if summary["lam"] != 0.0 and summary.get("gap_closed_l2") is not None:
+        raw = "–" if summary["gap_closed"] is None else f"{100 * summary['gap_closed']:.0f}%"
+        text += (f" The vector closes {raw} of the E-RMSE gap to the self-explaining model trained on the target "
+                 f"({100 * summary['gap_closed_l2']:.0f}% of the E-RMSE (L2) gap; the aim is ≥ "
+                 f"{100 * settings['goal_gap_closed']:g}%).")  # fmt: skip
+    if target["role"] in ("related", "near"):
         goal = "meets" if summary["meets_related_goal"] else "does not meet"
         paper = (
             f"the paper's related-domain result (≥ {100 * settings['goal_e_rmse_gain']:g}% lower E-RMSE, accuracy "
@@ -678,8 +697,8 @@ def _bullets(results: dict) -> list[str]:
         ),
         (
             f"- Transfer: θ̃ = θ_base + λ1·(θ_T − θ_base) + λ2·τ_S with λ1 = {config['lam_target']:g} and λ2 in "
-            f"{{{grid}}}; λ2 is chosen on validation: the lowest validation E-RMSE with validation accuracy within "
-            f"{100 * config['max_accuracy_drop']:g} points of λ2 = 0."
+            f"{{{grid}}}; λ2 is chosen on validation ({lambda_rule_text(config)}); test is measured afterwards, only "
+            f"at λ2 = 0, the chosen λ2 and the λ2 the heatmaps show."
         ),
         (
             f"- Hub: τ_S was pushed to a LocalHub on loopback as `{hub['repo_id']}`, **commit `{hub['commit_sha']}`**, "
@@ -689,6 +708,16 @@ def _bullets(results: dict) -> list[str]:
         ),
         "- Seeds: " + ", ".join(f"{k} {v}" for k, v in results["seeds"].items()) + ".",
     ]
+
+
+def lambda_rule_text(config: dict) -> str:
+    """The λ rule of a run in words, from its config (older results: raw E-RMSE and the observed drop)."""
+    metric = "E-RMSE (L2)" if config.get("lambda_metric", "e_rmse") == "e_rmse_l2" else "E-RMSE"
+    confidence = config.get("lambda_confidence")
+    drop = (f"{100 * confidence:g}% upper confidence bound of the paired validation accuracy drop"
+            if confidence is not None else "validation accuracy drop")  # fmt: skip
+    return (f"the lowest validation {metric} among the λ2 whose {drop} against λ2 = 0 is at most "
+            f"{100 * config['max_accuracy_drop']:g} points; λ2 = 0 is always allowed")  # fmt: skip
 
 
 def _setup_section(results: dict) -> list[str]:
@@ -815,6 +844,8 @@ def build_report(results: dict) -> str:
     for target in results["targets"]:
         lines += _target_section(results, target)
     lines += _linear_head_section(results)
+    if "diagnostic" in results:
+        lines += diagnostic_section(results["diagnostic"]["points"], results["diagnostic"]["correlations"], config)
     timings = [[stage, f"{seconds:.1f}"] for stage, seconds in results["timings_seconds"].items()]
     lines += [
         "## λ sweep",
@@ -861,6 +892,9 @@ def write_report(results: dict, heatmaps: dict, output_dir: str | os.PathLike) -
     settings = report_settings(results["config"])
     for target in results["targets"]:
         target["summary"] = transfer_summary(target, settings["goal_e_rmse_gain"], settings["goal_accuracy_drop"])
+    if all("probe" in target for target in results["targets"]):
+        points = diagnostic_points(results["targets"], results["config"]["seed"])
+        results["diagnostic"] = {"points": points, "correlations": diagnostic_correlations(points)}
     if "linear_head" in results:
         entry = results["linear_head"]
         entry["summary"] = transfer_summary(entry, settings["goal_e_rmse_gain"], settings["goal_accuracy_drop"])
