@@ -136,8 +136,8 @@ class DemoConfig:
     batch_size: int = 64
     alpha: float = 0.8
     label_num_samples: int = 500
-    eval_num_samples: int = 500
-    comparison_num_samples: tuple[int, ...] = (150, 500)
+    eval_num_samples: int = 300
+    comparison_num_samples: tuple[int, ...] = (150, 300)
     budget_ladder: tuple[int, ...] | None = None
     budget_num_images: int = 50
     tve_ridge: float = 1e-3
