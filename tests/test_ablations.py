@@ -25,7 +25,7 @@ from hf_explvec.demo.config import quick_config
 from hf_explvec.evaluation import kernel_shap_values
 from hf_explvec.modeling import SelfExplainingCLIPVision
 
-DOMAINS = {"base": "base", "source": "digits_on_textures", "targets": ("digits_on_photos", "texture_tiles")}
+DOMAINS = {"base": "pretraining", "source": "diverse_source", "targets": ("letters_on_photos", "photo_scenes")}
 
 
 def _config(tmp_path, **overrides):
@@ -39,7 +39,7 @@ def quick_run(tmp_path_factory):
 
 def test_quick_run_has_every_row_with_finite_figures(quick_run):
     targets = list(quick_run["targets"])
-    assert targets == ["digits_on_photos"]  # the related target only, by default
+    assert targets == ["letters_on_photos"]  # the related target only, by default
     assert [(row["variant"], row["target"]) for row in quick_run["rows"]] == [
         (name, target) for target in targets for name in ("reference", *DEFAULT_VARIANTS)
     ]
@@ -59,24 +59,25 @@ def test_quick_run_has_every_row_with_finite_figures(quick_run):
             assert row["pointing"][0] == quick_run["targets"][row["target"]]["baseline_test"]["pointing"]
     reference = quick_run["rows"][0]
     assert reference["relative_e_rmse"] == pytest.approx(
-        reference["test_at_chosen"]["e_rmse"] / quick_run["targets"]["digits_on_photos"]["baseline_test"]["e_rmse"] - 1
+        reference["test_at_chosen"]["e_rmse"] / quick_run["targets"]["letters_on_photos"]["baseline_test"]["e_rmse"] - 1
     )
     # retrained sources are other vectors; the α variants reuse the reference's labels and prediction-only twin
     sources = quick_run["sources"]
     assert sources["alpha_0.5"]["alpha"] == 0.5 and sources["data_x2"]["train_size"] == 2 * sources["reference"][
         "train_size"]  # fmt: skip
     assert sources["alpha_0.5"]["cosine_with_reference"] < 1 - 1e-6
+    assert sources["merge_sources"]["cosine_with_reference"] < 1 - 1e-6  # another source domain's vector
     json.dumps(quick_run)  # JSON-ready
     report = ablation_report(quick_run)
-    table = [line for line in report.splitlines() if line.startswith("| ") and "digits_on_photos" in line]
+    table = [line for line in report.splitlines() if line.startswith("| ") and "letters_on_photos" in line]
     assert len(table) == len(quick_run["rows"])
     for name in DEFAULT_VARIANTS:
         assert f"**{name}** helped" in report or f"**{name}** did not help" in report
 
 
 def test_role_detection_is_tolerant(tmp_path):
-    assert related_targets(_config(tmp_path)) == ("digits_on_photos",)
-    assert related_targets(_config(tmp_path, targets=("texture_tiles",))) == ("texture_tiles",)  # none related
+    assert related_targets(_config(tmp_path)) == ("letters_on_photos",)
+    assert related_targets(_config(tmp_path, targets=("photo_scenes",))) == ("photo_scenes",)  # none related
 
 
 def _vector_and_model():
@@ -162,7 +163,7 @@ def test_bad_variant_names_are_refused_naming_the_known_ones(tmp_path):
     with pytest.raises(TypeError, match="variants must be a tuple or list"):
         run_ablations(_config(tmp_path), "efficiency")
     with pytest.raises(TypeError, match="config must be a DemoConfig"):
-        run_ablations({"source": "digits_on_textures"})
+        run_ablations({"source": "diverse_source"})
     assert set(DEFAULT_VARIANTS) == set(VARIANTS)
 
 
@@ -175,12 +176,12 @@ def test_script_writes_results_and_report(tmp_path, capsys):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     argv = ["--quick", "--output-dir", str(tmp_path), "--variants", "efficiency", "--base", "base", "--source",
-            "digits_on_textures", "--targets", "digits_on_photos"]  # fmt: skip
+            "diverse_source", "--targets", "letters_on_photos"]  # fmt: skip
     results = script.main(argv)
     first = capsys.readouterr().out.splitlines()[0]
     assert "command: python scripts/ablations.py --quick" in first and "UTC" in first
     assert [row["variant"] for row in results["rows"]] == ["reference", "efficiency"]
     assert json.loads((tmp_path / "results.json").read_text())["rows"][1]["variant"] == "efficiency"
-    assert "| efficiency | digits_on_photos |" in (tmp_path / "ablations.md").read_text()
+    assert "| efficiency | letters_on_photos |" in (tmp_path / "ablations.md").read_text()
     with pytest.raises(SystemExit):
         script.main(["--variants"])

@@ -12,7 +12,9 @@ One run ([`run_ablations`]) trains ONE base (as [`~hf_explvec.demo.pipeline`] do
   ([`efficiency_correction`]): each image's attributions shifted so that they sum to f(x) − f(baseline), the
   efficiency property its Kernel SHAP reference has by construction;
 - `data_x2`: the source twins trained on twice as many source images (same epochs, so twice the optimisation steps;
-  the model's capacity is the base's, unchanged).
+  the model's capacity is the base's, unchanged);
+- `merge_sources`: the mean of τ_S and the vector of a second source domain (`digits_on_textures`), trained the same
+  way from the same base (issue 11 item 1: merging vectors from several sources).
 
 For each related target, θ_T is trained once and shared by every variant; each variant then gets the demo's λ2 sweep on
 validation, the λ rule ([`~hf_explvec.evaluation.select_lambda`]) and the test figures at λ2 = 0 and at the chosen λ2.
@@ -80,6 +82,8 @@ class AblationVariant:
             source stage).
         part (`str`, *optional*): a key of `VECTOR_PARTS`: only that part of τ_S is applied.
         efficiency (`bool`, defaults to `False`): the post-hoc efficiency correction of the attributions.
+        merge_with (`str`, *optional*): a second source domain: its twins are trained as the reference's (from the same
+            base) and the mean of its vector and τ_S is applied ([`TaskVector.merge`], `"sum"`, weights 0.5).
     """
 
     name: str
@@ -88,11 +92,12 @@ class AblationVariant:
     train_factor: int = 1
     part: str | None = None
     efficiency: bool = False
+    merge_with: str | None = None
 
     @property
     def retrains(self) -> bool:
         """Whether the variant trains its own source twins (else it reuses the reference twins)."""
-        return self.alpha is not None or self.train_factor != 1
+        return self.alpha is not None or self.train_factor != 1 or self.merge_with is not None
 
 
 VECTOR_PARTS = {
@@ -124,6 +129,12 @@ VARIANTS = {
             "source twins trained on twice as many source images (same epochs, twice the steps; the model's "
             "capacity is the base's, unchanged)",
             train_factor=2,
+        ),
+        AblationVariant(
+            "merge_sources",
+            "the mean of τ_S and the vector of a second source, digits_on_textures (digits 0-4 on grey textures), "
+            "trained the same way from the same base (task-arithmetic merge; λ2 scales it)",
+            merge_with="digits_on_textures",
         ),
     )
 }
@@ -465,13 +476,19 @@ def _run(config: DemoConfig, variants: tuple[AblationVariant, ...]) -> dict:
                         "train_size": config.train_size * variant.train_factor}  # fmt: skip
             variant_config = dataclasses.replace(config, **settings)
             source, labels = domains.source, reference["labels"]
-            if variant.train_factor != 1:
+            if variant.merge_with is not None:
+                sizes = {"train": config.train_size}
+                source = load_domain(variant.merge_with, "source", sizes, config, image_size, patch_size)
+                labels = None
+            elif variant.train_factor != 1:
                 sizes = {"train": variant_config.train_size, "validation": config.validation_size,
                          "test": config.test_size}  # fmt: skip
                 source = load_domain(config.source, "source", sizes, variant_config, image_size, patch_size)
                 labels = None
             sources[variant.name] = _source_twins(clip, tokenizer, source, variant_config, work / variant.name, labels)
             vectors[variant.name] = sources[variant.name]["vector"]
+            if variant.merge_with is not None:
+                vectors[variant.name] = TaskVector.merge([reference["vector"], vectors[variant.name]], [0.5, 0.5])
         elif variant.part is not None:
             vectors[variant.name] = partial_vector(reference["vector"], variant.part)
         else:
