@@ -11,6 +11,10 @@ from transformers import CLIPVisionConfig, PreTrainedConfig
 
 from ._validation import check_finite, check_probability
 
+PATCH_NORMALISATIONS = ("cls", "patches")
+"""The allowed values of `SelfExplainingCLIPVisionConfig.patch_normalisation`: what the patch attributions are divided
+by, the image's [CLS] embedding norm (`"cls"`) or the mean norm of its patch embeddings (`"patches"`)."""
+
 EXPLAINABILITY_KEYS = ("model", "model_revision", "vector", "vector_revision", "lam")
 """Keys of a config's `explainability` record: the model and the explainability vector applied to it (names or
 paths and revisions, strings or `None`), and the vector's scaling λ (a finite float)."""
@@ -92,6 +96,16 @@ class SelfExplainingCLIPVisionConfig(PatchGridMixin, PreTrainedConfig):
         explainability (`dict`, *optional*):
             Provenance of an explainability vector applied to the model: `{"model", "model_revision", "vector",
             "vector_revision", "lam"}` (see [`validate_explainability`]). Checked on construction and on assignment.
+        patch_normalisation (`str`, *optional*, defaults to `"cls"`):
+            What each image's patch attributions are divided by (besides the logit scale and the number of patches M).
+            `"cls"`: the norm of the image's projected [CLS] embedding, ||z_0||, the norm its logits are divided by,
+            so the attributions are on the scale of the logits. `"patches"`: the mean norm of the image's M projected
+            patch embeddings, mean_j ||z_j||, which decouples the attribution scale from [CLS]: the attributions then
+            depend only on the patch tokens and are invariant to their common scale, whatever the [CLS] norm. It has
+            no parameter (the model's weights, hence its task vectors, and its logits are the same either way), so it
+            can be switched on a trained model; only the attributions (and the attribution loss) change. Configs saved
+            without it load as `"cls"`. Checked on construction and on assignment (`ValueError` for another value).
+            See the module docstring of `hf_explvec.modeling`.
 
     Example:
 
@@ -119,6 +133,7 @@ class SelfExplainingCLIPVisionConfig(PatchGridMixin, PreTrainedConfig):
     logit_scale_init_value: float | int = 2.6592
     clip_name_or_path: str | None = None
     explainability: dict | None = None
+    patch_normalisation: str = "cls"
 
     def __post_init__(self, **kwargs):
         given_id2label = None if self.id2label is None else {int(k): v for k, v in self.id2label.items()}
@@ -147,6 +162,8 @@ class SelfExplainingCLIPVisionConfig(PatchGridMixin, PreTrainedConfig):
             value = check_probability("alpha", value)
         elif name == "explainability":
             value = validate_explainability(value)
+        elif name == "patch_normalisation":
+            value = validate_patch_normalisation(value)
         super().__setattr__(name, value)
 
 
@@ -222,6 +239,24 @@ def check_patch_grid(vision_config) -> None:
         )
 
 
+def validate_patch_normalisation(value) -> str:
+    r"""
+    Check a `patch_normalisation` value (see [`SelfExplainingCLIPVisionConfig`]) and return it.
+
+    Args:
+        value (`str`): `"cls"` or `"patches"`.
+
+    Returns:
+        `str`: `value`.
+
+    Raises:
+        `ValueError`: any other value (the message names the field and the allowed values).
+    """
+    if not isinstance(value, str) or value not in PATCH_NORMALISATIONS:
+        raise ValueError(f"patch_normalisation must be one of {list(PATCH_NORMALISATIONS)}, got {value!r}.")
+    return value
+
+
 def validate_class_names(class_names) -> None:
     """Raise `ValueError`/`TypeError` unless `class_names` is a non-empty list of distinct non-empty strings."""
     if isinstance(class_names, str) or not hasattr(class_names, "__len__"):
@@ -242,7 +277,9 @@ def validate_class_names(class_names) -> None:
 
 __all__ = [
     "EXPLAINABILITY_KEYS",
+    "PATCH_NORMALISATIONS",
     "ExplainingCLIPForImageClassificationConfig",
     "SelfExplainingCLIPVisionConfig",
     "validate_explainability",
+    "validate_patch_normalisation",
 ]

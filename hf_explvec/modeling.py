@@ -22,6 +22,18 @@ Let `z_0` be the [CLS] token and `z_i` (i = 1..M) the patch tokens after CLIP's 
 * The 1/M factor puts the attributions in the units of Shapley values of the logit: their sum is the logit that
   the mean patch embedding would get, and Kernel SHAP values of the logit sum to `f(all) - f(none)`, which is of the
   order of a logit. Without it, a well-fitted model would need patch embeddings M times smaller than [CLS].
+* `config.patch_normalisation = "patches"` (the default is `"cls"`, the formula above) divides instead by the mean
+  norm of the image's own patch embeddings, `m = mean_j ||z_j||` (j = 1..M):
+
+      patch_attributions[c, i] = s * <z_i, t_c> / (m * M)
+
+  With `"cls"` the attribution scale is tied to ||z_0||: an image whose [CLS] embedding is short gets large
+  attributions, whatever its patch tokens, and fitting the attributions to Kernel SHAP values pulls on the [CLS]
+  norm too. With `"patches"` the attributions depend on the patch tokens alone (still linear in each, up to the
+  shared `m`, and invariant to their common scale), so their scale is decoupled from [CLS]. It has no parameter: the
+  weights (hence task vectors) and the logits are identical either way, and it can be switched on a trained model;
+  attributions change by the factor ||z_0|| / m per image. Like the [CLS] path there is no epsilon: a zero norm
+  gives non-finite values rather than silently rescaled ones. It is the `patch_norm` row of the demo's ablations.
 """
 
 from __future__ import annotations
@@ -439,6 +451,14 @@ class SelfExplainingCLIPVision(ExplainingModelHubMixin, PreTrainedModel):
         logits = torch.matmul(image_embeds, self.class_embeddings.to(cls_embeds.dtype).t())
         return logits * self.logit_scale.exp().to(cls_embeds.dtype), image_embeds, cls_norm
 
+    def _patch_norm(self, cls_norm: torch.Tensor, patch_embeds: torch.Tensor) -> torch.Tensor:
+        """What each image's patch attributions are divided by, (N, 1, 1): `config.patch_normalisation`."""
+        if self.config.patch_normalisation == "cls":
+            return cls_norm.unsqueeze(-1)
+        # the mean L2 norm of the image's M projected patch tokens; as the [CLS] path, no epsilon (a zero norm
+        # gives non-finite values rather than silently rescaled ones)
+        return patch_embeds.norm(p=2, dim=-1).mean(dim=-1).view(-1, 1, 1)
+
     def logits_from_embeddings(
         self, embeddings: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -497,7 +517,7 @@ class SelfExplainingCLIPVision(ExplainingModelHubMixin, PreTrainedModel):
         scale = self.logit_scale.exp().to(tokens.dtype)
         # (B, M, P) @ (P, C) -> (B, M, C) -> (B, C, M)
         patch_attributions = torch.matmul(patch_embeds, head.t()).transpose(1, 2)
-        patch_attributions = patch_attributions * (scale / self.num_patches) / cls_norm.unsqueeze(-1)
+        patch_attributions = patch_attributions * (scale / self.num_patches) / self._patch_norm(cls_norm, patch_embeds)
 
         loss = ce_loss = attribution_loss = None
         if labels is not None:
