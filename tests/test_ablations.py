@@ -52,11 +52,19 @@ def test_quick_run_has_every_row_with_finite_figures(quick_run):
             assert all(math.isfinite(value) for value in row[key]), (row["variant"], key)
         assert isinstance(row["verdict"]["works"], bool)
         assert [entry["lam"] for entry in row["validation"]] == list(lambdas)
-        if row["variant"] != "efficiency":  # λ2 = 0 is θ_T itself for every vector variant
-            assert row["relative_at_zero"] == {"e_rmse": 0.0, "e_rmse_l2": 0.0}
-        else:  # the correction moves θ_T's attributions, not its predictions or rankings
+        if row["variant"] not in ("efficiency", "patch_norm"):
+            assert row["relative_at_zero"] == {"e_rmse": 0.0, "e_rmse_l2": 0.0}  # λ2 = 0 is θ_T itself
+        else:  # the correction / normalisation moves θ_T's attributions, not its predictions or rankings
+            assert VARIANTS[row["variant"]].changes_target_attributions
             assert row["relative_at_zero"]["e_rmse"] != 0.0
-            assert row["pointing"][0] == quick_run["targets"][row["target"]]["baseline_test"]["pointing"]
+            baseline = quick_run["targets"][row["target"]]["baseline_test"]
+            for measure in ("pointing", "deletion_auc", "insertion_auc"):
+                assert row[measure][0] == pytest.approx(baseline[measure], abs=1e-9), (row["variant"], measure)
+            assert row["test_at_zero"]["accuracy"] == baseline["accuracy"]
+            if row["variant"] == "patch_norm":  # a positive factor per image: the L2-normalised E-RMSE cannot move
+                assert row["relative_at_zero"]["e_rmse_l2"] == pytest.approx(0.0, abs=1e-5)
+        expected = ["patches"] * 2 if row["variant"] == "patch_norm" else ["cls"] * 2
+        assert row["patch_normalisation"] == expected, row["variant"]
     reference = quick_run["rows"][0]
     assert reference["relative_e_rmse"] == pytest.approx(
         reference["test_at_chosen"]["e_rmse"] / quick_run["targets"]["letters_on_photos"]["baseline_test"]["e_rmse"] - 1
@@ -67,6 +75,11 @@ def test_quick_run_has_every_row_with_finite_figures(quick_run):
         "train_size"]  # fmt: skip
     assert sources["alpha_0.5"]["cosine_with_reference"] < 1 - 1e-6
     assert sources["merge_sources"]["cosine_with_reference"] < 1 - 1e-6  # another source domain's vector
+    # patch_norm: twins trained with "patches" (another vector from the same labels), the others with "cls"
+    assert {name: source["patch_normalisation"] for name, source in sources.items()} == {
+        name: "patches" if name == "patch_norm" else "cls" for name in sources
+    }
+    assert sources["patch_norm"]["cosine_with_reference"] < 1 - 1e-6
     json.dumps(quick_run)  # JSON-ready
     report = ablation_report(quick_run)
     table = [line for line in report.splitlines() if line.startswith("| ") and "letters_on_photos" in line]

@@ -11,6 +11,12 @@ One run ([`run_ablations`]) trains ONE base (as [`~hf_explvec.demo.pipeline`] do
 - `efficiency`: no training, a post-hoc correction of the transferred model's attributions
   ([`efficiency_correction`]): each image's attributions shifted so that they sum to f(x) − f(baseline), the
   efficiency property its Kernel SHAP reference has by construction;
+- `patch_norm`: the patch attributions divided by the mean norm of each image's patch tokens instead of its [CLS]
+  norm (`SelfExplainingCLIPVisionConfig.patch_normalisation = "patches"`, which decouples the attribution scale from
+  [CLS]): the source twins are trained with it (the Kernel SHAP labels and the prediction-only twin are the
+  reference's: it does not change the logits) and θ_T and θ̃ are evaluated with it. It has no parameter, so θ_T's
+  own attributions change too (by a positive factor per image: its rankings do not), and, like `efficiency`, its
+  λ2 = 0 figures differ from the baseline's;
 - `data_x2`: the source twins trained on twice as many source images (same epochs, so twice the optimisation steps;
   the model's capacity is the base's, unchanged);
 - `merge_sources`: the mean of τ_S and the vector of a second source domain (`digits_on_textures`), trained the same
@@ -18,8 +24,9 @@ One run ([`run_ablations`]) trains ONE base (as [`~hf_explvec.demo.pipeline`] do
 
 For each related target, θ_T is trained once and shared by every variant; each variant then gets the demo's λ2 sweep on
 validation, the λ rule ([`~hf_explvec.evaluation.select_lambda`]) and the test figures at λ2 = 0 and at the chosen λ2.
-Every figure is measured against the same baseline, the prediction-only θ_T (λ2 = 0, no correction) on the test
-split, with the Kernel SHAP reference of the model measured. [`ablation_report`] writes the table.
+Every figure is measured against the same baseline, the prediction-only θ_T (λ2 = 0, no correction, [CLS]
+normalisation) on the test split, with the Kernel SHAP reference of the model measured. [`ablation_report`] writes
+the table.
 
 The seeds derive from `config.seed` ([`~hf_explvec.demo.config.derived_seed`]) as in the demo; the hub round trip of
 the demo is left out (it is lossless and does not change a figure).
@@ -40,6 +47,7 @@ import torch
 from ..evaluation import (
     add_accuracy_drop_bounds,
     explanation_metrics,
+    forward_attributions,
     per_image_correct,
     select_lambda,
 )
@@ -84,6 +92,8 @@ class AblationVariant:
         efficiency (`bool`, defaults to `False`): the post-hoc efficiency correction of the attributions.
         merge_with (`str`, *optional*): a second source domain: its twins are trained as the reference's (from the same
             base) and the mean of its vector and τ_S is applied ([`TaskVector.merge`], `"sum"`, weights 0.5).
+        patch_normalisation (`str`, defaults to `"cls"`): the models' `config.patch_normalisation`; another value
+            retrains the source twins with it and evaluates θ_T and θ̃ with it (it has no parameter).
     """
 
     name: str
@@ -93,11 +103,19 @@ class AblationVariant:
     part: str | None = None
     efficiency: bool = False
     merge_with: str | None = None
+    patch_normalisation: str = "cls"
 
     @property
     def retrains(self) -> bool:
         """Whether the variant trains its own source twins (else it reuses the reference twins)."""
-        return self.alpha is not None or self.train_factor != 1 or self.merge_with is not None
+        return (self.alpha is not None or self.train_factor != 1 or self.merge_with is not None
+                or self.patch_normalisation != "cls")  # fmt: skip
+
+    @property
+    def changes_target_attributions(self) -> bool:
+        """Whether θ_T's own attributions (λ2 = 0) differ from the baseline's: its row's `relative_at_zero` is not
+        zero."""
+        return self.efficiency or self.patch_normalisation != "cls"
 
 
 VECTOR_PARTS = {
@@ -123,6 +141,13 @@ VARIANTS = {
             "post-hoc efficiency correction: each image's attributions shifted equally so that they sum to "
             "f(x) − f(baseline) (no training)",
             efficiency=True,
+        ),
+        AblationVariant(
+            "patch_norm",
+            "patch attributions divided by the mean norm of the image's patch tokens instead of its [CLS] norm "
+            "(decouples their scale from [CLS]; no parameter): source twins trained with it, θ_T and θ̃ evaluated "
+            "with it",
+            patch_normalisation="patches",
         ),
         AblationVariant(
             "data_x2",
@@ -291,11 +316,14 @@ def _pipeline_helpers():
     return pipeline
 
 
-def _source_twins(clip, tokenizer, source, config: DemoConfig, work: Path, labels: torch.Tensor | None = None) -> dict:
+def _source_twins(clip, tokenizer, source, config: DemoConfig, work: Path, labels: torch.Tensor | None = None,
+                  patch_normalisation: str = "cls") -> dict:  # fmt: skip
     """The core of the demo's source stage ([`~hf_explvec.demo.pipeline._source_stage`] without the TVE baseline and
-    the source-test figures): θ_S (α = 1), its Kernel SHAP labels (unless `labels` is given), the twins and τ_S."""
+    the source-test figures): θ_S (α = 1), its Kernel SHAP labels (unless `labels` is given), the twins and τ_S, the
+    models built with `patch_normalisation`."""
     pipeline = _pipeline_helpers()
     base = start_model(clip, tokenizer, source)
+    base.config.patch_normalisation = patch_normalisation
     if labels is None:
         run = pipeline._training_config(config, work, "source_prediction_only", 1.0, len(source.train))
         prediction_only = train(copy.deepcopy(base), pipeline._training_set(source.train), run).model
@@ -303,7 +331,8 @@ def _source_twins(clip, tokenizer, source, config: DemoConfig, work: Path, label
     run = pipeline._training_config(config, work, "source_twins", config.alpha, len(source.train))
     twins = train_twins(base, pipeline._training_set(source.train, labels), run, source_dataset=source.name)
     return {"vector": twins.vector.to(device="cpu"), "labels": labels, "alpha": config.alpha,
-            "train_size": len(source.train)}  # fmt: skip
+            "train_size": len(source.train),
+            "patch_normalisation": twins.self_explaining.config.patch_normalisation}  # fmt: skip
 
 
 def related_targets(config: DemoConfig) -> tuple[str, ...]:
@@ -326,8 +355,9 @@ def related_targets(config: DemoConfig) -> tuple[str, ...]:
 
 
 class _TargetRun:
-    """One target's θ_base and θ_T, and the figures measured on it (cached: λ2 = 0 is θ_T for every variant, and the
-    efficiency variant explains the reference vector's models)."""
+    """One target's θ_base and θ_T, and the figures measured on it (cached by vector name, λ2, split and patch
+    normalisation: λ2 = 0 is θ_T for every variant, and the efficiency variant explains the reference vector's
+    models)."""
 
     def __init__(self, clip, tokenizer, target, config: DemoConfig, work: Path):
         pipeline = _pipeline_helpers()
@@ -337,34 +367,49 @@ class _TargetRun:
         self.prediction_only = train(copy.deepcopy(self.base), pipeline._training_set(target.train), run).model
         self.cache = {}
 
-    def model(self, vector: TaskVector, lam: float):
-        return transfer(self.base, self.prediction_only, vector, lam=lam, lam_target=self.config.lam_target)
+    def model(self, vector: TaskVector, lam: float, patch_normalisation: str = "cls"):
+        model = transfer(self.base, self.prediction_only, vector, lam=lam, lam_target=self.config.lam_target)
+        model.config.patch_normalisation = patch_normalisation  # a copy of θ_T's config: θ_T itself is unchanged
+        return model
 
-    def measure(self, vector_name: str, vector: TaskVector, lam: float, split: str, efficiency: bool) -> dict:
-        """The figures of θ̃(λ2) on a split (with the efficiency correction when asked): `metrics` and `logits`."""
-        key = ("θ_T" if lam == 0.0 else vector_name, lam, split)
+    def measure(self, vector_name: str, vector: TaskVector, lam: float, split: str, efficiency: bool,
+                patch_normalisation: str = "cls") -> dict:  # fmt: skip
+        """The figures of θ̃(λ2) on a split (with the efficiency correction when asked, the models' attributions
+        normalised by `patch_normalisation`): `metrics`, `logits` and the `patch_normalisation` the model used."""
+        key = ("θ_T" if lam == 0.0 else vector_name, lam, split, patch_normalisation)
         data = getattr(self.target, split)
         if key not in self.cache:
-            metrics, arrays = _pipeline_helpers()._evaluate(self.model(vector, lam), data, self.config,
-                                                            f"{split}_shap", split)  # fmt: skip
-            self.cache[key] = {"metrics": metrics, **arrays}
+            model = self.model(vector, lam, patch_normalisation)
+            if lam == 0.0 and patch_normalisation != "cls":
+                # θ_T's logits do not depend on the normalisation: its Kernel SHAP reference (same seed) is the cls
+                # entry's, only its own attributions are measured again
+                cls_entry = self.measure(vector_name, vector, lam, split, False)
+                logits, attributions, seconds = forward_attributions(model, data)
+                metrics = explanation_metrics(model, data, attributions, cls_entry["reference"],
+                                              top_k=self.config.top_k)  # fmt: skip
+                metrics = {**cls_entry["metrics"], "explain_seconds_per_image": seconds, **metrics}
+                arrays = {"attributions": attributions, "reference": cls_entry["reference"], "logits": logits}
+            else:
+                metrics, arrays = _pipeline_helpers()._evaluate(model, data, self.config, f"{split}_shap", split)
+            self.cache[key] = {"metrics": metrics, **arrays, "patch_normalisation": model.config.patch_normalisation}
         entry = self.cache[key]
         if not efficiency:
             return entry
-        model = self.model(vector, lam)
+        model = self.model(vector, lam, patch_normalisation)
         gap = score_gap(model, data.pixel_values, data.labels, value=self.config.shap_value,
                         batch_size=self.config.shap_batch_size)  # fmt: skip
         corrected = efficiency_correction(entry["attributions"], gap)
         metrics = explanation_metrics(model, data, corrected, entry["reference"], top_k=self.config.top_k)
         metrics = {**entry["metrics"], **metrics}  # accuracy and timings are the model's, unchanged
-        return {"metrics": metrics, "logits": entry["logits"]}
+        return {"metrics": metrics, "logits": entry["logits"], "patch_normalisation": entry["patch_normalisation"]}
 
-    def sweep(self, vector_name: str, vector: TaskVector, efficiency: bool) -> tuple[list[dict], float]:
+    def sweep(self, vector_name: str, vector: TaskVector, efficiency: bool,
+              patch_normalisation: str = "cls") -> tuple[list[dict], float]:  # fmt: skip
         """The validation sweep over `config.lambdas` and the λ2 the demo's rule chooses."""
         config, labels = self.config, self.target.validation.labels
         sweep, correct = [], {}
         for lam in config.lambdas:
-            measured = self.measure(vector_name, vector, lam, "validation", efficiency)
+            measured = self.measure(vector_name, vector, lam, "validation", efficiency, patch_normalisation)
             sweep.append({"lam": lam, **measured["metrics"]})
             correct[lam] = per_image_correct(measured["logits"], labels)
         if config.lambda_confidence is not None:
@@ -378,11 +423,13 @@ def _relative(value: float, reference: float) -> float:
     return value / reference - 1.0 if reference else math.nan
 
 
-def _row(name: str, run: _TargetRun, vector_name: str, vector: TaskVector, efficiency: bool) -> dict:
-    sweep, chosen = run.sweep(vector_name, vector, efficiency)
+def _row(name: str, run: _TargetRun, vector_name: str, vector: TaskVector, efficiency: bool,
+         patch_normalisation: str = "cls") -> dict:  # fmt: skip
+    sweep, chosen = run.sweep(vector_name, vector, efficiency, patch_normalisation)
     baseline = run.measure(REFERENCE, vector, 0.0, "test", False)["metrics"]
-    at_zero = run.measure(vector_name, vector, 0.0, "test", efficiency)["metrics"]
-    at_chosen = run.measure(vector_name, vector, chosen, "test", efficiency)["metrics"]
+    zero = run.measure(vector_name, vector, 0.0, "test", efficiency, patch_normalisation)
+    measured = run.measure(vector_name, vector, chosen, "test", efficiency, patch_normalisation)
+    at_zero, at_chosen = zero["metrics"], measured["metrics"]
     return {
         "variant": name,
         "target": run.target.name,
@@ -395,6 +442,7 @@ def _row(name: str, run: _TargetRun, vector_name: str, vector: TaskVector, effic
         **{measure: [at_zero.get(measure), at_chosen.get(measure)]
            for measure in ("pointing", "deletion_auc", "insertion_auc")},
         "verdict": transfer_verdict(at_chosen, baseline),
+        "patch_normalisation": [zero["patch_normalisation"], measured["patch_normalisation"]],
         "test_at_zero": at_zero,
         "test_at_chosen": at_chosen,
         "validation": sweep,
@@ -419,9 +467,11 @@ def run_ablations(config: DemoConfig, variants=DEFAULT_VARIANTS, *, targets=None
         figures), `sources` (per trained source: α, images, norm of τ_S, cosine with the reference τ_S), `rows` (one
         per variant and target, the reference first: `chosen_lam`, `relative_e_rmse`, `relative_e_rmse_l2`,
         `accuracy_change_points` (at the chosen λ2), `relative_at_zero` (the two relative E-RMSEs at λ2 = 0: zero but
-        for the efficiency correction), `pointing`, `deletion_auc`, `insertion_auc` (each `[at λ2 = 0, at the chosen
-        λ2]`), `verdict` ([`~hf_explvec.demo.report.transfer_verdict`] against the prediction-only θ_T),
-        `test_at_zero`, `test_at_chosen`, `validation`), `timings_seconds`.
+        for the variants that change θ_T's attributions, `efficiency` and `patch_norm`), `pointing`, `deletion_auc`,
+        `insertion_auc` (each `[at λ2 = 0, at the chosen λ2]`), `verdict`
+        ([`~hf_explvec.demo.report.transfer_verdict`] against the prediction-only θ_T), `patch_normalisation` (that of
+        the models measured, `[at λ2 = 0, at the chosen λ2]`), `test_at_zero`, `test_at_chosen`, `validation`),
+        `timings_seconds`.
 
     Raises:
         `TypeError`: `config` is not a [`DemoConfig`], `variants` or `targets` not a tuple or list.
@@ -485,7 +535,9 @@ def _run(config: DemoConfig, variants: tuple[AblationVariant, ...]) -> dict:
                          "test": config.test_size}  # fmt: skip
                 source = load_domain(config.source, "source", sizes, variant_config, image_size, patch_size)
                 labels = None
-            sources[variant.name] = _source_twins(clip, tokenizer, source, variant_config, work / variant.name, labels)
+            # labels: the reference's (α and the normalisation do not change θ_S's logits) unless the data changes
+            sources[variant.name] = _source_twins(clip, tokenizer, source, variant_config, work / variant.name, labels,
+                                                  variant.patch_normalisation)  # fmt: skip
             vectors[variant.name] = sources[variant.name]["vector"]
             if variant.merge_with is not None:
                 vectors[variant.name] = TaskVector.merge([reference["vector"], vectors[variant.name]], [0.5, 0.5])
@@ -504,7 +556,8 @@ def _run(config: DemoConfig, variants: tuple[AblationVariant, ...]) -> dict:
         for variant in variants:
             # the efficiency variant explains the reference vector's models: their Kernel SHAP references are cached
             vector_name = REFERENCE if variant.efficiency else variant.name
-            rows.append(_row(variant.name, run, vector_name, vectors[variant.name], variant.efficiency))
+            rows.append(_row(variant.name, run, vector_name, vectors[variant.name], variant.efficiency,
+                             variant.patch_normalisation))  # fmt: skip
             t = lap(f"{target.name}: {variant.name}", t)
         targets[target.name] = {"role": target.role,
                                 "baseline_test": run.measure(REFERENCE, vectors[REFERENCE], 0.0, "test", False)[
@@ -528,6 +581,7 @@ def _run(config: DemoConfig, variants: tuple[AblationVariant, ...]) -> dict:
             name: {
                 "alpha": source["alpha"],
                 "train_size": source["train_size"],
+                "patch_normalisation": source["patch_normalisation"],
                 "vector_norm": source["vector"].norm(),
                 "cosine_with_reference": _cosine(source["vector"], reference_vector),
             }
@@ -579,8 +633,17 @@ def _mean(values) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+_AT_ZERO = {
+    "efficiency": ("The correction alone", "the efficiency correction of θ_T's attributions alone"),
+    "patch_norm": ("The normalisation alone", "θ_T's attributions with the patch normalisation alone"),
+}
+"""How a variant that changes θ_T's attributions names its λ2 = 0 figures (in a sentence, and when no vector is
+applied)."""
+
+
 def _sentence(name: str, rows: list[dict], reference_rows: list[dict], efficiency: bool = False) -> str:
-    """Helped or not, by the numbers: against the reference on the same targets."""
+    """Helped or not, by the numbers: against the reference on the same targets (`efficiency`: the variant changes
+    θ_T's own attributions, so its λ2 = 0 figures are reported too)."""
     works, count = sum(row["verdict"]["works"] for row in rows), len(rows)
     mean_l2, mean_ref = _mean([r["relative_e_rmse_l2"] for r in rows]), _mean([r["relative_e_rmse_l2"] for r in
                                                                                reference_rows])  # fmt: skip
@@ -590,14 +653,15 @@ def _sentence(name: str, rows: list[dict], reference_rows: list[dict], efficienc
     text = (f"**{name}** {verdict}: works by the rule on {works} of {count} target(s) (reference: {reference_works}), "
             f"mean ΔE-RMSE (L2) {_pct(mean_l2)} against the reference's {_pct(mean_ref)}; λ2 > 0 chosen on {applied} "
             f"of {count}.")  # fmt: skip
+    alone, figures = _AT_ZERO.get(name, ("The change alone", f"θ_T's attributions with the {name} change alone"))
     if efficiency:
         zero_raw = _mean([r["relative_at_zero"]["e_rmse"] for r in rows])
         zero_l2 = _mean([r["relative_at_zero"]["e_rmse_l2"] for r in rows])
-        text += (f" The correction alone (θ_T's attributions at λ2 = 0): mean ΔE-RMSE {_pct(zero_raw)}, ΔE-RMSE (L2) "
+        text += (f" {alone} (θ_T's attributions at λ2 = 0): mean ΔE-RMSE {_pct(zero_raw)}, ΔE-RMSE (L2) "
                  f"{_pct(zero_l2)}.")  # fmt: skip
     if applied == 0:
         text += (
-            " The λ rule applied no vector: the figures are the efficiency correction of θ_T's attributions alone."
+            f" The λ rule applied no vector: the figures are {figures}."
             if efficiency
             else " The λ rule applied no vector: the figures are the prediction-only θ_T's."
         )
@@ -632,7 +696,8 @@ def ablation_report(results: dict) -> str:
         f"(metric `{config['lambda_metric']}`, accuracy drop ≤ {100 * config['max_accuracy_drop']:.0f} points"
         + (f" at confidence {config['lambda_confidence']}" if config.get("lambda_confidence") is not None else "")
         + "). Pointing, deletion and insertion are shown at λ2 = 0 and at the chosen λ2 (a faithfulness figure "
-        "depends only on the ranking of the patches, which the efficiency correction does not change).",
+        "depends only on the ranking of the patches, which neither the efficiency correction nor, at λ2 = 0, the patch "
+        "normalisation changes).",
         "",
         f"- **{REFERENCE}**: {results['reference']['description']}.",
         *[f"- **{name}**: {description}." for name, description in results["variants"].items()],
@@ -642,7 +707,8 @@ def ablation_report(results: dict) -> str:
     ]
     for row in results["rows"]:
         verdict = _verdict_cell(row["verdict"])
-        if row["chosen_lam"] == 0.0 and not (row["variant"] in VARIANTS and VARIANTS[row["variant"]].efficiency):
+        if row["chosen_lam"] == 0.0 and not (row["variant"] in VARIANTS and
+                                             VARIANTS[row["variant"]].changes_target_attributions):  # fmt: skip
             verdict = "no: λ2 = 0 chosen (no vector applied)"
         cells = [row["variant"], row["target"], f"{row['chosen_lam']:g}", f"{row['accuracy_change_points']:+.1f}",
                  _pct(row["relative_e_rmse"]), _pct(row["relative_e_rmse_l2"]), _pair(row["pointing"]),
@@ -656,13 +722,20 @@ def ablation_report(results: dict) -> str:
     lines.append("")
     for name in results["variants"]:
         rows = [row for row in results["rows"] if row["variant"] == name]
-        efficiency = name in VARIANTS and VARIANTS[name].efficiency
-        lines += [f"- {_sentence(name, rows, reference_rows, efficiency)}"]
+        changes_target = name in VARIANTS and VARIANTS[name].changes_target_attributions
+        lines += [f"- {_sentence(name, rows, reference_rows, changes_target)}"]
     if "efficiency" in results["variants"]:
         lines += ["", "`efficiency` does not use τ_S: it corrects any model's attributions after the fact, and its "
                   "Kernel SHAP reference sums to f(x) − f(baseline) by construction, so part of its E-RMSE gain is the "
                   "removal of a per-image offset the reference pins exactly; rankings (IoU@K, Spearman, pointing, "
                   "deletion, insertion) cannot change."]  # fmt: skip
+    if "patch_norm" in results["variants"]:
+        lines += ["", "`patch_norm` changes only what the patch attributions are divided by (the mean norm of the "
+                  "image's patch tokens instead of its [CLS] norm; no parameter, the logits are unchanged): θ_T's own "
+                  "attributions move by a positive factor per image, so its λ2 = 0 rankings (pointing, deletion, "
+                  "insertion) are the baseline's and only its scale, hence its raw E-RMSE, changes (E-RMSE (L2) "
+                  "divides each image's attributions by their norm, so at λ2 = 0 it is the baseline's); beyond λ2 = 0 "
+                  "it measures τ_S learnt by twins trained with that normalisation."]  # fmt: skip
     if "data_x2" in results["variants"]:
         lines += ["", "`data_x2` changes only the data: the model's capacity is the base's (the same small CLIP), "
                   "so more images can help only as far as that capacity allows."]  # fmt: skip
