@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["check_finite", "check_finite_tensor", "check_int", "check_pixel_values", "check_probability"]
+__all__ = ["check_finite", "check_finite_tensor", "check_int", "check_lam_grid", "check_pixel_values",
+           "check_probability"]  # fmt: skip
 
 
 def check_int(name: str, value: object, minimum: int | None = None) -> int:
@@ -104,3 +106,25 @@ def check_finite_tensor(tensor: torch.Tensor, name: str, unit: str = "row") -> N
     bad = (~finite.reshape(finite.shape[0], -1).all(dim=1)).nonzero().flatten().tolist()
     shown = ", ".join(str(i) for i in bad[:10]) + (f", ... ({len(bad)} in all)" if len(bad) > 10 else "")
     raise ValueError(f"{name} contains NaN or infinite values at {unit} {shown}")
+
+
+def check_lam_grid(lams: object) -> list[float]:
+    """Return a λ grid as floats, in the order given: a sequence of finite numbers that holds 0 (the model without
+    the vector, which every λ is compared with), at least one other value, and no repeats.
+
+    Raises:
+        `TypeError`: `lams` is not a sequence (a string is refused), or holds a non-number (named by index).
+        `ValueError`: a non-finite value, no 0, only 0, or a repeated value.
+    """
+    if isinstance(lams, (str, bytes)) or not isinstance(lams, (Sequence, np.ndarray, torch.Tensor)):
+        raise TypeError(f"lams must be a sequence of numbers, got {type(lams).__name__}.")
+    values = [check_finite(f"lams[{i}]", float(lam) if isinstance(lam, torch.Tensor) else lam)
+              for i, lam in enumerate(lams)]  # fmt: skip
+    if 0.0 not in values:
+        raise ValueError(f"lams must contain 0 (the model without the vector, which each λ is compared with), got "
+                         f"{values}.")  # fmt: skip
+    if len(set(values)) != len(values):
+        raise ValueError(f"lams must not repeat a value, got {values}.")
+    if len(values) < 2:
+        raise ValueError("lams holds only 0: give at least one λ to compare with it.")
+    return values

@@ -16,10 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import datasets
-import numpy as np
 import torch
 
-from ._validation import check_finite, check_int
+from ._validation import check_finite, check_int, check_lam_grid
 from .attribution.kernel_shap import min_num_samples
 from .attribution.patches import patch_kernel_shap
 from .data.images import check_labels
@@ -120,19 +119,7 @@ class _Split:
 
 
 def _check_lams(lams) -> list[float]:
-    if isinstance(lams, (str, bytes)) or not isinstance(lams, (Sequence, np.ndarray, torch.Tensor)):
-        raise TypeError(f"lams must be a sequence of numbers, got {type(lams).__name__}.")
-    values = [check_finite(f"lams[{i}]", float(lam) if isinstance(lam, torch.Tensor) else lam)
-              for i, lam in enumerate(lams)]  # fmt: skip
-    if 0.0 not in values:
-        raise ValueError(
-            f"lams must contain 0 (the model without the vector, the reference of the rule), got {values}."
-        )
-    if len(set(values)) != len(values):
-        raise ValueError(f"lams must not repeat a value, got {values}.")
-    if len(values) < 2:
-        raise ValueError("lams holds only 0: give at least one λ to compare with it.")
-    return sorted(values)
+    return sorted(check_lam_grid(lams))
 
 
 def _labels_of(dataset, label_column, labels, names: list[str], model_name: str) -> list[int] | None:

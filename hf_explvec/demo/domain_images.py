@@ -675,6 +675,17 @@ def _ink_object(
     return glyphs.shape_alpha(rng, item, side), -1, ""
 
 
+def _empty_arrays(num_examples: int, grid: int, patch_size: int):
+    """The arrays a composer fills: images, evidence and distractor grids, digit indices (-1: none) and the names."""
+    image_size = grid * patch_size
+    images = np.empty((num_examples, image_size, image_size, 3), dtype=np.uint8)
+    evidence = np.zeros((num_examples, grid, grid), dtype=bool)
+    distractor = np.zeros((num_examples, grid, grid), dtype=bool)
+    digit_indices = np.full(num_examples, -1, dtype=np.int64)
+    names = {key: [""] * num_examples for key in ("object_names", "distractor_names", "fonts", "backgrounds")}
+    return images, evidence, distractor, digit_indices, names
+
+
 def _compose_objects(
     spec: DomainSpec,
     split: str,
@@ -690,11 +701,7 @@ def _compose_objects(
     pool = digit_split_indices(split)
     by_digit = {digit: pool[targets[pool] == digit] for digit in range(10)}
 
-    images = np.empty((num_examples, image_size, image_size, 3), dtype=np.uint8)
-    evidence = np.zeros((num_examples, grid, grid), dtype=bool)
-    distractor = np.zeros((num_examples, grid, grid), dtype=bool)
-    digit_indices = np.full(num_examples, -1, dtype=np.int64)
-    names = {key: [""] * num_examples for key in ("object_names", "distractor_names", "fonts", "backgrounds")}
+    images, evidence, distractor, digit_indices, names = _empty_arrays(num_examples, grid, patch_size)
     for i, label in enumerate(labels):
         if label < len(spec.objects):
             key = spec.objects[label]
@@ -820,11 +827,7 @@ def _compose_original(
     object_alphas = _digit_alphas(spec.digit_cells * patch_size)
     distractor_alphas = _digit_alphas(patch_size)
 
-    images = np.empty((num_examples, image_size, image_size, 3), dtype=np.uint8)
-    evidence = np.zeros((num_examples, grid, grid), dtype=bool)
-    distractor = np.zeros((num_examples, grid, grid), dtype=bool)
-    digit_indices = np.full(num_examples, -1, dtype=np.int64)
-    names = {key: [""] * num_examples for key in ("object_names", "distractor_names", "fonts", "backgrounds")}
+    images, evidence, distractor, digit_indices, names = _empty_arrays(num_examples, grid, patch_size)
     for i, label in enumerate(labels):
         if label < len(spec.digits):
             candidates = by_digit[spec.digits[label]]

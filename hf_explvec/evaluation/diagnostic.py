@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validation import check_lam_grid
 from ..task_vector import transfer
 from ._checks import check_positive_int
 from .agreement import accuracy
@@ -40,27 +41,6 @@ class _FirstImages:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-
-def _check_lams(lams: Any) -> tuple[float, ...]:
-    if isinstance(lams, (str, bytes)) or not hasattr(lams, "__iter__"):
-        raise TypeError(f"`lams` must be a sequence of numbers, got {type(lams).__name__}.")
-    lams = tuple(lams)
-    for lam in lams:
-        if isinstance(lam, bool) or not isinstance(lam, (int, float, np.integer, np.floating)):
-            raise TypeError(f"`lams` must hold numbers, got {lam!r}.")
-        if not math.isfinite(lam):
-            raise ValueError(f"`lams` must hold finite numbers, got {lam}.")
-    lams = tuple(float(lam) for lam in lams)
-    if 0.0 not in lams:
-        raise ValueError(
-            f"`lams` must contain 0 (the prediction-only target the change is measured against), got {lams}."
-        )
-    if len(set(lams)) != len(lams):
-        raise ValueError(f"`lams` repeats a value: {lams}.")
-    if len(lams) < 2:
-        raise ValueError(f"`lams` needs a λ2 besides 0 to probe, got {lams}.")
-    return lams
 
 
 def _relative_change(value: float, reference: float) -> float:
@@ -123,7 +103,7 @@ def probe_transfer(
         `TypeError`: non-integer counts or non-numeric `lams`.
     """
     start = time.perf_counter()
-    lams = _check_lams(lams)
+    lams = tuple(check_lam_grid(lams))
     num_images = check_positive_int(num_images, "num_images")
     num_samples = check_positive_int(num_samples, "num_samples")
     batch_size = check_positive_int(batch_size, "batch_size")
