@@ -473,10 +473,12 @@ def test_demo_config_checks():
     assert DemoConfig(budget_ladder=[64, 32]).budget_ladder == (64, 32)
 
 
-def test_a_budget_ladder_below_two_m_is_refused_before_any_training(tmp_path):
-    with pytest.raises(ValueError, match=r"below 2 M = 32.*16 patches"):
-        run(quick_config(str(tmp_path / "r"), show_progress=False, budget_ladder=(16, 64)))
-    assert not (tmp_path / "r" / "results.json").exists()
+@pytest.mark.parametrize("budget", [{"budget_ladder": (16, 64)}, {"probe_num_samples": 16}, {"eval_num_samples": 20},
+                                    {"comparison_num_samples": (64, 8)}])  # fmt: skip
+def test_a_kernel_shap_budget_below_two_m_is_refused_before_any_training(tmp_path, budget):
+    with pytest.raises(ValueError, match=rf"{next(iter(budget))} = .* below 2 M = 32.*16 patches"):
+        run(quick_config(str(tmp_path / "r"), show_progress=False, **budget))
+    assert not (tmp_path / "r" / "work" / "source_prediction_only").exists()
 
 
 # --------------------------------------------------------------------------------------------------- command line
@@ -577,6 +579,7 @@ def test_reference_scale_pipeline_runs_on_the_vit_b32_architecture(tmp_path):
                         learning_rate=1e-3)  # fmt: skip
     results = run(config, clip=clip, tokenizer=tiny_clip_tokenizer(), data=data)
     assert results["model"]["num_patches"] == 49 and results["model"]["image_size"] == 224
+    assert results["targets"][0]["probe"]["num_samples"] == 4 * 49  # the probe's default budget scales with M
     assert re.fullmatch(r"[0-9a-f]{40}", results["hub"]["commit_sha"])
     assert results["hub"]["num_parameters"] == sum(p.numel() for p in clip.vision_model.parameters()) + 768 * 512
     assert results["source"]["vector_norm"] > 0 and results["source"]["vector_pred_norm"] > 0  # one step each

@@ -17,7 +17,7 @@ from hf_explvec.demo.seeds import build_seeds_report
 def summarised(target, probe=None):
     target = copy.deepcopy(target)
     if probe is not None:
-        target["probe"] = {"relative_change_e_rmse_l2": probe}
+        target["probe"] = {"relative_change_e_rmse_l2": probe, "num_images": 4, "num_samples": 64}
     target["summary"] = transfer_summary(target)
     return target
 
@@ -52,9 +52,10 @@ def test_aggregate_runs_mean_spread_counts_and_validation_test_gap():
     assert first["relative_e_rmse"]["mean"] == pytest.approx(-0.3)  # -20% and -40%
     assert first["relative_e_rmse"]["std"] == pytest.approx(0.1414213, rel=1e-6)
     assert (first["relative_e_rmse"]["min"], first["relative_e_rmse"]["max"]) == pytest.approx((-0.4, -0.2))
-    # validation: -20% E-RMSE (L2) in both; test -20% and -40%: validation looked 0 and 20 points worse
-    assert first["gap_relative_e_rmse_l2"]["mean"] == pytest.approx(0.1)
-    assert first["gap_accuracy_change"]["mean"] == pytest.approx(0.0)
+    # validation: -20% E-RMSE (L2) in both; test -20% and -40%: the rule was 0 and 20 points pessimistic
+    assert first["optimism_relative_e_rmse_l2"]["mean"] == pytest.approx(-0.1)
+    assert first["optimism_accuracy_change"]["mean"] == pytest.approx(0.0)
+    assert first["gap_closed_l2"]["n"] == 2
     assert aggregate["targets"]["t2"]["works"] == 0  # E-RMSE rose at the chosen λ2
     assert aggregate["targets"]["t1"]["meets_goal"] == 2 and aggregate["targets"]["t2"]["meets_goal"] == 0
     points = aggregate["diagnostic"]["points"]
@@ -62,6 +63,23 @@ def test_aggregate_runs_mean_spread_counts_and_validation_test_gap():
     probe = aggregate["diagnostic"]["correlations"]["probe"]
     assert probe["n"] == 6 and probe["pearson"]["estimate"] > 0.9  # the probes were built to track the gain
     assert aggregate["diagnostic"]["correlations"]["cosine"]["reason"] == "one side is constant"
+    means = aggregate["diagnostic"]["per_target_means"]
+    assert [m["domain"] for m in means] == ["t0", "t1", "t2"] and means[0]["probe"] == pytest.approx(-0.25)
+    assert aggregate["diagnostic"]["correlations_per_target"]["probe"]["n"] == 3
+
+
+def test_the_rules_optimism_counts_only_seeds_that_applied_a_vector_and_the_goal_needs_a_working_transfer():
+    kept = fake_run(1, [1.6], [0.0])
+    kept["targets"][0] = summarised({**kept["targets"][0], "chosen_lam": 0.0})
+    aggregate = aggregate_runs([fake_run(0, [1.6], [0.0]), kept])
+    entry = aggregate["targets"]["t0"]
+    assert entry["lams"] == [0.5, 0.0] and entry["optimism_relative_e_rmse_l2"]["n"] == 1
+    assert entry["relative_e_rmse"]["n"] == 2  # a seed that keeps λ2 = 0 counts as no change
+    failing = fake_run(0, [1.6, 1.6], [0.0, 0.0])
+    failing["targets"][1]["sweep"]["test"][1]["insertion_auc"] = 0.1  # E-RMSE -20%, but insertion got worse
+    failing["targets"][1] = summarised(failing["targets"][1])
+    assert failing["targets"][1]["summary"]["meets_related_goal"] and not failing["targets"][1]["summary"]["works"]
+    assert aggregate_runs([failing])["targets"]["t1"]["meets_goal"] == 0
 
 
 def test_aggregate_runs_refuses_runs_with_other_targets_and_no_runs():
@@ -82,6 +100,7 @@ def test_seeds_report_states_the_rule_the_counts_and_the_spread():
     assert "| t0 | unrelated | 0.5, 0.5 | 2/2 | – (not a related target) | 2/2 |" in report
     assert "| t2 | related | 0.5, 0.5 | 0/2 | 0/2 | 0/2 |" in report
     assert "-30.0 ± 14.1% (-40.0 to -20.0)" in report
+    assert "Over the per-target means (one point per target" in report
     assert "probe ΔE-RMSE (L2): Pearson r = " in report and "n = 6" in report
 
 
@@ -130,4 +149,6 @@ def test_run_seeds_runs_the_whole_demo_per_seed_and_writes_the_aggregate(tmp_pat
     entry = saved["aggregate"]["targets"]["letters_on_photos"]
     assert entry["num_runs"] == 2 and len(entry["lams"]) == 2 and entry["role"] == "related"
     assert len(saved["aggregate"]["diagnostic"]["points"]) == 2
+    first, second = (run["targets"][0]["sweep"]["validation"] for run in results["runs"])
+    assert [e["e_rmse"] for e in first] != [e["e_rmse"] for e in second]  # the seeds change the data and models
     assert "# hf-explvec demo over 2 seeds" in (tmp_path / "seeds" / "report.md").read_text()

@@ -120,6 +120,7 @@ def test_probe_is_deterministic_for_a_seed_and_reads_only_the_first_images(model
         ({"num_images": 7}, ValueError, r"num_images=7 is more than the split's 6 images"),
         ({"lams": (0.3, 0.6)}, ValueError, r"must contain 0"),
         ({"lams": (0.0,)}, ValueError, r"only 0"),
+        ({"lams": (0.0, -0.3)}, ValueError, r"λ2 > 0"),
         ({"lams": (0.0, 0.3, 0.3)}, ValueError, r"repeat"),
         ({"lams": (0.0, float("nan"))}, ValueError, r"finite"),
         ({"lams": (0.0, "0.3")}, TypeError, r"real number"),
@@ -127,7 +128,18 @@ def test_probe_is_deterministic_for_a_seed_and_reads_only_the_first_images(model
         ({"num_images": 2.0}, TypeError, r"num_images"),
         ({"value": "score"}, ValueError, r"value"),
     ],
-    ids=["too many images", "no zero", "only zero", "repeated", "nan", "text", "zero images", "float", "value"],
+    ids=[
+        "too many images",
+        "no zero",
+        "only zero",
+        "none above zero",
+        "repeated",
+        "nan",
+        "text",
+        "zero images",
+        "float",
+        "value",
+    ],
 )
 def test_probe_refuses_bad_input(models, kwargs, error, message):
     base, target, vector = models

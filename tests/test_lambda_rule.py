@@ -234,3 +234,5 @@ def test_add_accuracy_drop_bounds_copies_and_names_what_is_missing():
         add_accuracy_drop_bounds(rows, {0.25: correct[0.25], 0.5: correct[0.5]})
     with pytest.raises(ValueError, match=r"same images"):
         add_accuracy_drop_bounds(rows, {**correct, 0.5: correct[0.5][:-1]})
+    with pytest.raises(TypeError, match=r"correct must be a dict"):
+        add_accuracy_drop_bounds(rows, list(correct.values()))

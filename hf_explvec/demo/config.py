@@ -25,8 +25,7 @@ SEEDS_TARGETS = (*DEFAULT_TARGETS[:3], "digits_on_photos", *DEFAULT_TARGETS[3:])
 _POSITIVE_INTS = ("num_threads", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                   "projection_dim", "image_size", "patch_size", "base_train_size", "train_size", "validation_size",
                   "test_size", "pretrain_batch_size", "num_train_epochs", "batch_size", "label_num_samples",
-                  "eval_num_samples", "shap_batch_size", "top_k", "budget_num_images", "probe_num_images",
-                  "probe_num_samples")  # fmt: skip
+                  "eval_num_samples", "shap_batch_size", "top_k", "budget_num_images", "probe_num_images")  # fmt: skip
 _NON_NEGATIVE_INTS = ("seed", "pretrain_steps", "num_heatmaps")
 _OPTIONAL_STRINGS = ("device", "clip", "base", "image_column", "label_column", "note", "command")
 
@@ -84,9 +83,9 @@ class DemoConfig:
             `max_accuracy_drop` ([`~hf_explvec.evaluation.accuracy_drop_bound`]), so a small validation split does
             not let a lucky λ2 through; `None` compares the observed drop, as the paper does.
         probe_lam (`float`, defaults to 0.3), probe_num_images (`int`, defaults to 16), probe_num_samples (`int`,
-            defaults to 64): the diagnostic measured before the sweep ([`~hf_explvec.evaluation.probe_transfer`]):
-            E-RMSE (L2) at λ2 = `probe_lam` against λ2 = 0 on the first validation images, with a small Kernel SHAP
-            budget.
+            *optional*, defaults to 4 M: 64 for the default's 16 patches, 196 for ViT-B/32's 49): the diagnostic
+            measured before the sweep ([`~hf_explvec.evaluation.probe_transfer`]): E-RMSE (L2) at λ2 = `probe_lam`
+            against λ2 = 0 on the first validation images, with a small Kernel SHAP budget.
         goal_e_rmse_gain (`float`, defaults to 0.09): the paper's related-domain result the verdict compares with:
             test E-RMSE at least this fraction below the prediction-only target's...
         goal_accuracy_drop (`float`, defaults to 0.04): ...with test accuracy at most this fraction lower.
@@ -150,7 +149,7 @@ class DemoConfig:
     lambda_confidence: float | None = 0.9
     probe_lam: float = 0.3
     probe_num_images: int = 16
-    probe_num_samples: int = 64
+    probe_num_samples: int | None = None
     goal_e_rmse_gain: float = 0.09
     goal_accuracy_drop: float = 0.04
     goal_gap_closed: float = 0.25
@@ -207,6 +206,8 @@ class DemoConfig:
             self.lambda_confidence = check_finite("lambda_confidence", self.lambda_confidence)
             if not 0.0 < self.lambda_confidence < 1.0:
                 raise ValueError(f"lambda_confidence must be in (0, 1) or None, got {self.lambda_confidence}.")
+        if self.probe_num_samples is not None:
+            self.probe_num_samples = check_int("probe_num_samples", self.probe_num_samples, 1)
         self.probe_lam = check_finite("probe_lam", self.probe_lam)
         if self.probe_lam <= 0:
             raise ValueError(f"probe_lam must be > 0 (the probe compares it with λ2 = 0), got {self.probe_lam}.")

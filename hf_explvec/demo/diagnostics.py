@@ -17,13 +17,17 @@ import math
 
 from ..evaluation.diagnostic import correlation_with_uncertainty
 
-__all__ = ["PREDICTORS", "diagnostic_points", "diagnostic_section", "diagnostic_correlations"]
+__all__ = ["EXPECTED_SIGN", "PREDICTORS", "diagnostic_correlations", "diagnostic_points", "diagnostic_section",
+           "per_target_means"]  # fmt: skip
 
-#: The predictors: name → (column title, how to read it from one entry of `results["targets"]`).
+#: The predictors: name → column title.
 PREDICTORS = {
     "probe": "probe ΔE-RMSE (L2)",
     "cosine": "cos(τ_S,pred, τ_T)",
 }
+#: The sign a useful predictor's correlation with the realised change should have: the probe is itself a predicted
+#: change (same sign), a larger cosine should mean a larger gain, i.e. a more negative change.
+EXPECTED_SIGN = {"probe": "positive", "cosine": "negative"}
 
 
 def _probe_change(target: dict) -> float | None:
@@ -47,10 +51,40 @@ def diagnostic_points(targets: list[dict], seed: int | None = None) -> list[dict
     for target in targets:
         summary = target["summary"]
         realised = summary.get("relative_e_rmse_l2") if summary["lam"] != 0.0 else 0.0
+        probe = target.get("probe") or {}
         points.append({"domain": target["domain"], "role": target["role"], "seed": seed,
                        "probe": _probe_change(target), "cosine": target["cosine_tau_source_prediction_vs_tau_target"],
-                       "realised": realised, "lam": summary["lam"], "works": bool(summary["works"])})  # fmt: skip
+                       "realised": realised, "lam": summary["lam"], "works": bool(summary["works"]),
+                       "probe_num_images": probe.get("num_images"),
+                       "probe_num_samples": probe.get("num_samples")})  # fmt: skip
     return points
+
+
+def per_target_means(points: list[dict]) -> list[dict]:
+    r"""
+    One point per target: the mean of each predictor and of the realised change over its seeds. Points of the same
+    target are not independent draws, so the correlation over these means is the honest one when there are seeds.
+
+    Args:
+        points (`list[dict]`): [`diagnostic_points`] of one or several runs.
+
+    Returns:
+        `list[dict]`: `domain`, `role`, `seed` (`None`), `probe`, `cosine`, `realised` (means; `None` when a value is
+        missing), `lam` (the mean chosen λ2), `works` (whether it worked in most seeds), `num_seeds`.
+    """
+    by_domain: dict[str, list[dict]] = {}
+    for point in points:
+        by_domain.setdefault(point["domain"], []).append(point)
+
+    def mean(values):
+        return None if any(v is None for v in values) else sum(values) / len(values)
+
+    return [{"domain": domain, "role": group[0]["role"], "seed": None,
+             **{key: mean([p[key] for p in group]) for key in ("probe", "cosine", "realised", "lam")},
+             "works": 2 * sum(p["works"] for p in group) > len(group), "num_seeds": len(group),
+             "probe_num_images": group[0].get("probe_num_images"),
+             "probe_num_samples": group[0].get("probe_num_samples")}
+            for domain, group in by_domain.items()]  # fmt: skip
 
 
 def diagnostic_correlations(points: list[dict], *, seed: int = 0) -> dict:
@@ -92,14 +126,16 @@ def _correlation_text(name: str, result: dict) -> str:
             f"({spearman['low']:+.2f} to {spearman['high']:+.2f}), n = {result['n']}")  # fmt: skip
 
 
-def diagnostic_section(points: list[dict], correlations: dict, probe_settings: dict) -> list[str]:
+def diagnostic_section(points: list[dict], correlations: dict, probe_settings: dict,
+                       by_target: dict | None = None) -> list[str]:  # fmt: skip
     r"""
     The report's diagnostic section: a table of the points and a line per predictor.
 
     Args:
         points (`list[dict]`): [`diagnostic_points`].
         correlations (`dict`): [`diagnostic_correlations`] of those points.
-        probe_settings (`dict`): the run's `probe_lam`, `probe_num_images` and `probe_num_samples`.
+        probe_settings (`dict`): the run's config (`probe_lam`; the images and budget are read from the points).
+        by_target (`dict`, *optional*): the correlations over [`per_target_means`], shown too (several seeds).
 
     Returns:
         `list[str]`: markdown lines.
@@ -111,19 +147,25 @@ def diagnostic_section(points: list[dict], correlations: dict, probe_settings: d
              "yes" if p["works"] else "no"] for p in points]  # fmt: skip
     header = ["Target", "Role", "Seed", PREDICTORS["probe"], PREDICTORS["cosine"], "Chosen λ2",
               "Realised test ΔE-RMSE (L2)", "Transfer works?"]  # fmt: skip
-    return [
+    images = sorted({p["probe_num_images"] for p in points if p.get("probe_num_images") is not None})
+    budgets = sorted({p["probe_num_samples"] for p in points if p.get("probe_num_samples") is not None})
+    lines = [
         "## Diagnostic: does a cheap measurement predict the transfer?",
         "",
         (
             f"The probe measures E-RMSE (L2) at λ2 = {probe_settings['probe_lam']:g} against λ2 = 0 on the first "
-            f"{probe_settings['probe_num_images']} validation images with Kernel SHAP N = "
-            f"{probe_settings['probe_num_samples']}, before the sweep; the realised gain is the test E-RMSE (L2) "
-            "change at the λ2 chosen on validation (0 when λ2 = 0 is kept). A useful predictor correlates positively "
-            "with it (both are changes, negative is better)."
+            f"{'/'.join(map(str, images)) or '?'} validation images with Kernel SHAP N = "
+            f"{'/'.join(map(str, budgets)) or '?'}, before the sweep; the realised gain is the test E-RMSE (L2) "
+            "change at the λ2 chosen on validation (0 when λ2 = 0 is kept; that choice reads the whole validation "
+            "split, the probe's images included). A useful probe correlates positively with it (both are changes, "
+            "negative is better); a useful cosine negatively (a larger cosine, a larger gain)."
         ),
         "",
         markdown_table(header, rows),
         "",
         *[f"- {_correlation_text(name, result)}." for name, result in correlations.items()],
-        "",
     ]
+    if by_target is not None:
+        lines += [f"- Over the per-target means (one point per target; the seeds of a target are not independent): "
+                  f"{_correlation_text(name, result)}." for name, result in by_target.items()]  # fmt: skip
+    return [*lines, ""]

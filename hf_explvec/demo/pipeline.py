@@ -215,7 +215,8 @@ def _target_stage(clip, tokenizer, target: Domain, source: dict, vector: TaskVec
 
     probe = probe_transfer(
         base, prediction_only, vector, target.validation, lams=(0.0, config.probe_lam),
-        num_images=min(config.probe_num_images, len(target.validation)), num_samples=config.probe_num_samples,
+        num_images=min(config.probe_num_images, len(target.validation)),
+        num_samples=config.probe_num_samples or 4 * base.num_patches,
         seed=derived_seed(config, "probe_shap"), lam_target=config.lam_target, batch_size=config.shap_batch_size,
         value=config.shap_value,
     )  # fmt: skip
@@ -388,6 +389,20 @@ def _quiet_library_progress_bars():
     return restore
 
 
+def _check_budgets(config: DemoConfig, num_patches: int) -> None:
+    """Refuse a Kernel SHAP budget below 2 M, the smallest Kernel SHAP accepts for `num_patches` patches."""
+    smallest = min_num_samples(num_patches)
+    budgets = {"label_num_samples": [config.label_num_samples], "eval_num_samples": [config.eval_num_samples],
+               "comparison_num_samples": list(config.comparison_num_samples),
+               "budget_ladder": list(config.budget_ladder or ()),
+               "probe_num_samples": [] if config.probe_num_samples is None else [config.probe_num_samples]}  # fmt: skip
+    for name, values in budgets.items():
+        if values and min(values) < smallest:
+            shown = values[0] if len(values) == 1 else values
+            raise ValueError(f"{name} = {shown} holds budgets below 2 M = {smallest}, the smallest Kernel SHAP accepts "
+                             f"for this model's {num_patches} patches.")  # fmt: skip
+
+
 def _run(config: DemoConfig, clip, tokenizer, data) -> dict:
     clock, output_dir = _Clock(), Path(config.output_dir)
     work = output_dir / "work"
@@ -397,12 +412,7 @@ def _run(config: DemoConfig, clip, tokenizer, data) -> dict:
     clip, tokenizer = build_clip(config, clip, tokenizer)
     clip.to(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     image_size, patch_size = clip.config.vision_config.image_size, clip.config.vision_config.patch_size
-    if config.budget_ladder is not None:  # refused before any training, not after the whole run
-        num_patches = (image_size // patch_size) ** 2
-        smallest = min_num_samples(num_patches)
-        if min(config.budget_ladder) < smallest:
-            raise ValueError(f"budget_ladder {list(config.budget_ladder)} holds budgets below 2 M = {smallest}, the "
-                             f"smallest Kernel SHAP accepts for this model's {num_patches} patches.")  # fmt: skip
+    _check_budgets(config, (image_size // patch_size) ** 2)  # refused before any training, not after the whole run
     domains = load_domains(config, image_size, patch_size, data)
     t = clock.lap("data", t)
 

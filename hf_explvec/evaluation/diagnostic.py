@@ -97,13 +97,15 @@ def probe_transfer(
         `num_samples`, `seed`, `lam_target`, `value`; and `seconds` (the probe's wall time, models built included).
 
     Raises:
-        `ValueError`: `lams` without 0, with a repeated or non-finite value or with nothing but 0;
+        `ValueError`: `lams` without 0, with a repeated or non-finite value, with nothing but 0 or no λ2 > 0;
             `num_images` larger than the split; an unknown `value`; and those of `transfer` and Kernel SHAP (e.g. a
             budget under `2 M`).
         `TypeError`: non-integer counts or non-numeric `lams`.
     """
     start = time.perf_counter()
     lams = tuple(check_lam_grid(lams))
+    if max(lams) <= 0:
+        raise ValueError(f"`lams` needs a λ2 > 0: the probe predicts the change at the largest one, got {lams}.")
     num_images = check_positive_int(num_images, "num_images")
     num_samples = check_positive_int(num_samples, "num_samples")
     batch_size = check_positive_int(batch_size, "batch_size")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 from statistics import NormalDist
 from typing import Any
 
@@ -297,10 +298,13 @@ def add_accuracy_drop_bounds(sweep: list[dict], correct: dict, confidence: float
         itself (no discordant pairs: `z² / (n + z²)`), for the record; the rule never excludes λ2 = 0.
 
     Raises:
+        `TypeError`: `correct` is not a mapping.
         `ValueError`: an entry without `lam`, a λ2 (or λ2 = 0) missing from `correct`, and those of
             [`accuracy_drop_bound`].
     """
     confidence = _check_confidence(confidence)
+    if not isinstance(correct, Mapping):
+        raise TypeError(f"correct must be a dict of λ2 to per-image 0/1 correctness, got {type(correct).__name__}.")
     if 0.0 not in correct:
         raise ValueError(f"correct needs the λ2 = 0 correctness, got the λ2 {sorted(correct)}.")
     out = []
