@@ -20,7 +20,10 @@ One run ([`run_ablations`]) trains ONE base (as [`~hf_explvec.demo.pipeline`] do
 - `data_x2`: the source twins trained on twice as many source images (same epochs, so twice the optimisation steps;
   the model's capacity is the base's, unchanged);
 - `merge_sources`: the mean of τ_S and the vector of a second source domain (`digits_on_textures`), trained the same
-  way from the same base (issue 11 item 1: merging vectors from several sources).
+  way from the same base (issue 11 item 1: merging vectors from several sources);
+- `fastshap`: the self-explaining twin trained on the FastSHAP / ViT-Shapley least-squares objective over sampled
+  coalitions ([`~hf_explvec.demo.fastshap`]) instead of Kernel SHAP labels (both twins retrained in that module's
+  loop, so that they share their data order).
 
 For each related target, θ_T is trained once and shared by every variant; each variant then gets the demo's λ2 sweep on
 validation, the λ rule ([`~hf_explvec.evaluation.select_lambda`]) and the test figures at λ2 = 0 and at the chosen λ2.
@@ -56,6 +59,7 @@ from ..training import train, train_twins
 from .config import DemoConfig, derived_seed
 from .data import domain_role, load_domain, load_domains
 from .domains import DOMAINS
+from .fastshap import train_fastshap_twins
 from .pretrain import build_clip, pretrain_clip, start_model
 from .report import transfer_verdict
 
@@ -104,12 +108,13 @@ class AblationVariant:
     efficiency: bool = False
     merge_with: str | None = None
     patch_normalisation: str = "cls"
+    fastshap: bool = False
 
     @property
     def retrains(self) -> bool:
         """Whether the variant trains its own source twins (else it reuses the reference twins)."""
         return (self.alpha is not None or self.train_factor != 1 or self.merge_with is not None
-                or self.patch_normalisation != "cls")  # fmt: skip
+                or self.patch_normalisation != "cls" or self.fastshap)  # fmt: skip
 
     @property
     def changes_target_attributions(self) -> bool:
@@ -160,6 +165,13 @@ VARIANTS = {
             "the mean of τ_S and the vector of a second source, digits_on_textures (digits 0-4 on grey textures), "
             "trained the same way from the same base (task-arithmetic merge; λ2 scales it)",
             merge_with="digits_on_textures",
+        ),
+        AblationVariant(
+            "fastshap",
+            "self-explaining twin trained on the FastSHAP / ViT-Shapley least-squares objective over coalitions drawn "
+            "from the Shapley kernel (16 per image and step, teacher θ_S) instead of Kernel SHAP labels; both twins "
+            "in one plain loop with the same data order",
+            fastshap=True,
         ),
     )
 }
@@ -331,7 +343,7 @@ def _source_twins(clip, tokenizer, source, config: DemoConfig, work: Path, label
     run = pipeline._training_config(config, work, "source_twins", config.alpha, len(source.train))
     twins = train_twins(base, pipeline._training_set(source.train, labels), run, source_dataset=source.name)
     return {"vector": twins.vector.to(device="cpu"), "labels": labels, "alpha": config.alpha,
-            "train_size": len(source.train),
+            "train_size": len(source.train), "teacher": twins.prediction_only,
             "patch_normalisation": twins.self_explaining.config.patch_normalisation}  # fmt: skip
 
 
@@ -526,6 +538,16 @@ def _run(config: DemoConfig, variants: tuple[AblationVariant, ...]) -> dict:
                         "train_size": config.train_size * variant.train_factor}  # fmt: skip
             variant_config = dataclasses.replace(config, **settings)
             source, labels = domains.source, reference["labels"]
+            if variant.fastshap:
+                train_split = domains.source.train
+                twins = train_fastshap_twins(start_model(clip, tokenizer, domains.source), reference["teacher"],
+                                             train_split.pixel_values, train_split.labels, variant_config,
+                                             variant_config.alpha)  # fmt: skip
+                vectors[variant.name] = TaskVector.from_models(*twins).to(device="cpu")
+                sources[variant.name] = {"vector": vectors[variant.name], "alpha": variant_config.alpha,
+                                         "train_size": len(train_split), "patch_normalisation": "cls"}  # fmt: skip
+                t = lap(f"source: {variant.name}", t)
+                continue
             if variant.merge_with is not None:
                 sizes = {"train": config.train_size}
                 source = load_domain(variant.merge_with, "source", sizes, config, image_size, patch_size)
