@@ -18,6 +18,7 @@ from hf_explvec.demo.ablations import (
     related_targets,
     run_ablations,
     score_gap,
+    vector_halves,
     vector_part_keys,
 )
 from hf_explvec.demo.clip import tiny_clip_model, tiny_clip_tokenizer
@@ -51,7 +52,12 @@ def test_quick_run_has_every_row_with_finite_figures(quick_run):
         for key in ("pointing", "deletion_auc", "insertion_auc"):
             assert all(math.isfinite(value) for value in row[key]), (row["variant"], key)
         assert isinstance(row["verdict"]["works"], bool)
-        assert [entry["lam"] for entry in row["validation"]] == list(lambdas)
+        if row["variant"] == "lam_per_half":  # the square of the grid, indexed; (0, 0) first
+            assert len(row["validation"]) == len(lambdas) ** 2 and row["validation"][0]["lams"] == [0.0, 0.0]
+            assert all(lam in lambdas for lam in row["chosen_lams"])
+            assert row["chosen_label"] == "({:g}, {:g})".format(*row["chosen_lams"])
+        else:
+            assert [entry["lam"] for entry in row["validation"]] == list(lambdas)
         if row["variant"] not in ("efficiency", "patch_norm"):
             assert row["relative_at_zero"] == {"e_rmse": 0.0, "e_rmse_l2": 0.0}  # λ2 = 0 is θ_T itself
         else:  # the correction / normalisation moves θ_T's attributions, not its predictions or rankings
@@ -100,6 +106,19 @@ def _vector_and_model():
         for parameter in finetuned.parameters():
             parameter.add_(0.01 * torch.randn_like(parameter))
     return TaskVector.from_models(base, finetuned), base
+
+
+def test_vector_halves_split_the_vector_into_two_disjoint_parts_that_sum_to_it():
+    vector, _ = _vector_and_model()
+    first, second = vector_halves(vector)
+    full, a, b = vector.state_dict(), first.state_dict(), second.state_dict()
+    for key in vector.keys():
+        assert torch.equal(a[key] + b[key], full[key]) and (not a[key].any() or not b[key].any()), key
+    assert a["vision_model.embeddings.patch_embedding.weight"].any() and b["visual_projection.weight"].any()
+    assert (
+        a["vision_model.encoder.layers.0.mlp.fc1.weight"].any()
+        and b["vision_model.encoder.layers.1.mlp.fc1.weight"].any()
+    )
 
 
 @pytest.mark.parametrize("part", list(VECTOR_PARTS))

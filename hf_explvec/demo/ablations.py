@@ -21,6 +21,8 @@ One run ([`run_ablations`]) trains ONE base (as [`~hf_explvec.demo.pipeline`] do
   the model's capacity is the base's, unchanged);
 - `merge_sources`: the mean of τ_S and the vector of a second source domain (`digits_on_textures`), trained the same
   way from the same base (issue 11 item 1: merging vectors from several sources);
+- `lam_per_half`: one λ2 per half of the tower ([`vector_halves`]), the pair chosen on validation over the square
+  of the grid (the per-layer λ lever, at the granularity of halves: the demo's tower has two layers);
 - `fastshap`: the self-explaining twin trained on the FastSHAP / ViT-Shapley least-squares objective over sampled
   coalitions ([`~hf_explvec.demo.fastshap`]) instead of Kernel SHAP labels (both twins retrained in that module's
   loop, so that they share their data order).
@@ -72,6 +74,7 @@ __all__ = [
     "AblationVariant",
     "ablation_report",
     "efficiency_correction",
+    "vector_halves",
     "partial_vector",
     "related_targets",
     "run_ablations",
@@ -109,6 +112,7 @@ class AblationVariant:
     merge_with: str | None = None
     patch_normalisation: str = "cls"
     fastshap: bool = False
+    per_half_lam: bool = False
 
     @property
     def retrains(self) -> bool:
@@ -172,6 +176,13 @@ VARIANTS = {
             "from the Shapley kernel (16 per image and step, teacher θ_S) instead of Kernel SHAP labels; both twins "
             "in one plain loop with the same data order",
             fastshap=True,
+        ),
+        AblationVariant(
+            "lam_per_half",
+            "one λ2 per half of the tower (embeddings, pre-layernorm and the first half of the layers; the second "
+            "half, post-layernorm and projection), the pair chosen on validation by the same rule over the grid's "
+            "square",
+            per_half_lam=True,
         ),
     )
 }
@@ -249,6 +260,36 @@ def partial_vector(vector: TaskVector, part: str) -> TaskVector:
     selected = set(vector_part_keys(state, part))
     kept = {key: value if key in selected else torch.zeros_like(value) for key, value in state.items()}
     return TaskVector(kept, copy.deepcopy(vector.config))
+
+
+def vector_halves(vector: TaskVector) -> tuple[TaskVector, TaskVector]:
+    r"""
+    τ_S split in two halves that sum to it: the embeddings, the pre-layernorm and the first ⌈L/2⌉ transformer layers;
+    the other layers, the post-layernorm and the visual projection (each half keeps every key, zero elsewhere).
+
+    Args:
+        vector ([`TaskVector`]): a vector with `vision_model.encoder.layers.<i>.*` keys.
+
+    Returns:
+        `tuple[TaskVector, TaskVector]`
+    """
+    state = vector.to_dense().state_dict() if vector.storage_format != "dense" else vector.state_dict()
+    prefix = "vision_model.encoder.layers."
+    layers = sorted({int(key[len(prefix) :].split(".")[0]) for key in state if key.startswith(prefix)})
+    if not layers:
+        raise ValueError(f"no transformer layer key ({prefix}<i>.*) among the {len(state)} keys of the vector.")
+    first_layers = set(layers[: (len(layers) + 1) // 2])
+
+    def in_first(key: str) -> bool:
+        if key.startswith(prefix):
+            return int(key[len(prefix) :].split(".")[0]) in first_layers
+        return key.startswith(("vision_model.embeddings.", "vision_model.pre_layrnorm."))
+
+    halves = []
+    for keep in (True, False):
+        kept = {key: value if in_first(key) == keep else torch.zeros_like(value) for key, value in state.items()}
+        halves.append(TaskVector(kept, copy.deepcopy(vector.config)))
+    return halves[0], halves[1]
 
 
 # ---------------------------------------------------------------------------------------------- efficiency correction
@@ -461,6 +502,48 @@ def _row(name: str, run: _TargetRun, vector_name: str, vector: TaskVector, effic
     }  # fmt: skip
 
 
+def _per_half_row(name: str, run: _TargetRun, vector: TaskVector) -> dict:
+    """The λ rule over pairs (λ_first, λ_second) of the grid, each half of τ_S scaled by its own λ2; the pair is
+    chosen on validation (entries are indexed, index 0 being the pair (0, 0), θ_T itself); test at (0, 0) and the
+    chosen pair."""
+    config, labels = run.config, run.target.validation.labels
+    first, second = vector_halves(vector)
+    pairs = [(a, b) for a in config.lambdas for b in config.lambdas]
+    pairs.remove((0.0, 0.0))
+    pairs.insert(0, (0.0, 0.0))
+
+    def measure(index: int, split: str) -> dict:
+        if index == 0:
+            return run.measure(REFERENCE, vector, 0.0, split, False)
+        a, b = pairs[index]
+        return run.measure(f"{name}:{a:g}:{b:g}", first * a + second * b, 1.0, split, False)
+
+    sweep, correct = [], {}
+    for index in range(len(pairs)):
+        measured = measure(index, "validation")
+        sweep.append({"lam": float(index), "lams": list(pairs[index]), **measured["metrics"]})
+        correct[float(index)] = per_image_correct(measured["logits"], labels)
+    if config.lambda_confidence is not None:
+        sweep = add_accuracy_drop_bounds(sweep, correct, config.lambda_confidence)
+    chosen = int(select_lambda(sweep, config.max_accuracy_drop, metric=config.lambda_metric,
+                               confidence=config.lambda_confidence))  # fmt: skip
+    baseline = measure(0, "test")["metrics"]
+    at_chosen = measure(chosen, "test")["metrics"]
+    a, b = pairs[chosen]
+    return {
+        "variant": name, "target": run.target.name, "role": run.target.role,
+        "chosen_lam": 0.0 if chosen == 0 else 1.0, "chosen_lams": [a, b], "chosen_label": f"({a:g}, {b:g})",
+        "relative_e_rmse": _relative(at_chosen["e_rmse"], baseline["e_rmse"]),
+        "relative_e_rmse_l2": _relative(at_chosen["e_rmse_l2"], baseline["e_rmse_l2"]),
+        "accuracy_change_points": 100 * (at_chosen["accuracy"] - baseline["accuracy"]),
+        "relative_at_zero": {"e_rmse": 0.0, "e_rmse_l2": 0.0},
+        **{measure_name: [baseline.get(measure_name), at_chosen.get(measure_name)]
+           for measure_name in ("pointing", "deletion_auc", "insertion_auc")},
+        "verdict": transfer_verdict(at_chosen, baseline), "patch_normalisation": ["cls", "cls"],
+        "test_at_zero": baseline, "test_at_chosen": at_chosen, "validation": sweep,
+    }  # fmt: skip
+
+
 def run_ablations(config: DemoConfig, variants=DEFAULT_VARIANTS, *, targets=None) -> dict:
     r"""
     Run the ablation rows: one base stage, the reference source twins, each variant's source (or the reference's
@@ -578,8 +661,11 @@ def _run(config: DemoConfig, variants: tuple[AblationVariant, ...]) -> dict:
         for variant in variants:
             # the efficiency variant explains the reference vector's models: their Kernel SHAP references are cached
             vector_name = REFERENCE if variant.efficiency else variant.name
-            rows.append(_row(variant.name, run, vector_name, vectors[variant.name], variant.efficiency,
-                             variant.patch_normalisation))  # fmt: skip
+            if variant.per_half_lam:
+                rows.append(_per_half_row(variant.name, run, vectors[variant.name]))
+            else:
+                rows.append(_row(variant.name, run, vector_name, vectors[variant.name], variant.efficiency,
+                                 variant.patch_normalisation))  # fmt: skip
             t = lap(f"{target.name}: {variant.name}", t)
         targets[target.name] = {"role": target.role,
                                 "baseline_test": run.measure(REFERENCE, vectors[REFERENCE], 0.0, "test", False)[
@@ -732,7 +818,8 @@ def ablation_report(results: dict) -> str:
         if row["chosen_lam"] == 0.0 and not (row["variant"] in VARIANTS and
                                              VARIANTS[row["variant"]].changes_target_attributions):  # fmt: skip
             verdict = "no: λ2 = 0 chosen (no vector applied)"
-        cells = [row["variant"], row["target"], f"{row['chosen_lam']:g}", f"{row['accuracy_change_points']:+.1f}",
+        chosen = row.get("chosen_label", f"{row['chosen_lam']:g}")
+        cells = [row["variant"], row["target"], chosen, f"{row['accuracy_change_points']:+.1f}",
                  _pct(row["relative_e_rmse"]), _pct(row["relative_e_rmse_l2"]), _pair(row["pointing"]),
                  _pair(row["deletion_auc"]), _pair(row["insertion_auc"]), verdict]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
