@@ -8,6 +8,7 @@ output folder (the models and Kernel SHAP label shards under `work/`).
     python scripts/ablations.py --output-dir reports/ablations          # the demo's default sizes (long: see below)
     python scripts/ablations.py --quick --output-dir /tmp/ablations     # toy sizes, seconds; numbers mean nothing
     python scripts/ablations.py --variants efficiency layers_last       # a subset of the rows
+    python scripts/ablations.py --variants efficiency --hidden-size 128 --intermediate-size 256  # capacity
 
 The first printed line describes the run: date, machine, command and the settings.
 """
@@ -54,7 +55,8 @@ def run_line(config: DemoConfig, quick: bool, argv: list[str]) -> str:
     command = " ".join(["python", "scripts/ablations.py", *argv])
     host = platform.node() or "unknown host"
     return (f"{now} on {host}; command: {command}; {_settings_description(config, quick)}; source {config.source}, "
-            f"targets {', '.join(config.targets)}, seed {config.seed}")  # fmt: skip
+            f"targets {', '.join(config.targets)}, seed {config.seed}; small CLIP hidden {config.hidden_size}, MLP "
+            f"{config.intermediate_size}, {config.num_hidden_layers} layers")  # fmt: skip
 
 
 def main(argv=None) -> dict:
@@ -69,13 +71,22 @@ def main(argv=None) -> dict:
                         help="target domains (default: the related targets of the demo's defaults)")  # fmt: skip
     parser.add_argument("--source", default=None, help="source domain (default: the demo's)")
     parser.add_argument("--base", default=None, help="base-stage domain (default: the demo's)")
+    parser.add_argument("--hidden-size", type=int, default=None, help="capacity: the small CLIP's hidden size")
+    parser.add_argument("--intermediate-size", type=int, default=None, help="capacity: its MLP size")
+    parser.add_argument("--num-hidden-layers", type=int, default=None, help="capacity: its transformer layers")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     args = parser.parse_args(argv)
 
     output_dir = Path(args.output_dir)
     settings = {"output_dir": str(output_dir), "seed": args.seed, "show_progress": args.progress,
                 "command": " ".join(["python", "scripts/ablations.py", *argv])}  # fmt: skip
-    settings.update({key: getattr(args, key) for key in ("source", "base") if getattr(args, key) is not None})
+    settings.update(
+        {
+            key: getattr(args, key)
+            for key in ("source", "base", "hidden_size", "intermediate_size", "num_hidden_layers")
+            if getattr(args, key) is not None
+        }
+    )
     if args.targets is not None:
         settings["targets"] = tuple(args.targets)
     config = quick_config(**settings) if args.quick else DemoConfig(**settings)

@@ -208,10 +208,12 @@ def test_script_writes_results_and_report(tmp_path, capsys):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     argv = ["--quick", "--output-dir", str(tmp_path), "--variants", "efficiency", "--base", "base", "--source",
-            "diverse_source", "--targets", "letters_on_photos"]  # fmt: skip
+            "diverse_source", "--targets", "letters_on_photos", "--hidden-size", "48",
+            "--num-hidden-layers", "3"]  # fmt: skip
     results = script.main(argv)
     first = capsys.readouterr().out.splitlines()[0]
     assert "command: python scripts/ablations.py --quick" in first and "UTC" in first
+    assert results["config"]["hidden_size"] == 48 and "small CLIP hidden 48, MLP 64, 3 layers" in first
     assert [row["variant"] for row in results["rows"]] == ["reference", "efficiency"]
     assert json.loads((tmp_path / "results.json").read_text())["rows"][1]["variant"] == "efficiency"
     assert "| efficiency | letters_on_photos |" in (tmp_path / "ablations.md").read_text()
