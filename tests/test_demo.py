@@ -685,7 +685,10 @@ def test_linear_head_flag_adds_and_changes_nothing_else(quick_run, linear_head_r
         assert untimed(first["sweep"][split]) == untimed(second["sweep"][split])
         assert untimed([first["direct"][split]]) == untimed([second["direct"][split]])
     assert first["chosen_lam"] == second["chosen_lam"] and default["hub"]["commit_sha"] != ""
-    assert untimed(default["source"]["test"].values()) == untimed(with_flag["source"]["test"].values())
+    # the TVE head is a float64 least-squares solve: its figures may differ in the last digits between runs
+    for a, b in zip(untimed(default["source"]["test"].values()), untimed(with_flag["source"]["test"].values()),
+                    strict=True):  # fmt: skip
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-12)
 
 
 def test_linear_head_config_and_command_line(monkeypatch):
