@@ -49,6 +49,7 @@ from pathlib import Path
 
 import torch
 
+from ..attribution._forward import VALUE_OPTIONS, score
 from ..evaluation import (
     add_accuracy_drop_bounds,
     explanation_metrics,
@@ -293,16 +294,6 @@ def vector_halves(vector: TaskVector) -> tuple[TaskVector, TaskVector]:
 
 
 # ---------------------------------------------------------------------------------------------- efficiency correction
-def _scores(logits: torch.Tensor, value: str) -> torch.Tensor:
-    if value == "logit":
-        return logits
-    if value == "log_prob":
-        return logits.log_softmax(dim=-1)
-    if value == "prob":
-        return logits.softmax(dim=-1)
-    raise ValueError(f"value must be 'logit', 'log_prob' or 'prob', got {value!r}.")
-
-
 @torch.inference_mode()
 def score_gap(model, pixel_values: torch.Tensor, labels: torch.Tensor, *, value: str = "logit",
               batch_size: int = 256) -> torch.Tensor:  # fmt: skip
@@ -324,15 +315,16 @@ def score_gap(model, pixel_values: torch.Tensor, labels: torch.Tensor, *, value:
     Raises:
         `ValueError`: an unknown `value`, or images and labels of different counts.
     """
-    _scores(torch.zeros(1, 1), value)  # refuse an unknown value before any forward pass
+    if value not in VALUE_OPTIONS:  # refused before any forward pass
+        raise ValueError(f"value must be one of {VALUE_OPTIONS}, got {value!r}.")
     if len(pixel_values) != len(labels):
         raise ValueError(f"{len(pixel_values)} images but {len(labels)} labels.")
     model.eval()
     device = model.device
-    baseline = _scores(model(torch.zeros_like(pixel_values[:1]).to(device)).logits.float().cpu(), value)[0]
+    baseline = score(model(torch.zeros_like(pixel_values[:1]).to(device)).logits.cpu(), value)[0]
     gaps = []
     for i in range(0, len(pixel_values), batch_size):
-        scores = _scores(model(pixel_values[i : i + batch_size].to(device)).logits.float().cpu(), value)
+        scores = score(model(pixel_values[i : i + batch_size].to(device)).logits.cpu(), value)
         batch = labels[i : i + batch_size].long().cpu()
         gaps.append(scores.gather(1, batch[:, None])[:, 0] - baseline[batch])
     return torch.cat(gaps)

@@ -917,25 +917,24 @@ def write_report(results: dict, heatmaps: dict, output_dir: str | os.PathLike) -
     return report
 
 
+def _summary_line(name: str, entry: dict, settings: dict) -> str:
+    """One closing line: the chosen λ2 of a target (or of the linear-head entry) and its test figures."""
+    s = transfer_summary(entry, settings["goal_e_rmse_gain"], settings["goal_accuracy_drop"])
+    l2 = "–" if s["relative_e_rmse_l2"] is None else f"{100 * s['relative_e_rmse_l2']:+.1f}%"
+    works = "no vector applied" if s["lam"] == 0.0 else "transfer works" if s["works"] else "transfer does not work"
+    return (f"{name}: λ2 = {s['lam']:g}, test E-RMSE (L2) {l2}, E-RMSE {100 * s['relative_e_rmse']:+.1f}%, accuracy "
+            f"{100 * s['accuracy_change']:+.1f} pts; {works}")  # fmt: skip
+
+
 def format_summary(results: dict) -> str:
     """The CLI's closing lines: per target the chosen λ2 and its test figures, the Hub commit, the wall time."""
     hub, settings = results["hub"], report_settings(results.get("config", {}))
     lines = [f"report: {results.get('report', '')}", f"hub: {hub['repo_id']} @ {hub['commit_sha']}"]
     for target in results["targets"]:
-        s = transfer_summary(target, settings["goal_e_rmse_gain"], settings["goal_accuracy_drop"])
-        l2 = "–" if s["relative_e_rmse_l2"] is None else f"{100 * s['relative_e_rmse_l2']:+.1f}%"
-        works = "no vector applied" if s["lam"] == 0.0 else "transfer works" if s["works"] else "transfer does not work"
-        lines.append(f"{target['domain']} ({target['role']}): λ2 = {s['lam']:g}, test E-RMSE (L2) {l2}, E-RMSE "
-                     f"{100 * s['relative_e_rmse']:+.1f}%, accuracy {100 * s['accuracy_change']:+.1f} pts; "
-                     f"{works}")  # fmt: skip
+        lines.append(_summary_line(f"{target['domain']} ({target['role']})", target, settings))
     if "linear_head" in results:
         entry = results["linear_head"]
-        s = transfer_summary(entry, settings["goal_e_rmse_gain"], settings["goal_accuracy_drop"])
-        l2 = "–" if s["relative_e_rmse_l2"] is None else f"{100 * s['relative_e_rmse_l2']:+.1f}%"
-        works = "no vector applied" if s["lam"] == 0.0 else "transfer works" if s["works"] else "transfer does not work"
-        lines.append(f"{entry['domain']} as {entry['model_class']} (linear head): λ2 = {s['lam']:g}, test E-RMSE "
-                     f"(L2) {l2}, E-RMSE {100 * s['relative_e_rmse']:+.1f}%, accuracy "
-                     f"{100 * s['accuracy_change']:+.1f} pts; {works}")  # fmt: skip
+        lines.append(_summary_line(f"{entry['domain']} as {entry['model_class']} (linear head)", entry, settings))
     lines.append(f"wall time: {results['timings_seconds']['total']:.1f} s")
     return "\n".join(lines)
 

@@ -21,14 +21,13 @@ from typing import Any
 import numpy as np
 
 from .._validation import check_lam_grid
+from ..attribution._forward import VALUE_OPTIONS
 from ..task_vector import transfer
 from ._checks import check_positive_int
 from .agreement import accuracy
 from .protocol import _check_confidence, explanation_metrics, forward_attributions, kernel_shap_values
 
 __all__ = ["correlation_with_uncertainty", "probe_transfer"]
-
-SHAP_VALUES = ("logit", "log_prob", "prob")
 
 
 class _FirstImages:
@@ -111,8 +110,8 @@ def probe_transfer(
     batch_size = check_positive_int(batch_size, "batch_size")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"`seed` must be an int, got {type(seed).__name__}.")
-    if value not in SHAP_VALUES:
-        raise ValueError(f"`value` must be one of {list(SHAP_VALUES)}, got {value!r}.")
+    if value not in VALUE_OPTIONS:
+        raise ValueError(f"`value` must be one of {list(VALUE_OPTIONS)}, got {value!r}.")
     if num_images > len(split):
         raise ValueError(f"num_images={num_images} is more than the split's {len(split)} images.")
     images = _FirstImages(split, num_images)
