@@ -51,11 +51,9 @@ import torch
 
 from ..attribution._forward import VALUE_OPTIONS, score
 from ..evaluation import (
-    add_accuracy_drop_bounds,
     explanation_metrics,
     forward_attributions,
     per_image_correct,
-    select_lambda,
 )
 from ..task_vector import TaskVector, transfer
 from ..training import train, train_twins
@@ -207,6 +205,32 @@ def _check_variants(variants) -> tuple[AblationVariant, ...]:
 
 
 # ---------------------------------------------------------------------------------------------------- partial vector
+_LAYERS = "vision_model.encoder.layers."
+
+
+def _layer_of(key: str) -> int | None:
+    """The transformer layer index of a canonical key, `None` outside the encoder layers."""
+    return int(key[len(_LAYERS) :].split(".")[0]) if key.startswith(_LAYERS) else None
+
+
+def _encoder_layers(keys: list[str]) -> list[int]:
+    """The sorted transformer layer indices among `keys`; a `ValueError` when there is none."""
+    layers = sorted({_layer_of(key) for key in keys if key.startswith(_LAYERS)})
+    if not layers:
+        raise ValueError(f"no transformer layer key ({_LAYERS}<i>.*) among the {len(keys)} keys of the vector.")
+    return layers
+
+
+def _dense_state(vector: TaskVector) -> dict:
+    return vector.to_dense().state_dict() if vector.storage_format != "dense" else vector.state_dict()
+
+
+def _keeping(vector: TaskVector, state: dict, selected: set) -> TaskVector:
+    """`vector` with the entries outside `selected` set to zero (every key kept, config copied)."""
+    kept = {key: value if key in selected else torch.zeros_like(value) for key, value in state.items()}
+    return TaskVector(kept, copy.deepcopy(vector.config))
+
+
 def vector_part_keys(keys, part: str) -> list[str]:
     r"""
     The canonical keys of a task vector that belong to a part of the vision tower.
@@ -225,10 +249,7 @@ def vector_part_keys(keys, part: str) -> list[str]:
     if part not in VECTOR_PARTS:
         raise ValueError(f"unknown vector part {part!r}; the known ones are {list(VECTOR_PARTS)}.")
     keys = list(keys)
-    prefix = "vision_model.encoder.layers."
-    layers = sorted({int(key[len(prefix) :].split(".")[0]) for key in keys if key.startswith(prefix)})
-    if not layers:
-        raise ValueError(f"no transformer layer key ({prefix}<i>.*) among the {len(keys)} keys of the vector.")
+    prefix, layers = _LAYERS, _encoder_layers(keys)
     if part == "encoder":
         prefixes = (prefix,)
     elif part == "last":
@@ -257,10 +278,8 @@ def partial_vector(vector: TaskVector, part: str) -> TaskVector:
     Raises:
         `ValueError`: see [`vector_part_keys`].
     """
-    state = vector.to_dense().state_dict() if vector.storage_format != "dense" else vector.state_dict()
-    selected = set(vector_part_keys(state, part))
-    kept = {key: value if key in selected else torch.zeros_like(value) for key, value in state.items()}
-    return TaskVector(kept, copy.deepcopy(vector.config))
+    state = _dense_state(vector)
+    return _keeping(vector, state, set(vector_part_keys(state, part)))
 
 
 def vector_halves(vector: TaskVector) -> tuple[TaskVector, TaskVector]:
@@ -274,23 +293,12 @@ def vector_halves(vector: TaskVector) -> tuple[TaskVector, TaskVector]:
     Returns:
         `tuple[TaskVector, TaskVector]`
     """
-    state = vector.to_dense().state_dict() if vector.storage_format != "dense" else vector.state_dict()
-    prefix = "vision_model.encoder.layers."
-    layers = sorted({int(key[len(prefix) :].split(".")[0]) for key in state if key.startswith(prefix)})
-    if not layers:
-        raise ValueError(f"no transformer layer key ({prefix}<i>.*) among the {len(state)} keys of the vector.")
+    state = _dense_state(vector)
+    layers = _encoder_layers(list(state))
     first_layers = set(layers[: (len(layers) + 1) // 2])
-
-    def in_first(key: str) -> bool:
-        if key.startswith(prefix):
-            return int(key[len(prefix) :].split(".")[0]) in first_layers
-        return key.startswith(("vision_model.embeddings.", "vision_model.pre_layrnorm."))
-
-    halves = []
-    for keep in (True, False):
-        kept = {key: value if in_first(key) == keep else torch.zeros_like(value) for key, value in state.items()}
-        halves.append(TaskVector(kept, copy.deepcopy(vector.config)))
-    return halves[0], halves[1]
+    first = {key for key in state if _layer_of(key) in first_layers
+             or key.startswith(("vision_model.embeddings.", "vision_model.pre_layrnorm."))}  # fmt: skip
+    return _keeping(vector, state, first), _keeping(vector, state, set(state) - first)
 
 
 # ---------------------------------------------------------------------------------------------- efficiency correction
@@ -440,13 +448,18 @@ class _TargetRun:
         entry = self.cache[key]
         if not efficiency:
             return entry
+        corrected_key = (*key, "efficiency")
+        if corrected_key in self.cache:
+            return self.cache[corrected_key]
         model = self.model(vector, lam, patch_normalisation)
         gap = score_gap(model, data.pixel_values, data.labels, value=self.config.shap_value,
                         batch_size=self.config.shap_batch_size)  # fmt: skip
         corrected = efficiency_correction(entry["attributions"], gap)
         metrics = explanation_metrics(model, data, corrected, entry["reference"], top_k=self.config.top_k)
         metrics = {**entry["metrics"], **metrics}  # accuracy and timings are the model's, unchanged
-        return {"metrics": metrics, "logits": entry["logits"], "patch_normalisation": entry["patch_normalisation"]}
+        self.cache[corrected_key] = {"metrics": metrics, "logits": entry["logits"],
+                                     "patch_normalisation": entry["patch_normalisation"]}  # fmt: skip
+        return self.cache[corrected_key]
 
     def sweep(self, vector_name: str, vector: TaskVector, efficiency: bool,
               patch_normalisation: str = "cls") -> tuple[list[dict], float]:  # fmt: skip
@@ -457,11 +470,7 @@ class _TargetRun:
             measured = self.measure(vector_name, vector, lam, "validation", efficiency, patch_normalisation)
             sweep.append({"lam": lam, **measured["metrics"]})
             correct[lam] = per_image_correct(measured["logits"], labels)
-        if config.lambda_confidence is not None:
-            sweep = add_accuracy_drop_bounds(sweep, correct, config.lambda_confidence)
-        chosen = select_lambda(sweep, config.max_accuracy_drop, metric=config.lambda_metric,
-                               confidence=config.lambda_confidence)  # fmt: skip
-        return sweep, chosen
+        return _pipeline_helpers().choose_on_validation(sweep, correct, config)
 
 
 def _relative(value: float, reference: float) -> float:
@@ -474,12 +483,20 @@ def _row(name: str, run: _TargetRun, vector_name: str, vector: TaskVector, effic
     baseline = run.measure(REFERENCE, vector, 0.0, "test", False)["metrics"]
     zero = run.measure(vector_name, vector, 0.0, "test", efficiency, patch_normalisation)
     measured = run.measure(vector_name, vector, chosen, "test", efficiency, patch_normalisation)
+    return _record(name, run, chosen, sweep, baseline, zero, measured)
+
+
+def _record(name: str, run: _TargetRun, chosen_lam: float, sweep: list[dict], baseline: dict, zero: dict,
+            measured: dict, **extra) -> dict:  # fmt: skip
+    """One row: the test figures at λ2 = 0 (`zero`) and at the chosen λ2 (`measured`, entries of
+    [`_TargetRun.measure`]) against the plain θ_T's (`baseline`), and the validation sweep."""
     at_zero, at_chosen = zero["metrics"], measured["metrics"]
     return {
         "variant": name,
         "target": run.target.name,
         "role": run.target.role,
-        "chosen_lam": chosen,
+        "chosen_lam": chosen_lam,
+        **extra,
         "relative_e_rmse": _relative(at_chosen["e_rmse"], baseline["e_rmse"]),
         "relative_e_rmse_l2": _relative(at_chosen["e_rmse_l2"], baseline["e_rmse_l2"]),
         "accuracy_change_points": 100 * (at_chosen["accuracy"] - baseline["accuracy"]),
@@ -515,25 +532,12 @@ def _per_half_row(name: str, run: _TargetRun, vector: TaskVector) -> dict:
         measured = measure(index, "validation")
         sweep.append({"lam": float(index), "lams": list(pairs[index]), **measured["metrics"]})
         correct[float(index)] = per_image_correct(measured["logits"], labels)
-    if config.lambda_confidence is not None:
-        sweep = add_accuracy_drop_bounds(sweep, correct, config.lambda_confidence)
-    chosen = int(select_lambda(sweep, config.max_accuracy_drop, metric=config.lambda_metric,
-                               confidence=config.lambda_confidence))  # fmt: skip
-    baseline = measure(0, "test")["metrics"]
-    at_chosen = measure(chosen, "test")["metrics"]
+    sweep, chosen = _pipeline_helpers().choose_on_validation(sweep, correct, config)
+    chosen = int(chosen)
+    zero = measure(0, "test")
     a, b = pairs[chosen]
-    return {
-        "variant": name, "target": run.target.name, "role": run.target.role,
-        "chosen_lam": 0.0 if chosen == 0 else 1.0, "chosen_lams": [a, b], "chosen_label": f"({a:g}, {b:g})",
-        "relative_e_rmse": _relative(at_chosen["e_rmse"], baseline["e_rmse"]),
-        "relative_e_rmse_l2": _relative(at_chosen["e_rmse_l2"], baseline["e_rmse_l2"]),
-        "accuracy_change_points": 100 * (at_chosen["accuracy"] - baseline["accuracy"]),
-        "relative_at_zero": {"e_rmse": 0.0, "e_rmse_l2": 0.0},
-        **{measure_name: [baseline.get(measure_name), at_chosen.get(measure_name)]
-           for measure_name in ("pointing", "deletion_auc", "insertion_auc")},
-        "verdict": transfer_verdict(at_chosen, baseline), "patch_normalisation": ["cls", "cls"],
-        "test_at_zero": baseline, "test_at_chosen": at_chosen, "validation": sweep,
-    }  # fmt: skip
+    return _record(name, run, 0.0 if chosen == 0 else 1.0, sweep, zero["metrics"], zero, measure(chosen, "test"),
+                   chosen_lams=[a, b], chosen_label=f"({a:g}, {b:g})")  # fmt: skip
 
 
 def run_ablations(config: DemoConfig, variants=DEFAULT_VARIANTS, *, targets=None) -> dict:

@@ -230,12 +230,9 @@ def _target_stage(clip, tokenizer, target: Domain, source: dict, vector: TaskVec
         metrics, arrays[lam, "validation"] = _evaluate(model, target.validation, config, "validation_shap",
                                                        "validation")  # fmt: skip
         sweep["validation"].append({"lam": lam, **metrics})
-    if config.lambda_confidence is not None:  # each λ2's paired accuracy drop bound against λ2 = 0
-        correct = {lam: per_image_correct(arrays[lam, "validation"]["logits"], target.validation.labels)
-                   for lam in config.lambdas}  # fmt: skip
-        sweep["validation"] = add_accuracy_drop_bounds(sweep["validation"], correct, config.lambda_confidence)
-    chosen = select_lambda(sweep["validation"], config.max_accuracy_drop, metric=config.lambda_metric,
-                           confidence=config.lambda_confidence)  # fmt: skip
+    correct = {lam: per_image_correct(arrays[lam, "validation"]["logits"], target.validation.labels)
+               for lam in config.lambdas}  # fmt: skip
+    sweep["validation"], chosen = choose_on_validation(sweep["validation"], correct, config)
     shown, _ = illustrated_lambda({"chosen_lam": chosen, "sweep": sweep}, config.max_accuracy_drop)
     for lam in sorted({0.0, chosen, shown}):
         model = transfer(base, prediction_only, vector, lam=lam, lam_target=config.lam_target)
@@ -290,6 +287,27 @@ def _target_stage(clip, tokenizer, target: Domain, source: dict, vector: TaskVec
                 "with_vector": arrays[shown, "test"]["attributions"][:count],
                 "direct": arrays["direct", "test"]["attributions"][:count]}  # fmt: skip
     return result, heatmaps
+
+
+def choose_on_validation(sweep: list[dict], correct: dict, config: DemoConfig) -> tuple[list[dict], float]:
+    r"""
+    The demo's λ rule on a validation sweep: with `config.lambda_confidence`, each entry gets the upper confidence
+    bound of its paired accuracy drop against λ2 = 0 ([`add_accuracy_drop_bounds`]); then [`select_lambda`] with the
+    config's tolerance, metric and confidence.
+
+    Args:
+        sweep (`list[dict]`): one entry per λ2 (`lam` is the key of `correct`), with the validation figures.
+        correct (`dict`): `lam` → per-image 0/1 correctness on the validation images ([`per_image_correct`]).
+        config ([`DemoConfig`]): `max_accuracy_drop`, `lambda_metric`, `lambda_confidence`.
+
+    Returns:
+        `tuple[list[dict], float]`: the sweep (with the bounds when a confidence is set) and the chosen `lam`.
+    """
+    if config.lambda_confidence is not None:
+        sweep = add_accuracy_drop_bounds(sweep, correct, config.lambda_confidence)
+    chosen = select_lambda(sweep, config.max_accuracy_drop, metric=config.lambda_metric,
+                           confidence=config.lambda_confidence)  # fmt: skip
+    return sweep, chosen
 
 
 def _tve_metrics(tve: TransferableExplainer, model, split: DemoSplit, arrays: dict, model_accuracy: float,
@@ -479,4 +497,4 @@ def _is_default(config: DemoConfig) -> bool:
     return all(value == default[key] for key, value in config.to_dict().items() if key not in ignored)
 
 
-__all__ = ["run", "shap_labels"]
+__all__ = ["choose_on_validation", "run", "shap_labels"]
