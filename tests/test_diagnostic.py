@@ -2,11 +2,10 @@
 target, each λ2 is the transferred model's own figures, deterministic for a seed, the target untouched, bad input
 named) and correlation_with_uncertainty (a perfect line, independent noise, skipped resamples, bad input)."""
 
-import copy
-
 import numpy as np
 import pytest
 import torch
+from conftest import fine_tune
 
 from hf_explvec import SelfExplainingCLIPVision, TaskVector
 from hf_explvec.evaluation import (
@@ -23,22 +22,12 @@ CLASSES = ["a", "b", "c"]
 NUM_SAMPLES = 32  # 2 M for the tiny model's 16 patches, the smallest budget Kernel SHAP accepts
 
 
-def shifted(model, seed, scale=0.05):
-    """`model` plus seeded noise on every parameter: a stand-in for a fine-tune of it."""
-    tuned = copy.deepcopy(model)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in tuned.parameters():
-            parameter.add_(torch.randn(parameter.shape, generator=generator), alpha=scale)
-    return tuned
-
-
 @pytest.fixture(scope="module")
 def models():
     embeddings = torch.randn(3, 16, generator=torch.Generator().manual_seed(0))
     base = SelfExplainingCLIPVision.from_clip(tiny_clip_model(seed=0), CLASSES, class_embeddings=embeddings).eval()
-    target = shifted(base, 1).eval()
-    vector = TaskVector.from_models(base, shifted(base, 2, scale=0.2))
+    target = fine_tune(base, 1, scale=0.05).eval()
+    vector = TaskVector.from_models(base, fine_tune(base, 2, scale=0.2))
     return base, target, vector
 
 
